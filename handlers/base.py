@@ -1,0 +1,120 @@
+"""The handler interface and its registry.
+
+A handler turns one local input file into files under an output directory. The pipeline
+(runtime.process) does everything around it: fetch, work directories, environment, deadline,
+upload, result record. A handler instance lives as long as the process, so it may keep a
+loaded model across records and across warm Lambda invocations: `setup()` runs once, before
+the first record; `handle()` runs per record; `close()` at shutdown.
+
+Handlers are found by name: the built-ins below, then the `conveyor.handlers` entry-point group,
+so a third-party package can add one with
+    [options.entry_points]
+    conveyor.handlers =
+        mymodel = mypkg.handler:MyHandler
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from runtime.deadline import Deadline
+from runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runtime.config import FunctionConfig
+    from runtime.events import Event, Input
+
+ENTRY_POINT_GROUP = "conveyor.handlers"
+BUILTIN = {
+    "script": "handlers.script:ScriptHandler",
+    "deepaas": "handlers.deepaas:DeepaasHandler",
+    "darknet": "handlers.darknet:DarknetHandler",
+}
+
+
+@dataclass
+class Invocation:
+    """Everything a handler may use for one record. Built fresh by the pipeline per record."""
+
+    input: "Input"  # the ObjectRef or InlineInput being processed
+    input_path: Path | None  # the local copy, original name kept; None with file_stage_in
+    input_dir: Path  # TMP_INPUT_DIR
+    output_dir: Path  # TMP_OUTPUT_DIR: everything written here is offered to the outputs
+    work_dir: Path  # private scratch for the handler (removed afterwards)
+    env: Mapping[str, str]  # the complete environment for a child process (contract section 4)
+    deadline: Deadline  # when the handler must be done
+    log: logging.Logger | logging.LoggerAdapter  # already tagged with the request id
+    log_file: Path  # capped log of the model's own output (its tail goes to the result record)
+    shutdown: threading.Event  # set when SIGTERM/SIGINT arrives: stop and raise Interrupted
+    event: "Event | None" = None
+    request_id: str = ""
+    grace_period: float = 10.0  # SIGTERM -> SIGKILL grace for children
+
+
+@dataclass
+class HandlerResult:
+    exit_code: int = 0
+    stdout_path: Path | None = None  # the model's stdout, if kept (sync response when no output file)
+    details: dict[str, Any] = field(default_factory=dict)  # handler-specific facts for the result record
+
+
+class Handler(ABC):
+    """Base class for handlers. Raise runtime.errors.HandlerError (or a subclass) on failure."""
+
+    name: ClassVar[str] = "handler"
+
+    def __init__(self, config: "FunctionConfig", options: Mapping[str, Any]) -> None:
+        self.config = config
+        self.options = dict(options)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def ensure_setup(self) -> None:
+        """Run setup() exactly once per instance (thread-safe)."""
+        with self._lock:
+            if not self._ready:
+                self.setup()
+                self._ready = True
+
+    def setup(self) -> None:
+        """Load models, check binaries. Called once, before the first record."""
+
+    @abstractmethod
+    def handle(self, inv: Invocation) -> HandlerResult:
+        """Process one record: read inv.input_path, write files under inv.output_dir."""
+
+    def close(self) -> None:
+        """Release what setup() took."""
+
+
+def handler_class(name: str) -> type[Handler]:
+    target = BUILTIN.get(name)
+    if target is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                target = ep.value
+                break
+    if target is None:
+        known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+        raise ConfigError(f"unknown handler {name!r} (known: {', '.join(known)})", key="conveyor.handler.name")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"handler {name!r} cannot be loaded from {target}: {exc}", key="conveyor.handler.name") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise ConfigError(f"handler {name!r} ({target}) is not a handlers.base.Handler", key="conveyor.handler.name")
+    return cls
+
+
+def create_handler(config: "FunctionConfig") -> Handler:
+    spec = config.conveyor.handler
+    return handler_class(spec.name)(config, spec.options)
