@@ -109,7 +109,9 @@ def handler_class(name: str) -> type[Handler]:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"handler {name!r} cannot be loaded from {target}: {exc}", key="conveyor.handler.name") from exc
+        raise ConfigError(
+            f"handler {name!r} cannot be loaded from {target}: {exc}", key="conveyor.handler.name"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         raise ConfigError(f"handler {name!r} ({target}) is not a handlers.base.Handler", key="conveyor.handler.name")
     return cls

@@ -79,3 +79,14 @@ class DelegationError(ConveyorError):
 class Interrupted(ConveyorError):
     exit_code = 143
     kind = "interrupted"
+
+
+def exit_code_for(kind: str | None) -> int:
+    """The exit code of an error kind as recorded in a result record ('internal' and unknown: 1)."""
+    stack: list[type[ConveyorError]] = [ConveyorError]
+    while stack:
+        cls = stack.pop()
+        if cls.kind == kind:
+            return cls.exit_code
+        stack.extend(cls.__subclasses__())
+    return 1

@@ -11,14 +11,11 @@ from runtime.errors import ConfigError
 OSCAR_CONFIG_PATH = "/oscar/config/function_config.yaml"
 
 
-class Platform(str, enum.Enum):
+class Platform(enum.StrEnum):
     LAMBDA = "lambda"
     BATCH = "batch"
     OSCAR = "oscar"
     LOCAL = "local"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def detect_platform(

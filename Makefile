@@ -1,0 +1,39 @@
+# Conveyor: `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+EXTRAS  = test,lambda,local,darknet,deepaas,docker
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint test test-fast run-local bench drill images images-test weights clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with Conveyor and everything the tests need
+
+lint: $(STAMP) ## Lint the code (ruff)
+	$(BIN)/ruff check runtime handlers entrypoints tests
+
+test: $(STAMP) lint ## Lint, then run the whole test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## The suite without the heavy tests
+	$(BIN)/pytest -m "not heavy" $(PYTEST_ARGS)
+
+run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + a real model)
+	@echo "make run-local: not yet (see issue 8)"
+
+weights: $(STAMP) ## Fetch and verify the YOLOv3-tiny weights for local runs
+	$(BIN)/conveyor weights
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

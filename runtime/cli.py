@@ -1,0 +1,239 @@
+"""The command line. The only module that reads os.environ, touches stdin/stdout and exits.
+
+Exit codes: 0 success; 65 malformed event; 69 Batch hand-off failed; 70 the model failed;
+74 storage error; 77 missing or refused credentials; 78 bad configuration; 124 the model
+timed out; 143 stopped by SIGTERM/SIGINT; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from runtime import __version__
+from runtime.config import FunctionConfig, load_config
+from runtime.errors import ConveyorError, EventError, exit_code_for
+from runtime.events import load_event, refs_to_json
+from runtime.logs import bound_request_id, setup_logging
+from runtime.platform import Platform, detect_platform
+
+log = logging.getLogger("conveyor")
+
+PLATFORMS = click.Choice([p.value for p in Platform])
+
+
+def fail(exc: ConveyorError) -> NoReturn:
+    click.echo(f"conveyor: {exc.kind} error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConveyorError into its one-line message and exit code; unexpected errors into 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConveyorError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def choose_payload(stdin_data: bytes | None, environ: Mapping[str, str]) -> bytes:
+    """The event for non-Lambda platforms: stdin, unless it is empty or not JSON and EVENT is set.
+
+    The platforms run `echo $EVENT | worker` with $EVENT unquoted, so the shell may mangle the
+    JSON on its way to stdin; the EVENT variable keeps it intact.
+    """
+    data = stdin_data or b""
+    env_event = environ.get("EVENT", "")
+    if env_event.strip() and not _is_json(data):
+        return env_event.encode()
+    if not data.strip():
+        raise EventError("no event: stdin is empty and EVENT is not set (use --event FILE to pass one)")
+    return data
+
+
+def _is_json(data: bytes) -> bool:
+    if not data.strip():
+        return False
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def read_source(path: str | None) -> bytes:
+    if path in (None, "-"):
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise EventError(f"cannot read the event file {path}: {exc.strerror}") from exc
+
+
+def _stdin_if_piped() -> bytes | None:
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        return sys.stdin.buffer.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _scratch_dir(environ: Mapping[str, str]) -> Path:
+    scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or tempfile.gettempdir())
+    scratch.mkdir(parents=True, exist_ok=True)
+    return scratch
+
+
+def _load(
+    environ: Mapping[str, str], platform_opt: str | None, config_path: str | None
+) -> tuple[Platform, FunctionConfig]:
+    platform = detect_platform(environ, override=platform_opt)
+    config = load_config(environ, platform, path=config_path)
+    return platform, config
+
+
+def install_signal_handlers(shutdown: threading.Event) -> None:
+    """SIGTERM/SIGINT ask the running record to stop: the child gets SIGTERM, then a grace period."""
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        if not shutdown.is_set():
+            log.warning("received %s: stopping the current record", signal.Signals(signum).name)
+        shutdown.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="conveyor")
+def cli() -> None:
+    """Conveyor: the event-driven worker that runs a model on every uploaded object.
+
+    One entrypoint for AWS Lambda, AWS Batch, OSCAR and local runs: it detects the platform,
+    reads the event, downloads each object, runs the model, uploads the outputs and writes a
+    result record per input. Logs go to stderr; stdout carries only results and responses.
+    """
+
+
+@cli.command()
+@click.option("--event", "event_path", metavar="FILE|-", help="Read the event from FILE ('-' = stdin). "
+              "Default: stdin, or the EVENT variable when stdin is empty or not JSON.")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Function definition (YAML). Default: the platform's own location (see README).")
+@click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
+@guarded
+def run(event_path: str | None, config_path: str | None, platform_opt: str | None) -> None:
+    """Process one event: every object it names goes through the model.
+
+    Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
+    it becomes the Lambda runtime loop instead and serves invocations until stopped.
+    """
+    from handlers.base import create_handler
+    from runtime.process import Job, Stores, run_event
+
+    environ = dict(os.environ)
+    setup_logging(environ.get("LOG_LEVEL", "INFO"))
+    platform, config = _load(environ, platform_opt, config_path)
+    setup_logging(config.log_level)
+    if platform is Platform.LAMBDA and event_path is None:
+        from runtime.lambda_runtime import serve
+
+        serve(config, environ)
+        return
+    raw = read_source(event_path) if event_path else choose_payload(_stdin_if_piped(), environ)
+    request_id, job_id, extra = _run_identity(platform, environ)
+    with bound_request_id(request_id):
+        event = load_event(raw)
+        shutdown = threading.Event()
+        install_signal_handlers(shutdown)
+        job = Job(
+            config=config,
+            platform=platform,
+            handler=create_handler(config),
+            stores=Stores(config),
+            base_env=environ,
+            scratch_dir=_scratch_dir(environ),
+            request_id=request_id,
+            shutdown=shutdown,
+            job_id=job_id,
+            extra=extra,
+        )
+        if extra.get("batch_attempt"):
+            log.info("AWS Batch job %s, attempt %s", job_id, extra["batch_attempt"])
+        try:
+            records = run_event(job, event, response=sys.stdout.buffer)
+            sys.stdout.flush()
+        finally:
+            job.handler.close()
+    failed = [r for r in records if not r.ok]
+    if failed:
+        log.error("%d of %d records failed", len(failed), len(records))
+        sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
+
+
+def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, str | None, dict[str, Any]]:
+    """request id, job id and platform facts for the result records."""
+    extra: dict[str, Any] = {}
+    job_id = environ.get("AWS_BATCH_JOB_ID") if platform is Platform.BATCH else None
+    if platform is Platform.BATCH:
+        extra["batch_attempt"] = environ.get("AWS_BATCH_JOB_ATTEMPT")
+        extra["batch_queue"] = environ.get("AWS_BATCH_JQ_NAME")
+        if context := environ.get("CONTEXT"):
+            try:
+                extra["lambda_context"] = json.loads(context)
+            except ValueError:
+                log.warning("CONTEXT is not JSON; ignored")
+    request_id = (
+        environ.get("AWS_LAMBDA_REQUEST_ID")
+        or job_id
+        or environ.get("JOB_UUID")
+        or uuid.uuid4().hex[:12]
+    )
+    return request_id, job_id, {k: v for k, v in extra.items() if v}
+
+
+@cli.command("parse-event")
+@click.argument("source", required=False, default="-", metavar="[FILE|-]")
+@guarded
+def parse_event_cmd(source: str) -> None:
+    """Print the objects an event names, as a JSON list (one entry per record).
+
+    Each entry has bucket, key (decoded), size, etag, event_time, user and provider (null when
+    unknown); an inline payload has inline: true, file_name and size. Exit 65 when malformed.
+    """
+    event = load_event(read_source(source))
+    click.echo(json.dumps(refs_to_json(event.inputs), indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Function definition (YAML). Default: the platform's own location.")
+@click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
+@guarded
+def inspect(config_path: str | None, platform_opt: str | None) -> None:
+    """Print the detected platform and the parsed configuration (secrets shown as ***). Exit 78 if bad."""
+    platform, config = _load(dict(os.environ), platform_opt, config_path)
+    click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="conveyor")

@@ -1,0 +1,280 @@
+"""The job: for every input of an event, fetch -> handler -> upload, under a deadline, with a
+result record per input.
+
+A record either SUCCEEDS (the model exited cleanly and every output was uploaded) or FAILS
+(nothing reaches the output paths, the error and log tail go to the record). Per-record work
+directories live under the scratch dir and are removed afterwards, success or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from handlers.base import Handler, Invocation
+from runtime.child import tail
+from runtime.config import FunctionConfig, ProviderRef
+from runtime.deadline import Deadline
+from runtime.errors import ConveyorError, Interrupted, NoOutputError, StorageError
+from runtime.events import Event, InlineInput, Input, ObjectRef
+from runtime.outputs import collect_outputs, plan_uploads, safe_file_name
+from runtime.platform import Platform
+from runtime.records import ResultRecord, Status, status_key
+from runtime.response import write_sync_response
+from runtime.storage import ObjectStore, open_store
+
+log = logging.getLogger("conveyor")
+
+# Linux refuses to exec a child when one environment string exceeds MAX_ARG_STRLEN (128 KiB).
+MAX_ENV_VALUE = 128 * 1024 - 1
+# Variables that carry Conveyor's own inputs; the child gets its own per-record values instead.
+PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
+SOURCE_TYPES = {"minio:s3": "minio", "aws:s3": "s3", "aws.s3": "s3", "seaweedfs": "minio", "local": "local"}
+
+
+class Stores:
+    """One ObjectStore per provider, opened on first use and kept for the process."""
+
+    def __init__(self, config: FunctionConfig, opener: Callable[..., ObjectStore] = open_store) -> None:
+        self._config = config
+        self._opener = opener
+        self._open: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: ProviderRef) -> ObjectStore:
+        with self._lock:
+            key = str(ref)
+            if key not in self._open:
+                self._open[key] = self._opener(self._config.provider(ref))
+            return self._open[key]
+
+
+@dataclass
+class Job:
+    """What every record of a run shares. Built once by the CLI (or the Lambda handler)."""
+
+    config: FunctionConfig
+    platform: Platform
+    handler: Handler
+    stores: Stores
+    base_env: Mapping[str, str]  # the process environment, captured once at the edge
+    scratch_dir: Path
+    request_id: str = "-"
+    deadline: Deadline = field(default_factory=Deadline.never)
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    job_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # platform facts for the record (Lambda context, Batch attempt)
+
+
+def input_provider(ref: ObjectRef) -> ProviderRef:
+    """The provider that holds an object: as the event names it, else the default of its type."""
+    if ref.provider:
+        return ProviderRef.parse(ref.provider)
+    return ProviderRef(SOURCE_TYPES.get(ref.source, "s3"))
+
+
+def _env_value(text: str) -> str | None:
+    return text if len(text.encode()) <= MAX_ENV_VALUE and "\x00" not in text else None
+
+
+def _event_json(event: Event | None, inp: Input) -> str | None:
+    """EVENT for the child: the event as received, else (too large) this record alone."""
+    if event is None:
+        return None
+    raw = event.raw
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            text = bytes(raw).decode()
+        except UnicodeDecodeError:
+            return None
+        return _env_value(text)
+    whole = _env_value(json.dumps(raw, ensure_ascii=False))
+    if whole is None and isinstance(inp, ObjectRef) and inp.record is not None:
+        return _env_value(json.dumps({"Records": [inp.record]}, ensure_ascii=False))
+    return whole
+
+
+def child_env(
+    job: Job, event: Event | None, inp: Input, input_path: Path | None, input_dir: Path, output_dir: Path
+) -> dict[str, str]:
+    """The child's complete environment, built fresh for every record (contract section 4)."""
+    env = {k: v for k, v in job.base_env.items() if k not in PRIVATE_VARS}
+    env.update(job.config.environment)
+    env["TMP_INPUT_DIR"] = str(input_dir)
+    env["TMP_OUTPUT_DIR"] = str(output_dir)
+    if input_path is not None:
+        env["INPUT_FILE_PATH"] = str(input_path)
+    if isinstance(inp, ObjectRef):
+        env["STORAGE_OBJECT_KEY"] = inp.key
+        if inp.event_time:
+            env["EVENT_TIME"] = inp.event_time
+    if (text := _event_json(event, inp)) is not None:
+        env["EVENT"] = text
+    if job.platform in (Platform.LAMBDA, Platform.BATCH) and job.request_id not in ("", "-"):
+        env["AWS_LAMBDA_REQUEST_ID"] = job.request_id
+    for name, value in (event.query if event else {}).items():
+        env[f"CONT_VAR_{name}"] = str(value)
+    return {k: v for k, v in env.items() if "\x00" not in k and "\x00" not in v and "=" not in k}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class _Timer:
+    def __init__(self, record: ResultRecord) -> None:
+        self.record = record
+
+    def __call__(self, name: str) -> "_Timer":
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.record.timings[self.name] = round(time.monotonic() - self.start, 4)
+
+
+def _check_shutdown(job: Job) -> None:
+    if job.shutdown.is_set():
+        raise Interrupted("stopped by a termination signal before the work was done")
+
+
+def run_input(job: Job, event: Event | None, inp: Input, response: BinaryIO | None = None) -> ResultRecord:
+    """Process one input end to end. Never raises for the record's own failures: they are recorded."""
+    record = ResultRecord(
+        input=inp.to_dict(),
+        platform=job.platform.value,
+        request_id=job.request_id,
+        handler=job.config.conveyor.handler.name,
+        job_id=job.job_id,
+        started_at=_now(),
+        extra=dict(job.extra),
+    )
+    timer = _Timer(record)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="conveyor-", dir=job.scratch_dir))
+    input_dir, output_dir, scratch = work / "input", work / "output", work / "work"
+    for folder in (input_dir, output_dir, scratch):
+        folder.mkdir()
+    log_file = work / "model.log"
+    log_file.touch()
+    try:
+        _check_shutdown(job)
+        input_path = _fetch(job, inp, input_dir, record, timer)
+        deadline = job.deadline.sooner(job.config.conveyor.timeout)
+        inv = Invocation(
+            input=inp,
+            input_path=input_path,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            work_dir=scratch,
+            env=child_env(job, event, inp, input_path, input_dir, output_dir),
+            deadline=deadline,
+            log=log,
+            log_file=log_file,
+            shutdown=job.shutdown,
+            event=event,
+            request_id=job.request_id,
+            grace_period=job.config.conveyor.grace_period,
+        )
+        with timer("handler"):
+            job.handler.ensure_setup()
+            result = job.handler.handle(inv)
+        record.exit_code = result.exit_code
+        record.extra.update(result.details)
+        _check_shutdown(job)
+        files = collect_outputs(output_dir)
+        if not files and job.config.conveyor.require_output:
+            raise NoOutputError("the model finished but wrote no output file", output_dir=str(output_dir))
+        _publish(job, inp, output_dir, files, record, timer)
+        if response is not None:
+            record.extra["response"] = write_sync_response(output_dir, files, result.stdout_path, response, scratch)
+        record.status = Status.SUCCEEDED
+    except ConveyorError as exc:
+        record.status = Status.FAILED
+        record.error = exc.to_dict()
+        if record.exit_code is None and "exit_code" in exc.context:
+            record.exit_code = exc.context["exit_code"]
+    except Exception as exc:  # a bug of ours or a handler's: still a FAILED record, never a lost input
+        log.exception("unexpected error while processing %s", _describe(inp))
+        record.status = Status.FAILED
+        record.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
+    finally:
+        record.log_tail = tail(log_file, job.config.conveyor.log_tail_bytes)
+        record.timings["total"] = round(time.monotonic() - started, 4)
+        shutil.rmtree(work, ignore_errors=True)
+    _store_record(job, record)
+    return record
+
+
+def _describe(inp: Input) -> str:
+    return f"inline payload {inp.file_name}" if isinstance(inp, InlineInput) else f"{inp.bucket}/{inp.key}"
+
+
+def _fetch(job: Job, inp: Input, input_dir: Path, record: ResultRecord, timer: _Timer) -> Path | None:
+    if isinstance(inp, InlineInput):
+        path = input_dir / safe_file_name(inp.file_name)
+        path.write_bytes(inp.data)
+        record.bytes_in = len(inp.data)
+        return path
+    if job.config.file_stage_in:
+        log.info("file_stage_in is set: %s/%s is not downloaded", inp.bucket, inp.key)
+        return None
+    path = input_dir / safe_file_name(inp.key)
+    if path.resolve().parent != input_dir.resolve():  # belt and braces: safe_file_name gives one component
+        raise StorageError("refusing an input path outside the work directory", key=inp.key)
+    store = job.stores.get(input_provider(inp))
+    with timer("download"):
+        record.bytes_in = store.download(inp.bucket, inp.key, path)
+    log.info("downloaded %s/%s (%d bytes) to %s", inp.bucket, inp.key, record.bytes_in, path.name)
+    return path
+
+
+def _publish(job: Job, inp: Input, output_dir: Path, files: list[str], record: ResultRecord, timer: _Timer) -> None:
+    event_bucket = inp.bucket if isinstance(inp, ObjectRef) else None
+    plan = plan_uploads(output_dir, files, job.config, event_bucket)
+    if files and not plan and job.config.outputs:
+        log.warning("no output entry matches any of the %d output files: nothing uploaded", len(files))
+    done: list[str] = []
+    with timer("upload"):
+        for upload in plan:
+            _check_shutdown(job)
+            store = job.stores.get(upload.provider)
+            record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
+            done.append(upload.target)
+            log.info("uploaded %s", upload.target)
+    record.outputs = done
+
+
+def _store_record(job: Job, record: ResultRecord) -> None:
+    """Log the record as one line; upload it to the status location when the config names one."""
+    spec = job.config.conveyor.status
+    if spec is not None:
+        bucket, key = status_key(spec, record)
+        try:
+            job.stores.get(spec.provider).put_bytes(record.to_json().encode(), bucket, key)
+        except ConveyorError as exc:
+            log.error("could not upload the result record to %s/%s: %s", bucket, key, exc.message)
+            record.extra["status_upload_error"] = exc.message
+    log.info("result %s", record.to_json())
+
+
+def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[ResultRecord]:
+    """Process every input of an event in order. After a shutdown signal the rest are recorded as FAILED."""
+    if not event.inputs:
+        log.info("the event holds no object to process")
+    records = []
+    for inp in event.inputs:
+        records.append(run_input(job, event, inp, response if event.wants_response else None))
+    return records
