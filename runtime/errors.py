@@ -90,3 +90,16 @@ def exit_code_for(kind: str | None) -> int:
             return cls.exit_code
         stack.extend(cls.__subclasses__())
     return 1
+
+
+def error_for(kind: str | None, message: str) -> ConveyorError:
+    """Rebuild an error of the right class from a result record's error kind (for Lambda's errorType)."""
+    stack: list[type[ConveyorError]] = [ConveyorError]
+    while stack:
+        cls = stack.pop()
+        if cls.kind == kind:
+            error = ConveyorError.__new__(cls)
+            ConveyorError.__init__(error, message)
+            return error
+        stack.extend(cls.__subclasses__())
+    return ConveyorError(message)

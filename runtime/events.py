@@ -3,14 +3,75 @@
 `parse_event(raw)` returns one input per record: an `ObjectRef` for a storage object, an
 `InlineInput` for a payload that is itself the input file. `load_event(raw)` returns the
 whole `Event`, with SCAR's extras (script, cmd_args) and the HTTP details of API Gateway.
+`refs_to_json(inputs)` is what `conveyor parse-event` prints.
 
-IMPLEMENTATION PENDING (helper "events").
+Shapes understood (every record of every one, envelopes unwrapped recursively):
+
+    S3 notification        Records[].eventSource == "aws:s3"; key decoded with unquote_plus
+    MinIO notification     Records[].eventSource == "minio:s3"; same layout, plus the origin endpoint
+                           and the uploading user (requestParameters / userIdentity principalId)
+    OSCAR delegated        {"storage_provider": "minio.default" | "default", "event": <str | object>}
+    SQS                    Records[].eventSource == "aws:sqs", body = a JSON storage event
+    SNS                    Records[].EventSource == "aws:sns", Sns.Message = a JSON storage event;
+                           also the bare SNS notification ({"Type": "Notification", "Message": ...})
+                           that SQS receives from SNS without raw message delivery
+    EventBridge            source == "aws.s3", detail.bucket.name / detail.object.key; the key is
+                           taken as written (the AWS documentation describes EventBridge keys as
+                           plain, unlike notification records, so it is NOT unquote_plus-decoded)
+    S3 test event          {"Event": "s3:TestEvent"}: a storage event without inputs
+    API Gateway v1 / v2    httpMethod, or version "2.0" + requestContext.http.method (also Lambda
+    and Function URLs      Function URLs): kind "http"; a body holding a storage event yields its
+                           refs, any other body becomes one InlineInput
+    anything else          kind "inline": the payload is the input file
+
+Decisions where the contract is silent:
+
+- Event kinds. "storage": refs to download (possibly none, e.g. s3:TestEvent: nothing to do).
+  "http": an API Gateway / Function URL request; the caller waits for the response. "inline":
+  the payload is the input (one InlineInput) or, when the payload is empty, `{}`, or only SCAR
+  extras (`{"script": ...}`, `{"cmd_args": ...}`), there is no input at all and the script is
+  meant to run once without one.
+- SCAR extras (`script`, `cmd_args`) are read from the top level of any JSON object, whatever
+  its shape. When they sit beside an unknown JSON payload the payload is kept unchanged (extras
+  included) as the inline input.
+- A JSON list is a batch only when it is non-empty and every element is a storage event
+  (S3/MinIO/SQS/SNS/EventBridge/OSCAR delegated/test): the inputs are concatenated in order and
+  `storage_provider` is the first delegated element's. Any other list is an inline JSON input
+  (a sync request may well post a JSON array to a model).
+- Inline payloads: a payload that is entirely strict base64 text (whitespace ignored) and is not
+  JSON is decoded first (OSCAR sync and the SCAR client send base64). The same applies to an
+  API Gateway body once `isBase64Encoded` has been honoured. A short plain word that happens to
+  be valid base64 ("test") is therefore decoded too: send text as JSON to avoid that.
+- Inline file names are "input" + an extension: magic bytes first (png, jpg, gif, bmp, tiff,
+  webp, wav, mp3, flac, ogg, mp4, heic, avif, zip, gz, pdf), then the request's Content-Type
+  when it names a specific type, then .json (JSON text), .txt (UTF-8 text without NUL), .bin.
+- ObjectRef.provider is set only when the event names a provider (OSCAR delegated events). A
+  bare id is qualified with the type of the record's source (minio:s3 -> "minio.<id>", aws:s3 and
+  aws.s3 -> "s3.<id>"); a value with a "." is kept as written. Plain events leave it None: the
+  caller applies the contract's "default provider of its type" rule.
+- Strictness. Anything that would make the worker fetch the wrong object is refused with an
+  EventError naming the record (e.g. "Records[2]: missing s3.object.key"): a missing/empty bucket
+  or key, a bucket containing "/" or NUL, a key containing NUL, invalid percent-encoding (no
+  silent U+FFFD), a size that is not a whole number ("123" is accepted), an unknown eventSource,
+  an envelope that does not hold a storage event, JSON nested too deeply to parse. Keys such as
+  "../x" or "/etc/passwd" are valid S3 keys and are returned faithfully: path safety belongs to
+  the code that writes files.
+- Optional fields that are absent, null or "" become None (SCAR's synthetic events carry only
+  bucket and key; MinIO sometimes sends eventTime "").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+import binascii
+import json
+import mimetypes
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
+from urllib.parse import unquote_plus
+
+from runtime.errors import EventError
 
 
 @dataclass(frozen=True)
@@ -28,6 +89,7 @@ class ObjectRef:
     source: str = "aws:s3"  # aws:s3 | minio:s3 | aws.s3 (EventBridge) | seaweedfs ...
     endpoint: str | None = None  # x-minio-origin-endpoint when present
     record: Any = None  # the raw record this ref came from (for EVENT / debugging)
+    event_name: str | None = None  # "ObjectCreated:Put", "s3:ObjectCreated:Put", "Object Created" ...
 
     inline = False
 
@@ -43,6 +105,7 @@ class ObjectRef:
             "provider": self.provider,
             "source": self.source,
             "endpoint": self.endpoint,
+            "event_name": self.event_name,
             "inline": False,
         }
 
@@ -86,9 +149,538 @@ class Event:
         return self.kind in ("http", "inline")
 
 
-def load_event(raw: bytes | str | dict | list) -> Event:  # pragma: no cover - pending
-    raise NotImplementedError
+# Envelopes (SQS, SNS, delegation, API Gateway body) nested deeper than this are refused.
+MAX_ENVELOPE_DEPTH = 8
+SCAR_EXTRAS = ("script", "cmd_args")
+INLINE_STEM = "input"
+# Provider type for a bare OSCAR provider id, by the record's source.
+SOURCE_PROVIDER_TYPES = {"aws:s3": "s3", "aws.s3": "s3", "minio:s3": "minio"}
+
+
+def load_event(raw: bytes | str | dict | list) -> Event:
+    """Parse one event as received (Lambda dict, stdin bytes, EVENT text). Raises EventError."""
+    if isinstance(raw, (dict, list)):
+        return _from_json(raw, None)
+    if isinstance(raw, str):
+        data = raw.encode("utf-8", "surrogatepass")
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        data = bytes(raw)
+    else:
+        raise EventError(f"unsupported event type {type(raw).__name__}")
+    is_json, value = _try_json(data, "event")
+    if is_json and isinstance(value, (dict, list)):
+        return _from_json(value, data)
+    if not data.strip():
+        return Event(inputs=(), raw=data, kind="inline")
+    if is_json:  # a JSON scalar ("42", "\"text\"") is text, never base64
+        return Event(inputs=(_inline(data, is_json=False),), raw=data, kind="inline")
+    return Event(inputs=(_inline(_b64_text(data) or data),), raw=data, kind="inline")
 
 
 def parse_event(raw: bytes | str | dict | list) -> list[Input]:
     return list(load_event(raw).inputs)
+
+
+def refs_to_json(inputs: Any) -> list[dict[str, Any]]:
+    """The JSON-ready list `conveyor parse-event` prints: one object per input, in order."""
+    return [inp.to_dict() for inp in inputs]
+
+
+# -- top level ------------------------------------------------------------------------------
+
+
+def _from_json(value: dict | list, original: bytes | None) -> Event:
+    if isinstance(value, list):
+        found = _storage_from_json(value, "")
+        if found is not None:
+            refs, provider = found
+            return Event(inputs=tuple(refs), raw=value, kind="storage", storage_provider=provider)
+        return Event(inputs=(_json_inline(value, original),), raw=value, kind="inline")
+
+    script, cmd_args = _scar_extras(value)
+    if _is_http(value):
+        inputs, query, provider = _http(value)
+        return Event(tuple(inputs), value, "http", script, cmd_args, query, provider)
+    found = _storage_from_json(value, "")
+    if found is not None:
+        refs, provider = found
+        return Event(tuple(refs), value, "storage", script, cmd_args, storage_provider=provider)
+    if all(k in SCAR_EXTRAS for k in value):
+        return Event((), value, "inline", script, cmd_args)
+    return Event((_json_inline(value, original),), value, "inline", script, cmd_args)
+
+
+def _json_inline(value: Any, original: bytes | None) -> InlineInput:
+    if original is None:
+        try:
+            original = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise EventError(f"event cannot be serialized as JSON: {exc}") from None
+    return _inline(original, is_json=True)
+
+
+def _scar_extras(value: dict) -> tuple[bytes | None, tuple[str, ...] | None]:
+    script = value.get("script")
+    if script is not None:
+        script = _b64_field(script, "'script'") or None
+    return script, _cmd_args(value.get("cmd_args"))
+
+
+def _cmd_args(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise EventError("'cmd_args' is not a JSON list") from None
+    if not isinstance(value, list):
+        raise EventError(f"'cmd_args' is not a list but {type(value).__name__}")
+    args = []
+    for i, arg in enumerate(value):
+        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+            raise EventError(f"'cmd_args'[{i}] is not a string: {_show(arg)}")
+        arg = arg if isinstance(arg, str) else str(arg)
+        if "\x00" in arg:
+            raise EventError(f"'cmd_args'[{i}] contains a NUL character")
+        args.append(arg)
+    return tuple(args)
+
+
+# -- storage events -------------------------------------------------------------------------
+
+
+def _storage_shape(value: Any) -> str | None:
+    """Which storage shape a JSON value has, or None when it is not a storage event."""
+    if not isinstance(value, dict):
+        return None
+    if "storage_provider" in value and "event" in value:
+        return "delegated"
+    if "Records" in value:
+        return "records"
+    if value.get("Event") == "s3:TestEvent":
+        return "test"
+    if value.get("source") == "aws.s3" and isinstance(value.get("detail"), dict):
+        return "eventbridge"
+    if value.get("Type") == "Notification" and "Message" in value:
+        return "sns-message"
+    return None
+
+
+def _storage_from_json(value: Any, where: str) -> tuple[list[ObjectRef], str | None] | None:
+    """(refs, delegated provider as written) for a storage event or a batch of them, else None."""
+    if isinstance(value, list):
+        if not value or not all(_storage_shape(item) for item in value):
+            return None
+        refs: list[ObjectRef] = []
+        provider = None
+        for i, item in enumerate(value):
+            refs.extend(_storage_refs(item, f"{where}[{i}]", 0))
+            if provider is None and _storage_shape(item) == "delegated":
+                provider = item["storage_provider"]
+        return refs, provider
+    shape = _storage_shape(value)
+    if shape is None:
+        return None
+    refs = _storage_refs(value, where, 0)
+    return refs, value["storage_provider"] if shape == "delegated" else None
+
+
+def _storage_refs(value: Any, where: str, depth: int) -> list[ObjectRef]:
+    if depth > MAX_ENVELOPE_DEPTH:
+        raise EventError(f"{_at(where)}: envelopes nested more than {MAX_ENVELOPE_DEPTH} deep", where=where or None)
+    shape = _storage_shape(value)
+    if shape == "records":
+        return _records(value["Records"], _join(where, "Records"), depth)
+    if shape == "delegated":
+        return _delegated(value, where, depth)
+    if shape == "eventbridge":
+        return [_eventbridge(value, where)]
+    if shape == "sns-message":
+        return _nested(value["Message"], _join(where, "Message"), depth)
+    if shape == "test":
+        return []
+    raise EventError(f"{_at(where)}: does not hold a storage event", where=where or None)
+
+
+def _nested(value: Any, where: str, depth: int) -> list[ObjectRef]:
+    """An envelope's payload: a JSON string (or, leniently, an object) holding a storage event."""
+    if isinstance(value, (str, bytes)):
+        text = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        is_json, value = _try_json(text, where)
+        if not is_json:
+            raise EventError(f"{where}: not valid JSON", where=where)
+    if _storage_shape(value) is None:
+        raise EventError(f"{where}: does not hold a storage event", where=where)
+    return _storage_refs(value, where, depth + 1)
+
+
+def _records(records: Any, where: str, depth: int) -> list[ObjectRef]:
+    if not isinstance(records, list):
+        raise EventError(f"{where}: not a list", where=where)
+    if not records:
+        raise EventError(f"{where}: empty, the event names no object", where=where)
+    refs: list[ObjectRef] = []
+    for i, record in enumerate(records):
+        at = f"{where}[{i}]"
+        if not isinstance(record, dict):
+            raise EventError(f"{at}: record is not an object", where=at)
+        source = record.get("eventSource", record.get("EventSource"))
+        if source in ("aws:s3", "minio:s3"):
+            refs.append(_s3_record(record, at, source))
+        elif source == "aws:sqs":
+            if "body" not in record:
+                raise EventError(f"{at}: missing body", where=at)
+            refs.extend(_nested(record["body"], f"{at}.body", depth))
+        elif source == "aws:sns":
+            sns = record.get("Sns")
+            if not isinstance(sns, dict) or "Message" not in sns:
+                raise EventError(f"{at}: missing Sns.Message", where=at)
+            refs.extend(_nested(sns["Message"], f"{at}.Sns.Message", depth))
+        elif source is None:
+            raise EventError(f"{at}: missing eventSource", where=at)
+        else:
+            raise EventError(f"{at}: unsupported eventSource {_show(source)}", where=at)
+    return refs
+
+
+def _s3_record(record: dict, at: str, source: str) -> ObjectRef:
+    s3 = record.get("s3")
+    if not isinstance(s3, dict):
+        raise EventError(f"{at}: missing s3", where=at)
+    obj = s3.get("object")
+    obj = obj if isinstance(obj, dict) else {}
+    user = _dig(record, "userIdentity", "principalId")
+    endpoint = None
+    if source == "minio:s3":
+        user = _dig(record, "requestParameters", "principalId") or user
+        endpoint = _opt_str(_dig(record, "responseElements", "x-minio-origin-endpoint"), at, "x-minio-origin-endpoint")
+    return ObjectRef(
+        bucket=_bucket(_dig(s3, "bucket", "name"), at, "s3.bucket.name"),
+        key=_key(obj.get("key"), at, "s3.object.key", decode=True),
+        size=_size(obj.get("size"), at, "s3.object.size"),
+        etag=_opt_str(obj.get("eTag"), at, "s3.object.eTag"),
+        version_id=_opt_str(obj.get("versionId"), at, "s3.object.versionId"),
+        event_time=_opt_str(record.get("eventTime"), at, "eventTime"),
+        user=_opt_str(user, at, "principalId"),
+        source=source,
+        endpoint=endpoint,
+        record=record,
+        event_name=_opt_str(record.get("eventName"), at, "eventName"),
+    )
+
+
+def _eventbridge(event: dict, where: str) -> ObjectRef:
+    at = _at(where)
+    detail = event["detail"]
+    obj = detail.get("object")
+    obj = obj if isinstance(obj, dict) else {}
+    return ObjectRef(
+        bucket=_bucket(_dig(detail, "bucket", "name"), at, "detail.bucket.name"),
+        key=_key(obj.get("key"), at, "detail.object.key", decode=False),
+        size=_size(obj.get("size"), at, "detail.object.size"),
+        etag=_opt_str(obj.get("etag"), at, "detail.object.etag"),
+        version_id=_opt_str(obj.get("version-id"), at, "detail.object.version-id"),
+        event_time=_opt_str(event.get("time"), at, "time"),
+        user=_opt_str(detail.get("requester"), at, "detail.requester"),
+        source="aws.s3",
+        record=event,
+        event_name=_opt_str(event.get("detail-type"), at, "detail-type"),
+    )
+
+
+def _delegated(value: dict, where: str, depth: int) -> list[ObjectRef]:
+    provider = value["storage_provider"]
+    if not isinstance(provider, str) or not provider.strip():
+        raise EventError(f"{_at(where)}: storage_provider must be a non-empty string", where=where or None)
+    refs = _nested(value["event"], _join(where, "event"), depth)
+    return [replace(ref, provider=ref.provider or qualify_provider(provider, ref.source)) for ref in refs]
+
+
+def qualify_provider(provider: str, source: str) -> str:
+    """OSCAR's provider as `<type>.<id>`: kept when it has a type, else typed by the record's source."""
+    if "." in provider:
+        return provider
+    kind = SOURCE_PROVIDER_TYPES.get(source)
+    return f"{kind}.{provider}" if kind else provider
+
+
+# -- field checks ---------------------------------------------------------------------------
+
+
+def _dig(value: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _bucket(value: Any, at: str, name: str) -> str:
+    if value is None:
+        raise EventError(f"{at}: missing {name}", where=at)
+    if not isinstance(value, str):
+        raise EventError(f"{at}: {name} is not a string: {_show(value)}", where=at)
+    if not value:
+        raise EventError(f"{at}: {name} is empty", where=at)
+    if "/" in value or "\x00" in value:
+        raise EventError(f"{at}: {name} is not a bucket name: {_show(value)}", where=at)
+    return value
+
+
+def _key(value: Any, at: str, name: str, *, decode: bool) -> str:
+    if value is None:
+        raise EventError(f"{at}: missing {name}", where=at)
+    if not isinstance(value, str):
+        raise EventError(f"{at}: {name} is not a string: {_show(value)}", where=at)
+    key = value
+    if decode:
+        try:
+            key = unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            raise EventError(f"{at}: {name} is not valid URL-encoded UTF-8: {_show(value)}", where=at) from None
+    if not key:
+        raise EventError(f"{at}: {name} is empty", where=at)
+    if "\x00" in key:
+        raise EventError(f"{at}: {name} contains a NUL character: {_show(value)}", where=at)
+    return key
+
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _size(value: Any, at: str, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    size: int | None = None
+    if isinstance(value, bool):
+        size = None
+    elif isinstance(value, int):
+        size = value
+    elif isinstance(value, float) and value.is_integer():
+        size = int(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        size = int(value.strip())
+    if size is None or size < 0:
+        raise EventError(f"{at}: {name} is not a whole number of bytes: {_show(value)}", where=at)
+    return size
+
+
+def _opt_str(value: Any, at: str, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise EventError(f"{at}: {name} is not a string: {_show(value)}", where=at)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _at(where: str) -> str:
+    return where or "event"
+
+
+# -- HTTP (API Gateway v1/v2, Function URLs) ------------------------------------------------
+
+
+def _is_http(value: dict) -> bool:
+    if "httpMethod" in value:
+        return True
+    return value.get("version") == "2.0" and isinstance(_dig(value, "requestContext", "http"), dict)
+
+
+def _http(value: dict) -> tuple[list[Input], dict[str, str], str | None]:
+    query = _query(value.get("queryStringParameters"))
+    headers = value.get("headers")
+    content_type = None
+    if isinstance(headers, dict):
+        for name, header in headers.items():
+            if isinstance(name, str) and name.lower() == "content-type" and isinstance(header, str):
+                content_type = header
+    body = value.get("body")
+    if body is None or body == "":
+        return [], query, None
+    if isinstance(body, (dict, list)):  # test tools sometimes put the JSON itself there
+        found = _storage_from_json(body, "body")
+        if found is not None:
+            return [*found[0]], query, found[1]
+        return [_json_inline(body, None)], query, None
+    if not isinstance(body, str):
+        raise EventError(f"body is not a string but {type(body).__name__}")
+    if value.get("isBase64Encoded"):
+        data = _b64_field(body, "body (isBase64Encoded)")
+    else:
+        data = body.encode("utf-8", "surrogatepass")
+    is_json, parsed = _try_json(data, "body")
+    if is_json:
+        found = _storage_from_json(parsed, "body")
+        if found is not None:
+            return [*found[0]], query, found[1]
+        return [_inline(data, content_type, is_json=isinstance(parsed, (dict, list)))], query, None
+    return [_inline(_b64_text(data) or data, content_type)], query, None
+
+
+def _query(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError(f"queryStringParameters is not an object but {type(value).__name__}")
+    return {str(k): "" if v is None else str(v) for k, v in value.items()}
+
+
+# -- inline payloads ------------------------------------------------------------------------
+
+
+def _try_json(data: bytes, where: str) -> tuple[bool, Any]:
+    """(True, value) when `data` is JSON text, (False, None) when it is not."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False, None
+    text = text.lstrip("\ufeff \t\r\n")
+    if not text:
+        return False, None
+    try:
+        return True, json.loads(text)
+    except RecursionError:
+        raise EventError(f"{_at(where)}: JSON nested too deeply to parse") from None
+    except ValueError:
+        return False, None
+
+
+_B64_TEXT = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(rb"\s+")
+
+
+def _b64_text(data: bytes) -> bytes | None:
+    """The decoded bytes when the whole payload is strict base64 text, else None."""
+    compact = _WHITESPACE.sub(b"", data)
+    if not compact or len(compact) % 4 or not _B64_TEXT.fullmatch(compact):
+        return None
+    try:
+        return base64.b64decode(compact, validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _b64_field(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise EventError(f"{name} is not a base64 string but {type(value).__name__}")
+    try:
+        return base64.b64decode(re.sub(r"\s+", "", value), validate=True)
+    except (binascii.Error, ValueError):
+        raise EventError(f"{name} is not valid base64") from None
+
+
+def _inline(data: bytes, content_type: str | None = None, *, is_json: bool | None = None) -> InlineInput:
+    ext, media = _sniff(data, content_type, is_json)
+    return InlineInput(data=data, file_name=INLINE_STEM + ext, content_type=media)
+
+
+# Content-Types that say nothing about the format.
+_GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
+_TYPE_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/png": ".png",
+    "image/tiff": ".tiff",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/ogg": ".ogg",
+    "video/mp4": ".mp4",
+    "application/gzip": ".gz",
+    "application/x-gzip": ".gz",
+    "application/json": ".json",
+    "text/csv": ".csv",
+    "text/yaml": ".yaml",
+    "application/x-yaml": ".yaml",
+}
+# Built-in table only (no /etc/mime.types), so names do not depend on the machine.
+_MIME = mimetypes.MimeTypes()
+_EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+def _type_extension(media: str) -> str | None:
+    ext = _TYPE_EXTENSIONS.get(media) or _MIME.guess_extension(media, strict=False)
+    return ext if ext and _EXTENSION.fullmatch(ext) else None
+
+
+def _sniff(data: bytes, content_type: str | None, is_json: bool | None) -> tuple[str, str]:
+    """(extension, media type) for an inline payload."""
+    magic = _magic(data)
+    if magic:
+        return magic
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media and media not in _GENERIC_TYPES:
+        ext = _type_extension(media)
+        if ext:
+            return ext, media
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ".bin", "application/octet-stream"
+    if "\x00" in text:
+        return ".bin", "application/octet-stream"
+    if is_json is None:
+        is_json = text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[") and _try_json_quietly(text)
+    return (".json", "application/json") if is_json else (".txt", "text/plain")
+
+
+def _try_json_quietly(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text.lstrip("\ufeff")), (dict, list))
+    except (ValueError, RecursionError):
+        return False
+
+
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+
+
+def _magic(data: bytes) -> tuple[str, str] | None:
+    head = data[:32]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png", "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return ".jpg", "image/jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif", "image/gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return ".tiff", "image/tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp", "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return ".wav", "audio/wav"
+    if head[:4] == b"fLaC":
+        return ".flac", "audio/flac"
+    if head[:4] == b"OggS":
+        return ".ogg", "audio/ogg"
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] in (0xFB, 0xFA, 0xF3, 0xF2)):
+        return ".mp3", "audio/mpeg"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"mif1", b"msf1"):
+            return ".heic", "image/heic"
+        if brand in (b"avif", b"avis"):
+            return ".avif", "image/avif"
+        return ".mp4", "video/mp4"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return ".zip", "application/zip"
+    if head[:2] == b"\x1f\x8b":
+        return ".gz", "application/gzip"
+    if head[:5] == b"%PDF-":
+        return ".pdf", "application/pdf"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return ".bmp", "image/bmp"
+    return None

@@ -77,16 +77,24 @@ class Job:
 
 def input_provider(ref: ObjectRef) -> ProviderRef:
     """The provider that holds an object: as the event names it, else the default of its type."""
+    source_type = SOURCE_TYPES.get(ref.source, "s3")
     if ref.provider:
-        return ProviderRef.parse(ref.provider)
-    return ProviderRef(SOURCE_TYPES.get(ref.source, "s3"))
+        return ProviderRef.parse(ref.provider, default_type=source_type)
+    return ProviderRef(source_type)
+
+
+def output_required(config: FunctionConfig, event: Event | None) -> bool:
+    """Is a record whose model wrote no file a failure? (see ConveyorSettings.require_output)"""
+    if config.conveyor.require_output is not None:
+        return config.conveyor.require_output
+    return bool(config.outputs) and not (event is not None and event.wants_response)
 
 
 def _env_value(text: str) -> str | None:
     return text if len(text.encode()) <= MAX_ENV_VALUE and "\x00" not in text else None
 
 
-def _event_json(event: Event | None, inp: Input) -> str | None:
+def _event_json(event: Event | None, inp: Input | None) -> str | None:
     """EVENT for the child: the event as received, else (too large) this record alone."""
     if event is None:
         return None
@@ -104,7 +112,7 @@ def _event_json(event: Event | None, inp: Input) -> str | None:
 
 
 def child_env(
-    job: Job, event: Event | None, inp: Input, input_path: Path | None, input_dir: Path, output_dir: Path
+    job: Job, event: Event | None, inp: Input | None, input_path: Path | None, input_dir: Path, output_dir: Path
 ) -> dict[str, str]:
     """The child's complete environment, built fresh for every record (contract section 4)."""
     env = {k: v for k, v in job.base_env.items() if k not in PRIVATE_VARS}
@@ -150,10 +158,13 @@ def _check_shutdown(job: Job) -> None:
         raise Interrupted("stopped by a termination signal before the work was done")
 
 
-def run_input(job: Job, event: Event | None, inp: Input, response: BinaryIO | None = None) -> ResultRecord:
-    """Process one input end to end. Never raises for the record's own failures: they are recorded."""
+def run_input(job: Job, event: Event | None, inp: Input | None, response: BinaryIO | None = None) -> ResultRecord:
+    """Process one input end to end. Never raises for the record's own failures: they are recorded.
+
+    `inp` None runs the model once with no input file (a SCAR invocation carrying only a script).
+    """
     record = ResultRecord(
-        input=inp.to_dict(),
+        input=inp.to_dict() if inp is not None else {"inline": True, "file_name": None, "size": 0},
         platform=job.platform.value,
         request_id=job.request_id,
         handler=job.config.conveyor.handler.name,
@@ -195,7 +206,7 @@ def run_input(job: Job, event: Event | None, inp: Input, response: BinaryIO | No
         record.extra.update(result.details)
         _check_shutdown(job)
         files = collect_outputs(output_dir)
-        if not files and job.config.conveyor.require_output:
+        if not files and output_required(job.config, event):
             raise NoOutputError("the model finished but wrote no output file", output_dir=str(output_dir))
         _publish(job, inp, output_dir, files, record, timer)
         if response is not None:
@@ -218,11 +229,15 @@ def run_input(job: Job, event: Event | None, inp: Input, response: BinaryIO | No
     return record
 
 
-def _describe(inp: Input) -> str:
+def _describe(inp: Input | None) -> str:
+    if inp is None:
+        return "an invocation without input"
     return f"inline payload {inp.file_name}" if isinstance(inp, InlineInput) else f"{inp.bucket}/{inp.key}"
 
 
-def _fetch(job: Job, inp: Input, input_dir: Path, record: ResultRecord, timer: _Timer) -> Path | None:
+def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, timer: _Timer) -> Path | None:
+    if inp is None:
+        return None
     if isinstance(inp, InlineInput):
         path = input_dir / safe_file_name(inp.file_name)
         path.write_bytes(inp.data)
@@ -241,7 +256,9 @@ def _fetch(job: Job, inp: Input, input_dir: Path, record: ResultRecord, timer: _
     return path
 
 
-def _publish(job: Job, inp: Input, output_dir: Path, files: list[str], record: ResultRecord, timer: _Timer) -> None:
+def _publish(
+    job: Job, inp: Input | None, output_dir: Path, files: list[str], record: ResultRecord, timer: _Timer
+) -> None:
     event_bucket = inp.bucket if isinstance(inp, ObjectRef) else None
     plan = plan_uploads(output_dir, files, job.config, event_bucket)
     if files and not plan and job.config.outputs:
@@ -271,10 +288,15 @@ def _store_record(job: Job, record: ResultRecord) -> None:
 
 
 def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[ResultRecord]:
-    """Process every input of an event in order. After a shutdown signal the rest are recorded as FAILED."""
+    """Process every input of an event in order. After a shutdown signal the rest are recorded as FAILED.
+
+    A storage event with no object (s3:TestEvent) does nothing; a payload with no input at all
+    (SCAR's `{"script": ...}`, an empty body) runs the model once without an input file.
+    """
+    sink = response if event.wants_response else None
     if not event.inputs:
-        log.info("the event holds no object to process")
-    records = []
-    for inp in event.inputs:
-        records.append(run_input(job, event, inp, response if event.wants_response else None))
-    return records
+        if event.kind == "storage":
+            log.info("the event holds no object to process")
+            return []
+        return [run_input(job, event, None, sink)]
+    return [run_input(job, event, inp, sink) for inp in event.inputs]

@@ -1,19 +1,49 @@
 """The ObjectStore seam and its S3 (boto3), MinIO (minio SDK) and local-folder implementations.
 
-Every transfer streams between a local file and the store: memory does not grow with object
-size. Transient failures are retried a bounded number of times with backoff; what is left
-is raised as StorageError (CredentialsError for missing/refused credentials) naming the
-provider, bucket and key.
+    store = open_store(provider)                  # s3 -> S3Store, minio -> MinioStore, local -> LocalStore
+    store.download(bucket, key, Path("in/x.jpg")) # bytes written
+    store.upload(Path("out/y.png"), bucket, key)  # bytes sent, Content-Type guessed from the key
 
-IMPLEMENTATION PENDING (helper "storage").
+Every transfer streams between a local file and the store: memory does not grow with object
+size (multipart above `multipart_threshold`, in parts of `part_size`, a few in flight). A
+download goes to a temporary file next to `dest` and is renamed over it only when complete, so
+`dest` never holds a partial object. Transient failures are retried a bounded number of times
+with backoff (`max_attempts`, `connect_timeout`, `read_timeout`: keyword arguments of
+`open_store`); what is left is raised as
+
+    StorageError        one line naming provider, operation, bucket/key and the cause
+    └── CredentialsError  no credentials, or the store refused them (InvalidAccessKeyId,
+                          SignatureDoesNotMatch, AccessDenied)
+
+with `provider`, `operation`, `bucket`, `key` and `cause` in the error's context.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+import io
+import mimetypes
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
-from runtime.config import StorageProvider
+from runtime.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
+from runtime.errors import ConfigError, CredentialsError, StorageError
+
+MiB = 1024 * 1024
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+PART_SUFFIX = ".conveyor-part"  # temporary download files, next to their destination
+
+CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403", "Forbidden"}
+)
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
+_ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
 
 
 @runtime_checkable
@@ -32,7 +62,485 @@ class ObjectStore(Protocol):
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (local runs and tests)."""
 
+    def exists(self, bucket: str, key: str) -> bool:
+        """Whether the object exists (False for a missing key or bucket)."""
 
-def open_store(provider: StorageProvider) -> ObjectStore:  # pragma: no cover - pending
-    """Build the store for a provider (s3 -> boto3, minio -> minio SDK, local -> folder)."""
-    raise NotImplementedError
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key under `prefix`, sorted."""
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """Retry, timeout and multipart settings shared by every store."""
+
+    max_attempts: int = 3  # total tries per request, first one included
+    connect_timeout: float = 2.0  # seconds
+    read_timeout: float = 60.0  # seconds without a byte
+    multipart_threshold: int = 64 * MiB  # larger uploads/downloads go in parts
+    part_size: int = 16 * MiB  # S3 minimum is 5 MiB
+    max_concurrency: int = 4  # parts in flight
+
+
+def open_store(provider: StorageProvider, options: TransferOptions | None = None, **overrides: Any) -> ObjectStore:
+    """Build the store for a provider (s3 -> boto3, minio -> minio SDK, local -> folder).
+
+    `overrides` are TransferOptions fields, e.g. `open_store(p, max_attempts=1, connect_timeout=0.5)`.
+    """
+    options = replace(options or TransferOptions(), **overrides)
+    kind = provider.ref.type
+    if kind == "s3":
+        return S3Store(provider, options)
+    if kind == "minio":
+        return MinioStore(provider, options)
+    if kind == "local":
+        return LocalStore(provider, options)
+    raise ConfigError(
+        f"storage provider '{provider.ref}' has type '{kind}', which Conveyor cannot read or write yet "
+        "(supported: s3, minio, local)",
+        key=f"storage_providers.{kind}",
+    )
+
+
+def guess_content_type(key: str) -> str:
+    """Content-Type from the key's extension; application/octet-stream when unknown."""
+    kind, encoding = mimetypes.guess_type(PurePosixPath(key).name, strict=False)
+    if encoding:
+        return _ENCODING_TYPES.get(encoding, DEFAULT_CONTENT_TYPE)
+    return kind or DEFAULT_CONTENT_TYPE
+
+
+# -- shared plumbing ---------------------------------------------------------------------------
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+@contextmanager
+def _staging_file(dest: Path) -> Iterator[Path]:
+    """A temporary file next to `dest`, renamed over it on success, removed on failure."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:80]}.", suffix=PART_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class _Store:
+    """What the three stores share: the provider, the options and the error wording."""
+
+    def __init__(self, provider: StorageProvider, options: TransferOptions) -> None:
+        self.provider = provider
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.provider.ref}, endpoint={self.provider.endpoint or self.provider.root})"
+
+    def _raise(
+        self,
+        operation: str,
+        bucket: str,
+        key: str | None,
+        reason: str,
+        *,
+        credentials: bool = False,
+        cause: str | None = None,
+    ) -> NoReturn:
+        where = f"{bucket}/{key}" if key is not None else bucket
+        message = _one_line(f"{self.provider.ref}: {operation} '{where}' failed: {reason}")
+        error_type = CredentialsError if credentials else StorageError
+        raise error_type(
+            message, provider=str(self.provider.ref), operation=operation, bucket=bucket, key=key, cause=cause
+        )
+
+    @contextmanager
+    def _local_file_errors(self, operation: str, bucket: str, key: str | None) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self._raise(operation, bucket, key, f"local file error: {exc}", cause=type(exc).__name__)
+
+
+# -- S3 (boto3) --------------------------------------------------------------------------------
+class S3Store(_Store):
+    """Amazon S3, or any S3-compatible server when `provider.endpoint` is set (path-style addressing).
+
+    Credentials: the provider's keys, else boto3's default chain (environment, role, ...).
+    """
+
+    def __init__(self, provider: StorageProvider, options: TransferOptions) -> None:
+        super().__init__(provider, options)
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.region = provider.region or "us-east-1"
+        config: dict[str, Any] = {
+            "region_name": self.region,
+            "signature_version": "s3v4",
+            "connect_timeout": options.connect_timeout,
+            "read_timeout": options.read_timeout,
+            "retries": {"mode": "standard", "max_attempts": options.max_attempts},
+            "max_pool_connections": max(10, options.max_concurrency * 2),
+        }
+        if provider.endpoint:
+            # S3-compatible servers: no virtual-host buckets, and only the checksums S3 has always required.
+            config["s3"] = {"addressing_style": "path"}
+            config["request_checksum_calculation"] = "when_required"
+            config["response_checksum_validation"] = "when_required"
+        session = boto3.session.Session(
+            aws_access_key_id=provider.access_key or None,
+            aws_secret_access_key=provider.secret_key or None,
+            region_name=self.region,
+        )
+        self.client = session.client(
+            "s3", endpoint_url=provider.endpoint or None, verify=provider.verify, config=Config(**config)
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=options.multipart_threshold,
+            multipart_chunksize=options.part_size,
+            max_concurrency=options.max_concurrency,
+            num_download_attempts=options.max_attempts,
+        )
+
+    @contextmanager
+    def _errors(self, operation: str, bucket: str, key: str | None = None) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        try:
+            yield
+        except StorageError:
+            raise
+        except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
+            root = _find_cause(exc, (ClientError, BotoCoreError)) or exc
+            if isinstance(root, (NoCredentialsError, PartialCredentialsError)):
+                self._raise(
+                    operation, bucket, key, f"no credentials: {root}", credentials=True, cause=type(root).__name__
+                )
+            if isinstance(root, ClientError):
+                error = root.response.get("Error", {})
+                code = str(error.get("Code", ""))
+                status = root.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                detail = f"{code}: {error.get('Message')}" if error.get("Message") else code
+                if code in NOT_FOUND_CODES:
+                    what = {"NoSuchBucket": "bucket", "404": "object or bucket", "NotFound": "object or bucket"}
+                    self._raise(operation, bucket, key, f"{what.get(code, 'object')} not found ({detail})", cause=code)
+                if code in CREDENTIAL_CODES:
+                    self._raise(operation, bucket, key, f"credentials refused ({detail})", credentials=True, cause=code)
+                self._raise(operation, bucket, key, f"{detail} (HTTP {status})", cause=code)
+            if isinstance(root, BotoCoreError):
+                self._raise(
+                    operation,
+                    bucket,
+                    key,
+                    f"{_one_line(root)} (after {self.options.max_attempts} attempts)",
+                    cause=type(root).__name__,
+                )
+            if isinstance(root, OSError):
+                self._raise(operation, bucket, key, f"local file error: {root}", cause=type(root).__name__)
+            self._raise(operation, bucket, key, f"{type(root).__name__}: {root}", cause=type(root).__name__)
+
+    def download(self, bucket: str, key: str, dest: Path) -> int:
+        with self._errors("download", bucket, key), _staging_file(Path(dest)) as tmp:
+            self.client.download_file(bucket, key, str(tmp), Config=self.transfer)
+            return tmp.stat().st_size
+
+    def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        with self._errors("upload", bucket, key):
+            size = Path(src).stat().st_size
+            extra = {"ContentType": content_type or guess_content_type(key)}
+            self.client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=self.transfer)
+            return size
+
+    def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
+        with self._errors("put", bucket, key):
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("create bucket", bucket):
+            try:
+                self.client.head_bucket(Bucket=bucket)
+                return
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) not in NOT_FOUND_CODES:
+                    raise
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            try:
+                self.client.create_bucket(**kwargs)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._errors("stat", bucket, key):
+            try:
+                self.client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NotFound", "NoSuchKey"):
+                    return False
+                raise
+            return True
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        with self._errors("list", bucket, prefix or None):
+            keys: list[str] = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", ()))
+            return sorted(keys)
+
+
+def _find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `types` in the chain (boto3 wraps ClientError in S3UploadFailedError...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return current
+        seen.add(id(current))
+        last = getattr(current, "last_exception", None)  # boto3 RetriesExceededError
+        current = current.__cause__ or current.__context__ or (last if isinstance(last, BaseException) else None)
+    return None
+
+
+# -- MinIO (minio SDK) -------------------------------------------------------------------------
+class MinioStore(_Store):
+    """A MinIO (or any S3-compatible) server through the minio SDK. `provider.endpoint` is a URL:
+    http:// -> plain, https:// (or no scheme) -> TLS, checked unless `verify` is false."""
+
+    def __init__(self, provider: StorageProvider, options: TransferOptions) -> None:
+        super().__init__(provider, options)
+        import certifi
+        import urllib3
+        from minio import Minio
+
+        if not provider.access_key or not provider.secret_key:
+            raise CredentialsError(
+                f"{provider.ref}: no access_key/secret_key for the MinIO provider "
+                "(neither in the secrets folder nor in the function definition)",
+                provider=str(provider.ref),
+            )
+        endpoint = provider.endpoint or MINIO_DEFAULT_ENDPOINT
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise ConfigError(
+                f"'{endpoint}' is not a MinIO endpoint URL (expected http(s)://host[:port])",
+                key=f"storage_providers.minio.{provider.ref.id}.endpoint",
+            )
+        self.endpoint = endpoint
+        secure = parts.scheme == "https"
+        retry = urllib3.Retry(
+            total=max(0, options.max_attempts - 1),
+            backoff_factor=0.2,
+            backoff_max=5,
+            status_forcelist=(500, 502, 503, 504),
+            raise_on_status=False,  # the last 5xx reaches the SDK, which reads the S3 error in it
+        )
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout),
+            maxsize=max(10, options.max_concurrency * 2),
+            retries=retry,
+            cert_reqs="CERT_REQUIRED" if provider.verify else "CERT_NONE",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+        # region None: the SDK asks the server (GetBucketLocation, once per bucket).
+        self.client = Minio(
+            parts.netloc,
+            access_key=provider.access_key,
+            secret_key=provider.secret_key,
+            secure=secure,
+            region=provider.region or None,
+            http_client=http,
+            cert_check=provider.verify,
+        )
+
+    @contextmanager
+    def _errors(self, operation: str, bucket: str, key: str | None = None) -> Iterator[None]:
+        import urllib3
+        from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+        try:
+            yield
+        except StorageError:
+            raise
+        except S3Error as exc:
+            detail = f"{exc.code}: {exc.message}" if exc.message else str(exc.code)
+            if exc.code in NOT_FOUND_CODES:
+                what = "bucket" if exc.code == "NoSuchBucket" else "object"
+                self._raise(operation, bucket, key, f"{what} not found ({detail})", cause=exc.code)
+            if exc.code in CREDENTIAL_CODES:
+                self._raise(operation, bucket, key, f"credentials refused ({detail})", credentials=True, cause=exc.code)
+            self._raise(operation, bucket, key, detail, cause=exc.code)
+        except ServerError as exc:
+            self._raise(operation, bucket, key, f"server error: {exc} (HTTP {exc.status_code})", cause="ServerError")
+        except (InvalidResponseError, MinioException) as exc:
+            self._raise(operation, bucket, key, f"{type(exc).__name__}: {exc}", cause=type(exc).__name__)
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            self._raise(
+                operation,
+                bucket,
+                key,
+                f"cannot reach {self.endpoint}: {reason} (after {self.options.max_attempts} attempts)",
+                cause=type(reason).__name__,
+            )
+        except ValueError as exc:  # the SDK's argument checks (bucket name, empty key ...)
+            self._raise(operation, bucket, key, f"invalid request: {exc}", cause="ValueError")
+        except OSError as exc:
+            self._raise(operation, bucket, key, f"local file error: {exc}", cause=type(exc).__name__)
+
+    def download(self, bucket: str, key: str, dest: Path) -> int:
+        with self._errors("download", bucket, key), _staging_file(Path(dest)) as tmp:
+            sdk_tmp = tmp.with_name(tmp.name + ".minio")  # the SDK streams here, then renames over tmp
+            try:
+                self.client.fget_object(bucket, key, str(tmp), tmp_file_path=str(sdk_tmp))
+            finally:
+                with suppress(FileNotFoundError):
+                    sdk_tmp.unlink()
+            return tmp.stat().st_size
+
+    def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        with self._errors("upload", bucket, key):
+            size = Path(src).stat().st_size
+            # The SDK goes multipart when the object is larger than part_size (min 5 MiB).
+            if size <= self.options.multipart_threshold:
+                part_size = max(size, 5 * MiB)
+            else:
+                part_size = max(self.options.part_size, 5 * MiB)
+            self.client.fput_object(
+                bucket,
+                key,
+                str(src),
+                content_type=content_type or guess_content_type(key),
+                part_size=part_size,
+                num_parallel_uploads=max(1, self.options.max_concurrency - 1),
+            )
+            return size
+
+    def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
+        with self._errors("put", bucket, key):
+            self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        from minio.error import S3Error
+
+        with self._errors("create bucket", bucket):
+            if self.client.bucket_exists(bucket):
+                return
+            try:
+                region = self.provider.region
+                self.client.make_bucket(bucket, location=region if region and region != "us-east-1" else None)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from minio.error import S3Error
+
+        with self._errors("stat", bucket, key):
+            try:
+                self.client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"):
+                    return False
+                raise
+            return True
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        with self._errors("list", bucket, prefix or None):
+            return sorted(
+                obj.object_name
+                for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True)
+                if obj.object_name is not None
+            )
+
+
+# -- local folder ------------------------------------------------------------------------------
+class LocalStore(_Store):
+    """A folder standing for the buckets: `<root>/<bucket>/<key>` (developer runs, tests).
+
+    Keys that could leave the bucket folder ('..' segments, absolute paths, NUL, symlinks out)
+    are refused. Content-Type is accepted and ignored: a folder has nowhere to keep it.
+    """
+
+    def __init__(self, provider: StorageProvider, options: TransferOptions) -> None:
+        super().__init__(provider, options)
+        if not provider.root:
+            raise ConfigError(
+                f"the local storage provider '{provider.ref}' needs a root folder",
+                key=f"storage_providers.local.{provider.ref.id}.root",
+            )
+        self.root = Path(provider.root).expanduser().resolve()
+
+    def _bucket_dir(self, operation: str, bucket: str) -> Path:
+        if not bucket or bucket in (".", "..") or any(ch in bucket for ch in "/\\\0"):
+            self._raise(operation, bucket, None, "invalid bucket name for a local folder")
+        return self.root / bucket
+
+    def _path(self, operation: str, bucket: str, key: str) -> Path:
+        base = self._bucket_dir(operation, bucket)
+        segments = key.split("/")
+        if not key or "\0" in key or key.startswith("/") or any(seg in ("", ".", "..") for seg in segments):
+            self._raise(operation, bucket, key, "key refused: it would not map to a file inside the bucket folder")
+        path = base.joinpath(*segments)
+        if not path.resolve().is_relative_to(base.resolve()):
+            self._raise(operation, bucket, key, "key refused: it resolves outside the bucket folder")
+        return path
+
+    def _require_bucket(self, operation: str, bucket: str, key: str | None) -> Path:
+        base = self._bucket_dir(operation, bucket)
+        if not base.is_dir():
+            self._raise(operation, bucket, key, f"bucket not found (no folder {base})", cause="NoSuchBucket")
+        return base
+
+    def download(self, bucket: str, key: str, dest: Path) -> int:
+        path = self._path("download", bucket, key)
+        self._require_bucket("download", bucket, key)
+        if not path.is_file():
+            self._raise("download", bucket, key, f"object not found (no file {path})", cause="NoSuchKey")
+        with self._local_file_errors("download", bucket, key), _staging_file(Path(dest)) as tmp:
+            with open(path, "rb") as source, open(tmp, "wb") as target:
+                shutil.copyfileobj(source, target, MiB)
+            return tmp.stat().st_size
+
+    def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        path = self._path("upload", bucket, key)
+        self._require_bucket("upload", bucket, key)
+        with self._local_file_errors("upload", bucket, key), open(src, "rb") as source:
+            with _staging_file(path) as tmp, open(tmp, "wb") as target:
+                shutil.copyfileobj(source, target, MiB)
+            return path.stat().st_size
+
+    def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
+        path = self._path("put", bucket, key)
+        self._require_bucket("put", bucket, key)
+        with self._local_file_errors("put", bucket, key), _staging_file(path) as tmp:
+            tmp.write_bytes(data)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        base = self._bucket_dir("create bucket", bucket)
+        with self._local_file_errors("create bucket", bucket, None):
+            base.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path("stat", bucket, key).is_file()
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        base = self._require_bucket("list", bucket, prefix or None)
+        with self._local_file_errors("list", bucket, prefix or None):
+            keys = (
+                path.relative_to(base).as_posix()
+                for path in base.rglob("*")
+                if path.is_file() and not path.name.endswith(PART_SUFFIX)
+            )
+            return sorted(key for key in keys if key.startswith(prefix))

