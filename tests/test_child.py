@@ -86,14 +86,14 @@ def test_signal_death_is_128_plus_signal(run):
     assert rc == 137
 
 
-def test_stderr_is_logged_with_prefix_and_kept_in_the_log_file(run, tmp_path, caplog):
+def test_stdout_file_gets_stdout_whole_and_both_streams_reach_the_log(run, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     out = tmp_path / "stdout"
-    rc, log_file = run(["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2"], stdout_file=out)
+    rc, log_file = run(["/bin/sh", "-c", "echo to-stdout; sleep 0.2; echo to-stderr >&2"], stdout_file=out)
     assert rc == 0
-    assert out.read_text() == "to-stdout\n"
-    assert model_lines(caplog) == ["model: to-stderr"]
-    assert log_file.read_text() == "to-stderr\n"
+    assert out.read_text() == "to-stdout\n"  # stderr never leaks into the response file
+    assert model_lines(caplog) == ["model: to-stdout", "model: to-stderr"]
+    assert log_file.read_text() == "to-stdout\nto-stderr\n"
 
 
 def test_without_stdout_file_stdout_joins_the_log(run, caplog):

@@ -1,0 +1,440 @@
+"""`conveyor run` end to end, as a real process, against the real S3 server on loopback.
+
+Scripts are written the way SCAR/OSCAR users write them (contract section 4). Every failure
+must end with the right exit code, a FAILED result record, nothing in the output paths, the
+input untouched and no process left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runtime.config import IOSpec, ProviderRef
+from runtime.outputs import safe_file_name
+from runtime.records import ResultRecord, Status, status_key
+
+CONVEYOR = [sys.executable, "-m", "runtime"]
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2a1d5d60000000049454e44ae426082"
+)
+
+COPY_SCRIPT = """#!/bin/bash
+# The DEEP pattern: the model reads $INPUT_FILE_PATH and writes into $TMP_OUTPUT_DIR.
+set -e
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"
+printf '%s' "$STORAGE_OBJECT_KEY" > "$TMP_OUTPUT_DIR/key.txt"
+echo "processed $(basename "$INPUT_FILE_PATH")"
+"""
+
+DARKNET_STYLE = """#!/bin/sh
+# The Darknet pattern: an output name derived from the input name, stdout kept in a .out file.
+NAME=$(basename "$INPUT_FILE_PATH" | sed 's/\\.[^.]*$//')
+echo "detected in $NAME" > "$TMP_OUTPUT_DIR/$NAME.out"
+"""
+
+
+def minio_event(bucket: str, key: str, size: int = 0) -> dict[str, Any]:
+    return {
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": f"{bucket}/{key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": "2026-11-24T10:00:00.000Z",
+                "eventName": "s3:ObjectCreated:Put",
+                "userIdentity": {"principalId": "alice"},
+                "requestParameters": {"principalId": "alice", "region": "", "sourceIPAddress": "127.0.0.1"},
+                "responseElements": {"x-minio-origin-endpoint": "http://127.0.0.1:9000"},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": urllib.parse.quote_plus(key, safe="/"), "size": size, "eTag": "x"},
+                },
+            }
+        ],
+    }
+
+
+def oscar_event(bucket: str, key: str) -> dict[str, Any]:
+    return {"storage_provider": "minio.default", "event": json.dumps(minio_event(bucket, key))}
+
+
+def s3_event(bucket: str, keys: list[str]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": urllib.parse.quote_plus(k, safe="/"), "size": 1}},
+            }
+            for k in keys
+        ]
+    }
+
+
+class Deployment:
+    """A function definition + script on disk, and a way to run `conveyor run` on an event."""
+
+    def __init__(self, tmp: Path, server: Any, bucket: str, script: str | None, **conveyor: Any) -> None:
+        self.tmp, self.server, self.bucket = tmp, server, bucket
+        self.markers = tmp / "markers"
+        self.markers.mkdir()
+        self.scratch = tmp / "scratch"
+        self.scratch.mkdir()
+        provider = {
+            "endpoint": server.endpoint,
+            "access_key": server.access_key,
+            "secret_key": server.secret_key,
+            "verify": False,
+        }
+        self.definition: dict[str, Any] = {
+            "name": "pipeline-test",
+            "log_level": "INFO",
+            "storage_providers": {"minio": {"default": dict(provider)}, "s3": {"default": dict(provider)}},
+            "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
+            "output": [{"storage_provider": "minio.default", "path": f"{bucket}/out"}],
+            "environment": {"variables": {"MARKERS": str(self.markers)}},
+            "conveyor": {"timeout": 30, "grace_period": 1, **conveyor},
+        }
+        if script is not None:
+            (tmp / "script.sh").write_text(script)
+            self.definition["init_script"] = str(tmp / "script.sh")
+
+    def write(self) -> Path:
+        path = self.tmp / "function_config.yaml"
+        path.write_text(yaml.safe_dump(self.definition))
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CONVEYOR_", "EVENT"))}
+        env.update({"TMPDIR": str(self.scratch), "PYTHONUNBUFFERED": "1"}, **extra)
+        return env
+
+    def run(self, event: Any, *, platform: str = "oscar", stdin: bytes | None = None, **env: str):
+        data = stdin if stdin is not None else json.dumps(event).encode()
+        proc = subprocess.run(
+            [*CONVEYOR, "run", "--config", str(self.write()), "--platform", platform],
+            input=data,
+            capture_output=True,
+            env=self.env(**env),
+            timeout=120,
+        )
+        return proc
+
+    def popen(self, event: Any) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*CONVEYOR, "run", "--config", str(self.write()), "--platform", "oscar"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env(),
+        )
+
+
+def records(stderr: bytes) -> list[dict[str, Any]]:
+    """The result records: the JSON after 'result ' on Conveyor's log lines."""
+    found = []
+    for line in stderr.decode(errors="replace").splitlines():
+        marker = " conveyor: result "
+        if marker in line:
+            found.append(json.loads(line.split(marker, 1)[1]))
+    return found
+
+
+def keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+def body(client: Any, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def assert_no_process(pid_file: Path) -> None:
+    """The process whose pid the script wrote must be gone (or a zombie awaiting its reaper)."""
+    pid = int(pid_file.read_text().strip())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail(f"process {pid} was left running")
+
+
+@pytest.fixture
+def deploy(tmp_path: Path, s3_server: Any, bucket: str):
+    def make(script: str | None = COPY_SCRIPT, **conveyor: Any) -> Deployment:
+        return Deployment(tmp_path, s3_server, bucket, script, **conveyor)
+
+    return make
+
+
+def test_oscar_minio_event_end_to_end(deploy, s3_client, bucket) -> None:
+    d = deploy()
+    s3_client.put_object(Bucket=bucket, Key="in/photo one+été.jpg", Body=PNG)
+    proc = d.run(oscar_event(bucket, "in/photo one+été.jpg"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == ["out/key.txt", "out/photo one+été.jpg"]
+    assert body(s3_client, bucket, "out/photo one+été.jpg") == PNG
+    assert body(s3_client, bucket, "out/key.txt").decode() == "in/photo one+été.jpg"
+    head = s3_client.head_object(Bucket=bucket, Key="out/photo one+été.jpg")
+    assert head["ContentType"] == "image/jpeg"
+    [record] = records(proc.stderr)
+    assert record["status"] == "SUCCEEDED"
+    assert record["input"]["provider"] == "minio.default" and record["input"]["user"] == "alice"
+    assert sorted(record["outputs"]) == [f"{bucket}/out/key.txt", f"{bucket}/out/photo one+été.jpg"]
+    assert record["bytes_in"] == len(PNG) and record["exit_code"] == 0
+    assert {"download", "handler", "upload", "total"} <= set(record["timings"])
+    assert "processed photo one+été.jpg" in record["log_tail"]
+    assert proc.stdout == b""  # storage events answer nothing on stdout
+    assert list(d.scratch.iterdir()) == []  # work directories removed
+    assert keys(s3_client, bucket, "in/") == ["in/photo one+été.jpg"]
+
+
+def test_s3_event_with_three_records(deploy, s3_client, bucket) -> None:
+    d = deploy(DARKNET_STYLE)
+    d.definition["output"] = [{"storage_provider": "minio.default", "path": f"{bucket}/detections", "suffix": [".out"]}]
+    names = ["in/dog.jpg", "in/sub/person.jpg", "in/horses.jpg"]
+    for name in names:
+        s3_client.put_object(Bucket=bucket, Key=name, Body=name.encode())
+    proc = d.run(s3_event(bucket, names), platform="batch", AWS_BATCH_JOB_ID="job-123")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert keys(s3_client, bucket, "detections/") == [
+        "detections/dog.out",
+        "detections/horses.out",
+        "detections/person.out",
+    ]
+    assert body(s3_client, bucket, "detections/person.out") == b"detected in person\n"
+    recs = records(proc.stderr)
+    assert [r["status"] for r in recs] == ["SUCCEEDED"] * 3
+    assert [r["input"]["key"] for r in recs] == names
+    assert {r["job_id"] for r in recs} == {"job-123"}
+    assert all("[job-123]" in line for line in proc.stderr.decode().splitlines() if " conveyor:" in line)
+
+
+def test_inline_sync_payload_answers_with_the_output(deploy, bucket) -> None:
+    script = '#!/bin/sh\ncase "$INPUT_FILE_PATH" in *.png) cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/r.png";; esac\n'
+    d = deploy(script)
+    d.definition["output"] = []
+    proc = d.run(None, stdin=base64.b64encode(PNG) + b"\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert base64.b64decode(proc.stdout, validate=True) == PNG
+    [record] = records(proc.stderr)
+    assert record["input"]["inline"] is True and record["input"]["file_name"].endswith(".png")
+
+
+def test_sync_payload_without_output_file_answers_with_stdout(deploy) -> None:
+    d = deploy('#!/bin/sh\necho "size=$(wc -c < "$INPUT_FILE_PATH")"\n')
+    d.definition["output"] = []
+    proc = d.run(None, stdin=b"hello there")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b"size=11\n"
+
+
+def test_mangled_stdin_falls_back_to_the_event_variable(deploy, s3_client, bucket) -> None:
+    d = deploy()
+    s3_client.put_object(Bucket=bucket, Key="in/a.txt", Body=b"a")
+    event = json.dumps(oscar_event(bucket, "in/a.txt"))
+    # What `echo $EVENT | worker` does to JSON with the variable unquoted: quotes are lost.
+    mangled = event.replace('"', "").encode()
+    proc = d.run(None, stdin=mangled, EVENT=event)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "out/a.txt" in keys(s3_client, bucket, "out/")
+
+
+def test_failing_script_uploads_nothing(deploy, s3_client, bucket) -> None:
+    d = deploy('#!/bin/sh\necho partial > "$TMP_OUTPUT_DIR/partial.txt"\necho "model crashed" >&2\nexit 3\n')
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 70, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["exit_code"] == 3
+    assert record["error"]["kind"] == "handler" and "code 3" in record["error"]["message"]
+    assert "model crashed" in record["log_tail"]
+    assert keys(s3_client, bucket, "out/") == []
+    assert keys(s3_client, bucket, "in/") == ["in/x.bin"]
+    assert list(d.scratch.iterdir()) == []
+
+
+def test_script_past_its_deadline_is_killed(deploy, s3_client, bucket) -> None:
+    script = '#!/bin/sh\necho $$ > "$MARKERS/pid"\necho partial > "$TMP_OUTPUT_DIR/p.txt"\nexec sleep 300\n'
+    d = deploy(script, timeout=1)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 124, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "timeout"
+    assert keys(s3_client, bucket, "out/") == []
+    assert_no_process(d.markers / "pid")
+
+
+def test_script_that_writes_nothing_fails(deploy, s3_client, bucket) -> None:
+    d = deploy("#!/bin/sh\necho 'thinking hard'\n")
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 70, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "no-output"
+    assert record["exit_code"] == 0
+
+
+def test_grandchild_left_behind_is_killed(deploy, s3_client, bucket) -> None:
+    script = (
+        '#!/bin/sh\nsleep 300 &\necho $! > "$MARKERS/pid"\n'
+        'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\nexit 0\n'
+    )
+    d = deploy(script)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == ["out/x.bin"]
+    assert_no_process(d.markers / "pid")
+
+
+def test_sigterm_mid_run_stops_the_model_and_uploads_nothing(deploy, s3_client, bucket) -> None:
+    script = (
+        '#!/bin/sh\necho $$ > "$MARKERS/pid"\necho partial > "$TMP_OUTPUT_DIR/p.txt"\n'
+        'touch "$MARKERS/started"\nexec sleep 300\n'
+    )
+    d = deploy(script)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.popen(oscar_event(bucket, "in/x.bin"))
+    proc.stdin.write(json.dumps(oscar_event(bucket, "in/x.bin")).encode())
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    deadline = time.monotonic() + 30
+    while not (d.markers / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the script never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr.decode()
+    [record] = records(stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "interrupted"
+    assert keys(s3_client, bucket, "out/") == []
+    assert_no_process(d.markers / "pid")
+
+
+def test_unreachable_storage_at_download(deploy, bucket, closed_port) -> None:
+    d = deploy()
+    d.definition["storage_providers"]["minio"]["default"]["endpoint"] = f"http://127.0.0.1:{closed_port}"
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 74, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
+    assert str(closed_port) in record["error"]["message"] or bucket in record["error"]["message"]
+
+
+def test_unreachable_storage_at_upload(deploy, s3_client, bucket, closed_port) -> None:
+    d = deploy()
+    d.definition["storage_providers"]["minio"]["down"] = {
+        "endpoint": f"http://127.0.0.1:{closed_port}",
+        "access_key": "k",
+        "secret_key": "s",
+    }
+    d.definition["output"] = [
+        {"storage_provider": "minio.default", "path": f"{bucket}/out"},
+        {"storage_provider": "minio.down", "path": f"{bucket}/elsewhere"},
+    ]
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 74, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
+    assert record["outputs"] == []
+    assert keys(s3_client, bucket, "in/") == ["in/x.bin"]
+
+
+def test_missing_credentials(deploy, bucket) -> None:
+    d = deploy()
+    d.definition["storage_providers"]["minio"]["default"].update(access_key="hidden", secret_key="hidden")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 77, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "credentials"
+
+
+def test_wrong_credentials(deploy, bucket) -> None:
+    d = deploy()
+    d.definition["storage_providers"]["minio"]["default"]["secret_key"] = "not-the-secret"
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 77, proc.stderr.decode()
+
+
+def test_rerun_overwrites_the_same_keys(deploy, s3_client, bucket) -> None:
+    d = deploy()
+    s3_client.put_object(Bucket=bucket, Key="in/r.txt", Body=b"r")
+    first = d.run(oscar_event(bucket, "in/r.txt"))
+    second = d.run(oscar_event(bucket, "in/r.txt"))
+    assert first.returncode == second.returncode == 0
+    assert keys(s3_client, bucket, "out/") == ["out/key.txt", "out/r.txt"]
+    assert records(first.stderr)[0]["outputs"] == records(second.stderr)[0]["outputs"]
+
+
+def test_result_record_uploaded_to_the_status_location(deploy, s3_client, bucket) -> None:
+    d = deploy(status={"storage_provider": "minio.default", "path": f"{bucket}/status"})
+    s3_client.put_object(Bucket=bucket, Key="in/r.txt", Body=b"r")
+    proc = d.run(oscar_event(bucket, "in/r.txt"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    stored_bucket, stored_key = status_key(
+        IOSpec(ProviderRef("minio"), f"{bucket}/status"),
+        ResultRecord(
+            input=record["input"], platform="oscar", request_id="r", handler="script", status=Status.SUCCEEDED
+        ),
+    )
+    assert stored_key == f"status/{bucket}/in/r.txt.json"
+    stored = json.loads(body(s3_client, stored_bucket, stored_key))
+    assert stored["status"] == "SUCCEEDED" and stored["outputs"] == record["outputs"]
+
+
+@pytest.mark.parametrize(
+    "key", ["../../escape.txt", "/etc/passwd", "a/../../../b.txt", "d/" + "é" * 200 + ".txt", "in/..", "in/ "]
+)
+def test_hostile_keys_stay_inside_the_work_directory(deploy, s3_client, bucket, key, tmp_path) -> None:
+    """Keys the server stores are processed inside the work dir; keys it refuses (a forged event)
+    fail as a storage error. Either way nothing is written outside the scratch folder."""
+    d = deploy('#!/bin/sh\necho "$INPUT_FILE_PATH" > "$MARKERS/path"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    d.write()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"hostile")
+        stored = True
+    except s3_client.exceptions.ClientError:
+        stored = False  # SeaweedFS refuses '..' segments and over-long keys: the event is forged
+    proc = d.run(oscar_event(bucket, key))
+    if stored:
+        assert proc.returncode == 0, proc.stderr.decode()
+        local = Path((d.markers / "path").read_text().strip())
+        assert local.parent.parent.parent == d.scratch  # <scratch>/conveyor-XXXX/input/<name>
+        assert local.name == safe_file_name(key)
+    else:
+        assert proc.returncode == 74, proc.stderr.decode()
+        [record] = records(proc.stderr)
+        assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
+        assert not (d.markers / "path").exists()
+    assert list(d.scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not Path("/escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()

@@ -1,0 +1,374 @@
+"""The ObjectStore implementations against a real S3-compatible server (SeaweedFS on loopback),
+and the local-folder store against a real folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ProviderRef, StorageProvider
+from runtime.errors import ConfigError, CredentialsError, StorageError
+from runtime.storage import (
+    PART_SUFFIX,
+    LocalStore,
+    MinioStore,
+    ObjectStore,
+    S3Store,
+    guess_content_type,
+    open_store,
+)
+
+MiB = 1024 * 1024
+ODD_KEY = "in/dir with space/naïve café+plus 1 ümlaut.txt"
+KINDS = ["s3", "minio"]
+
+
+def strays(folder: Path) -> list[str]:
+    """Anything in `folder` that looks like a leftover temporary download."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or "part" in p.name)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(kind: str, make_provider) -> ObjectStore:
+    return open_store(make_provider(kind))
+
+
+# -- both providers against the real server ------------------------------------------------------
+def test_open_store_picks_the_implementation(make_provider, tmp_path: Path) -> None:
+    assert isinstance(open_store(make_provider("s3")), S3Store)
+    assert isinstance(open_store(make_provider("minio")), MinioStore)
+    local = open_store(StorageProvider(ref=ProviderRef("local"), root=str(tmp_path)))
+    assert isinstance(local, LocalStore)
+    for store in (open_store(make_provider("s3")), local):
+        assert isinstance(store, ObjectStore)
+
+
+def test_round_trip_with_odd_key(store: ObjectStore, bucket: str, s3_client, tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_bytes("héllo wörld\n".encode() * 1000)
+
+    assert store.upload(src, bucket, ODD_KEY) == src.stat().st_size
+    assert store.exists(bucket, ODD_KEY)
+    assert store.list_keys(bucket) == [ODD_KEY]
+    # The raw S3 view agrees on the exact key (no double encoding, '+' kept as '+').
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [ODD_KEY]
+
+    dest = tmp_path / "out" / "naïve café+plus 1.txt"  # parent created on demand
+    assert store.download(bucket, ODD_KEY, dest) == src.stat().st_size
+    assert dest.read_bytes() == src.read_bytes()
+    assert strays(dest.parent) == []
+
+
+def test_download_overwrites_existing_file(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    store.put_bytes(b"new", bucket, "k.bin")
+    dest = tmp_path / "k.bin"
+    dest.write_bytes(b"old content, longer than the new one")
+    assert store.download(bucket, "k.bin", dest) == 3
+    assert dest.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("a/photo.JPG", "image/jpeg"),
+        ("a/result.json", "application/json"),
+        ("a/table.csv", "text/csv"),
+        ("a/archive.tar.gz", "application/gzip"),
+        ("a/no_extension", "application/octet-stream"),
+        ("a/weights.weird-ext", "application/octet-stream"),
+    ],
+)
+def test_upload_sets_content_type(
+    store: ObjectStore, bucket: str, s3_client, tmp_path: Path, key: str, expected: str
+) -> None:
+    src = tmp_path / "payload"
+    src.write_bytes(b"x" * 10)
+    store.upload(src, bucket, key)
+    assert s3_client.head_object(Bucket=bucket, Key=key)["ContentType"] == expected
+
+
+def test_explicit_content_type_wins(store: ObjectStore, bucket: str, s3_client, tmp_path: Path) -> None:
+    src = tmp_path / "payload.txt"
+    src.write_text("hi")
+    store.upload(src, bucket, "x.txt", content_type="application/x-custom")
+    assert s3_client.head_object(Bucket=bucket, Key="x.txt")["ContentType"] == "application/x-custom"
+
+
+def test_put_bytes(store: ObjectStore, bucket: str, s3_client) -> None:
+    store.put_bytes(b'{"status": "SUCCEEDED"}', bucket, "status/record.json")
+    obj = s3_client.get_object(Bucket=bucket, Key="status/record.json")
+    assert obj["Body"].read() == b'{"status": "SUCCEEDED"}'
+    assert obj["ContentType"] == "application/json"
+
+
+def test_exists_and_list_keys(store: ObjectStore, bucket: str) -> None:
+    for key in ("a/1.txt", "a/2.txt", "b/3.txt", "a/sub/4.txt"):
+        store.put_bytes(b"x", bucket, key)
+    assert store.list_keys(bucket) == ["a/1.txt", "a/2.txt", "a/sub/4.txt", "b/3.txt"]
+    assert store.list_keys(bucket, "a/") == ["a/1.txt", "a/2.txt", "a/sub/4.txt"]
+    assert store.list_keys(bucket, "zzz") == []
+    assert store.exists(bucket, "a/1.txt")
+    assert not store.exists(bucket, "a/missing.txt")
+    assert not store.exists(bucket, "a")  # a "folder" is not an object
+
+
+def test_ensure_bucket_is_idempotent(store: ObjectStore, s3_client, kind: str) -> None:
+    name = f"t-ensure-{kind}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
+    store.ensure_bucket(name)
+    store.ensure_bucket(name)
+    s3_client.head_bucket(Bucket=name)
+    assert store.list_keys(name) == []
+
+
+def test_missing_key_is_not_found_and_leaves_nothing(store: ObjectStore, bucket: str, kind: str, tmp_path) -> None:
+    dest = tmp_path / "in" / "missing.jpg"
+    with pytest.raises(StorageError) as info:
+        store.download(bucket, "no/such key.jpg", dest)
+    error = info.value
+    assert not isinstance(error, CredentialsError)
+    assert "not found" in error.message
+    assert f"{kind}.default" in error.message and bucket in error.message and "no/such key.jpg" in error.message
+    assert "\n" not in error.message
+    assert error.context["bucket"] == bucket and error.context["key"] == "no/such key.jpg"
+    assert not dest.exists()
+    assert strays(dest.parent) == []
+
+
+def test_failed_download_keeps_previous_file_intact(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    dest = tmp_path / "keep.txt"
+    dest.write_bytes(b"previous")
+    with pytest.raises(StorageError):
+        store.download(bucket, "missing.txt", dest)
+    assert dest.read_bytes() == b"previous"
+    assert strays(tmp_path) == []
+
+
+def test_missing_bucket(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    with pytest.raises(StorageError, match="not found"):
+        store.download("t-no-such-bucket-conveyor", "k.txt", tmp_path / "k.txt")
+    with pytest.raises(StorageError) as info:
+        store.upload(src, "t-no-such-bucket-conveyor", "k.txt")
+    assert not isinstance(info.value, CredentialsError)
+    assert not (tmp_path / "k.txt").exists()
+
+
+def test_missing_source_file(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="local file"):
+        store.upload(tmp_path / "nope.txt", bucket, "k.txt")
+
+
+@pytest.mark.parametrize("which", ["secret", "access"])
+def test_wrong_credentials(kind: str, make_provider, bucket: str, tmp_path: Path, which: str) -> None:
+    wrong = {"secret_key": "not-the-secret-key"} if which == "secret" else {"access_key": "NOSUCHACCESSKEY"}
+    store = open_store(make_provider(kind, **wrong), max_attempts=1)
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    dest = tmp_path / "dest.txt"
+    for call in (
+        lambda: store.download(bucket, "k.txt", dest),
+        lambda: store.upload(src, bucket, "k.txt"),
+        lambda: store.put_bytes(b"{}", bucket, "k.json"),
+        lambda: store.list_keys(bucket),
+    ):
+        with pytest.raises(CredentialsError) as info:
+            call()
+        assert info.value.exit_code == 77
+        assert f"{kind}.default" in info.value.message and bucket in info.value.message
+    assert not dest.exists() and strays(tmp_path) == []
+
+
+def test_s3_without_any_credentials(monkeypatch, make_provider, bucket: str, tmp_path: Path) -> None:
+    # The default chain finds nothing: no env keys, no files, no instance metadata (never leave loopback).
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    store = open_store(make_provider("s3", access_key=None, secret_key=None), max_attempts=1)
+    with pytest.raises(CredentialsError, match="no credentials"):
+        store.download(bucket, "k.txt", tmp_path / "k.txt")
+
+
+def test_minio_without_credentials_fails_at_open(make_provider) -> None:
+    with pytest.raises(CredentialsError, match=r"minio\.default"):
+        open_store(make_provider("minio", access_key=None, secret_key=None))
+
+
+@pytest.mark.parametrize("attempts", [1, None])
+def test_unreachable_endpoint(kind: str, make_provider, closed_port: int, tmp_path: Path, attempts) -> None:
+    provider = make_provider(kind, endpoint=f"http://127.0.0.1:{closed_port}")
+    store = open_store(provider) if attempts is None else open_store(provider, max_attempts=attempts)
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    dest = tmp_path / "dest.txt"
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        store.download("bucket", "key.txt", dest)
+    elapsed = time.monotonic() - started
+    assert not isinstance(info.value, CredentialsError)
+    assert f"127.0.0.1:{closed_port}" in info.value.message
+    assert elapsed < (1.0 if attempts == 1 else 6.0), f"took {elapsed:.1f}s"
+    with pytest.raises(StorageError):
+        store.upload(src, "bucket", "key.txt")
+    assert not dest.exists() and strays(tmp_path) == []
+
+
+def test_unsupported_provider_type() -> None:
+    with pytest.raises(ConfigError, match="webdav"):
+        open_store(StorageProvider(ref=ProviderRef("webdav", "x")))
+
+
+def test_unknown_option_is_rejected(make_provider) -> None:
+    with pytest.raises(TypeError):
+        open_store(make_provider("s3"), max_atempts=1)
+
+
+def test_minio_endpoint_must_be_a_url(make_provider) -> None:
+    with pytest.raises(ConfigError, match="endpoint"):
+        open_store(make_provider("minio", endpoint="ftp://127.0.0.1:9"))
+
+
+@pytest.mark.heavy
+def test_large_object_multipart_round_trip(store: ObjectStore, bucket: str, s3_client, tmp_path: Path) -> None:
+    size = 100 * 1000 * 1000
+    src = tmp_path / "big.bin"
+    digest = hashlib.sha256()
+    with open(src, "wb") as handle:
+        block = os.urandom(MiB)
+        written = 0
+        while written < size:
+            chunk = block[: min(MiB, size - written)]
+            # Vary each MiB so a misplaced part would change the hash.
+            chunk = written.to_bytes(8, "big") + chunk[8:]
+            handle.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+    expected = digest.hexdigest()
+
+    assert store.upload(src, bucket, "big/model weights.bin") == size
+    head = s3_client.head_object(Bucket=bucket, Key="big/model weights.bin", PartNumber=1)
+    assert head["ContentLength"] < size, "part 1 should be one part, not the whole object"
+    parts = head.get("PartsCount")
+    etag = s3_client.head_object(Bucket=bucket, Key="big/model weights.bin")["ETag"].strip('"')
+    assert "-" in etag or (parts or 0) > 1, f"not a multipart object: ETag {etag}, PartsCount {parts}"
+
+    dest = tmp_path / "down" / "big.bin"
+    assert store.download(bucket, "big/model weights.bin", dest) == size
+    got = hashlib.sha256()
+    with open(dest, "rb") as handle:
+        while chunk := handle.read(MiB):
+            got.update(chunk)
+    assert got.hexdigest() == expected
+    assert strays(dest.parent) == []
+
+
+# -- local folder store ---------------------------------------------------------------------------
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStore:
+    store = open_store(StorageProvider(ref=ProviderRef("local"), root=str(tmp_path / "root")))
+    assert isinstance(store, LocalStore)
+    store.ensure_bucket("inputs")
+    return store
+
+
+def test_local_round_trip(local: LocalStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"data" * 1000)
+    assert local.upload(src, "inputs", ODD_KEY) == 4000
+    assert (local.root / "inputs" / ODD_KEY).read_bytes() == src.read_bytes()
+    assert local.exists("inputs", ODD_KEY)
+    assert local.list_keys("inputs") == [ODD_KEY]
+    assert local.list_keys("inputs", "in/dir") == [ODD_KEY]
+    assert local.list_keys("inputs", "other") == []
+    dest = tmp_path / "dest" / "x.txt"
+    assert local.download("inputs", ODD_KEY, dest) == 4000
+    assert dest.read_bytes() == src.read_bytes()
+    local.put_bytes(b"{}", "inputs", "status/r.json")
+    assert (local.root / "inputs" / "status" / "r.json").read_bytes() == b"{}"
+    local.ensure_bucket("inputs")  # idempotent
+
+
+def test_local_missing_key_and_bucket(local: LocalStore, tmp_path: Path) -> None:
+    dest = tmp_path / "d" / "x.txt"
+    with pytest.raises(StorageError, match="not found"):
+        local.download("inputs", "missing.txt", dest)
+    with pytest.raises(StorageError, match="bucket not found"):
+        local.download("nobucket", "x.txt", dest)
+    with pytest.raises(StorageError, match="bucket not found"):
+        local.put_bytes(b"x", "nobucket", "x.txt")
+    assert not dest.exists()
+    assert not local.exists("inputs", "missing.txt")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../escape.txt",
+        "a/../../escape.txt",
+        "..",
+        "/etc/passwd",
+        "a\0b",
+        "",
+        "a//b",
+        "./a",
+        "dir/",
+    ],
+)
+def test_local_hostile_keys_refused(local: LocalStore, tmp_path: Path, key: str) -> None:
+    src = tmp_path / "src.txt"
+    src.write_text("x")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(StorageError, match="refused"):
+        local.upload(src, "inputs", key)
+    with pytest.raises(StorageError, match="refused"):
+        local.download("inputs", key, tmp_path / "dest.txt")
+    with pytest.raises(StorageError, match="refused"):
+        local.exists("inputs", key)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "", "a\0b"])
+def test_local_hostile_buckets_refused(local: LocalStore, name: str) -> None:
+    with pytest.raises(StorageError, match="invalid bucket"):
+        local.ensure_bucket(name)
+    with pytest.raises(StorageError, match="invalid bucket"):
+        local.put_bytes(b"x", name, "k.txt")
+
+
+def test_local_symlink_escape_refused(local: LocalStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (local.root / "inputs" / "link").symlink_to(outside)
+    with pytest.raises(StorageError, match="outside"):
+        local.put_bytes(b"x", "inputs", "link/pwned.txt")
+    assert list(outside.iterdir()) == []
+
+
+def test_local_list_skips_partial_files(local: LocalStore) -> None:
+    local.put_bytes(b"x", "inputs", "a.txt")
+    (local.root / "inputs" / f".a.txt.abc{PART_SUFFIX}").write_bytes(b"partial")
+    assert local.list_keys("inputs") == ["a.txt"]
+
+
+def test_local_needs_a_root() -> None:
+    with pytest.raises(ConfigError, match="root"):
+        open_store(StorageProvider(ref=ProviderRef("local")))
+
+
+def test_guess_content_type() -> None:
+    assert guess_content_type("x/y/photo.png") == "image/png"
+    assert guess_content_type("weird#name?.txt") == "text/plain"
+    assert guess_content_type("data:image/png") == "application/octet-stream"
+    assert guess_content_type("") == "application/octet-stream"
