@@ -77,6 +77,11 @@ class Handler(ABC):
         self._ready = False
         self._lock = threading.Lock()
 
+    @property
+    def ready(self) -> bool:
+        """True once setup() has run: the next record is a warm start."""
+        return self._ready
+
     def ensure_setup(self) -> None:
         """Run setup() exactly once per instance (thread-safe)."""
         with self._lock:

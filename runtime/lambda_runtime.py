@@ -87,6 +87,8 @@ class LambdaApp:
             deadline=deadline,
             shutdown=threading.Event(),
             extra={"function_name": info.function_name, "memory_limit_in_mb": info.memory_limit_in_mb},
+            # The killed child must be gone before Lambda's own deadline (ours + timeout_threshold).
+            grace_period=min(self.config.conveyor.grace_period, self.config.timeout_threshold / 2),
         )
         mode = self.config.execution_mode
         if mode == "batch":

@@ -73,6 +73,11 @@ class Job:
     shutdown: threading.Event = field(default_factory=threading.Event)
     job_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # platform facts for the record (Lambda context, Batch attempt)
+    grace_period: float | None = None  # SIGTERM -> SIGKILL for children; None: the config's
+
+    @property
+    def grace(self) -> float:
+        return self.config.conveyor.grace_period if self.grace_period is None else self.grace_period
 
 
 def input_provider(ref: ObjectRef) -> ProviderRef:
@@ -197,8 +202,9 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
             shutdown=job.shutdown,
             event=event,
             request_id=job.request_id,
-            grace_period=job.config.conveyor.grace_period,
+            grace_period=job.grace,
         )
+        record.extra["warm_start"] = job.handler.ready
         with timer("handler"):
             job.handler.ensure_setup()
             result = job.handler.handle(inv)
