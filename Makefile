@@ -35,6 +35,12 @@ test-fast: $(STAMP) ## The suite without the heavy tests
 run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + a real model)
 	@echo "make run-local: not yet (see issue 8)"
 
+images: $(STAMP) ## Build the container images (private Docker engine; debootstrap base where no registry)
+	$(BIN)/python images/tools/build.py
+
+images-test: $(STAMP) ## Build (or reuse) the images and run them as OSCAR, Batch and Lambda would
+	host=$$(images/tools/dockerd.sh start) && DOCKER_HOST=$$host $(BIN)/pytest tests/images $(PYTEST_ARGS)
+
 weights: $(STAMP) ## Fetch and verify the YOLOv3-tiny weights for local runs
 	$(BIN)/conveyor weights
 

@@ -140,6 +140,7 @@ def cli() -> None:
 @click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
               help="Function definition (YAML). Default: the platform's own location (see README).")
 @click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
+@click.version_option(__version__, "--version", prog_name="conveyor")
 @guarded
 def run(event_path: str | None, config_path: str | None, platform_opt: str | None) -> None:
     """Process one event: every object it names goes through the model.

@@ -17,7 +17,12 @@ What the launcher guarantees:
   where `notification_toml` is written when given; WEED_* variables are not inherited;
 - its output goes to `log_path`, never to our stdout;
 - `start()` returns once a signed ListBuckets succeeds (about a second), or raises SeaweedError
-  with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace.
+  with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace;
+  weed also gets SIGTERM if our process dies (Linux PDEATHSIG) and at interpreter exit;
+- it behaves like a plain S3 server for tests: no bucket auto-creation on upload; all buckets
+  share one SeaweedFS collection (else every bucket costs a volume of its own, 0.2 s on its
+  first write, and the volume count, "free disk / 1 GiB" by default, runs out after ~N buckets);
+  a short connection idle timeout, so a stop does not wait 30 s for idle keep-alive connections.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -113,12 +118,22 @@ def pick_ports(count: int, taken: Sequence[int] = ()) -> list[int]:
     raise SeaweedError(f"could not find {count} free port pairs (p, p+{GRPC_OFFSET}) on 127.0.0.1")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: SIGTERM the child when the thread that started it dies (pytest killed -9, Ctrl-C...)."""
+def _death_signal_hook() -> Callable[[], None] | None:
+    """Linux: a preexec hook making the kernel SIGTERM weed when the thread that started it dies
+    (pytest killed with -9, a crashed `conveyor local`). prctl is looked up here, in the parent:
+    the child only calls it between fork and exec."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None  # PDEATHSIG follows the starting *thread*: only safe from the main one
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return hook
 
 
 _live: set[SeaweedServer] = set()
@@ -332,7 +347,6 @@ class SeaweedServer:
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
-            use_pdeathsig = sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
             self._proc = subprocess.Popen(
                 self.command(),
                 cwd=self.run_dir,
@@ -341,7 +355,7 @@ class SeaweedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if use_pdeathsig else None,
+                preexec_fn=_death_signal_hook(),
             )
         _live.add(self)
         try:
