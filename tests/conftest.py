@@ -8,6 +8,8 @@ Real S3-compatible server (SeaweedFS `weed mini`, bound to 127.0.0.1):
     s3_server_factory   s3_server_factory(**SeaweedServer kwargs) -> a private, started server, stopped at
                         teardown: for tests that stop/restart it or need a notification.toml
     closed_port         a 127.0.0.1 port with nothing listening (unreachable-endpoint tests)
+    deploy              deploy(script, **conveyor) -> tests.support.pipeline.Deployment: a function
+                        definition for s3_server, run with `conveyor run` as a real process
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 from runtime.config import ProviderRef, StorageProvider
 from runtime.s3server import SeaweedServer
+from tests.support.pipeline import COPY_SCRIPT, Deployment
 
 
 def provider_for(server: SeaweedServer, kind: str = "minio", id: str = "default", **fields: Any) -> StorageProvider:
@@ -89,3 +92,13 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def deploy(tmp_path, s3_server: SeaweedServer, bucket: str) -> Callable[..., Deployment]:
+    """deploy(script=COPY_SCRIPT, **conveyor_settings) -> a function definition on disk for s3_server."""
+
+    def make(script: str | None = COPY_SCRIPT, **conveyor: Any) -> Deployment:
+        return Deployment(tmp_path, s3_server, bucket, script, **conveyor)
+
+    return make

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.support.emulator import LambdaEmulator, ensure_rie, free_port
-from tests.test_pipeline import PNG, keys, minio_event, records
+from tests.support.pipeline import PNG, keys, minio_event, records
 
 FUNCTION = "conveyor-test"
 
