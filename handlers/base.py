@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from runtime.child import run_child
 from runtime.deadline import Deadline
 from runtime.errors import ConfigError
 
@@ -57,6 +59,32 @@ class Invocation:
     event: "Event | None" = None
     request_id: str = ""
     grace_period: float = 10.0  # SIGTERM -> SIGKILL grace for children
+    log_max_bytes: int = 10 * 1024 * 1024  # cap of log_file
+
+    def run_child(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None = None,
+        stdout_file: Path | None = None,
+        prefix: str = "model",
+    ) -> int:
+        """Run a model process under this record's deadline, shutdown, log and environment
+        (runtime.child.run_child); returns its exit code."""
+        return run_child(
+            argv,
+            env=self.env if env is None else env,
+            cwd=cwd,
+            deadline=self.deadline,
+            shutdown=self.shutdown,
+            log=self.log,
+            log_file=self.log_file,
+            stdout_file=stdout_file,
+            grace=self.grace_period,
+            log_max_bytes=self.log_max_bytes,
+            prefix=prefix,
+        )
 
 
 @dataclass

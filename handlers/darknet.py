@@ -378,7 +378,6 @@ class DarknetHandler(Handler):
     def _detect_cli(self, inv: Invocation, picture: Picture) -> tuple[list[Detection], "PILImage.Image"]:
         from PIL import Image
 
-        from runtime.child import run_child
 
         work = inv.work_dir
         work.mkdir(parents=True, exist_ok=True)
@@ -391,19 +390,8 @@ class DarknetHandler(Handler):
         argv = [self._darknet, "detector", "test", str(data_file), str(self.cfg), str(self.weights), str(image_in),
                 "-thresh", f"{self.opts.threshold:g}", "-out", str(prefix)]
         log_start = inv.log_file.stat().st_size if inv.log_file.exists() else 0
-        rc = run_child(
-            argv,
-            env=inv.env,
-            cwd=work,  # darknet writes bad.list (and predictions.jpg without -out) into its cwd
-            deadline=inv.deadline,
-            shutdown=inv.shutdown,
-            log=inv.log,
-            log_file=inv.log_file,
-            stdout_file=stdout_path,
-            grace=inv.grace_period,
-            log_max_bytes=self.config.conveyor.log_max_bytes,
-            prefix="darknet",
-        )
+        # darknet writes bad.list (and predictions.jpg without -out) into its cwd
+        rc = inv.run_child(argv, cwd=work, stdout_file=stdout_path, prefix="darknet")
         stderr_text = _read_from(inv.log_file, log_start)
         if rc != 0:
             raise HandlerError(f"darknet exited with code {rc}: {_last_line(stderr_text)}", exit_code=rc)

@@ -99,7 +99,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handlers.base import Handler, HandlerResult, Invocation
-from runtime.child import run_child
 from runtime.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted, NoOutputError
 
 if TYPE_CHECKING:
@@ -475,11 +474,7 @@ class DeepaasHandler(Handler):
 
     def _run(self, inv: Invocation, argv: list[str], env: Mapping[str, str], cwd: Path, *,
              stdout_file: Path | None = None, prefix: str) -> int:
-        return run_child(
-            argv, env=env, cwd=cwd, deadline=inv.deadline, shutdown=inv.shutdown, log=inv.log,
-            log_file=inv.log_file, stdout_file=stdout_file, grace=inv.grace_period,
-            log_max_bytes=self.config.conveyor.log_max_bytes, prefix=prefix,
-        )
+        return inv.run_child(argv, cwd=cwd, env=env, stdout_file=stdout_file, prefix=prefix)
 
     def _cli_python(self, cli_path: str, env: Mapping[str, str]) -> str | None:
         return script_interpreter(cli_path, env.get("PATH", os.defpath), module="deepaas.cmd.cli")

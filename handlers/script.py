@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handlers.base import Handler, HandlerResult, Invocation
-from runtime.child import run_child
 from runtime.errors import ConfigError, HandlerError
 
 if TYPE_CHECKING:
@@ -69,19 +68,7 @@ class ScriptHandler(Handler):
         inv.log.info("running %s (%s)", _describe(argv), source)
 
         def run(command: list[str]) -> int:
-            return run_child(
-                command,
-                env=inv.env,
-                cwd=self._cwd,
-                deadline=inv.deadline,
-                shutdown=inv.shutdown,
-                log=inv.log,
-                log_file=inv.log_file,
-                stdout_file=stdout_path,
-                grace=inv.grace_period,
-                log_max_bytes=self.config.conveyor.log_max_bytes,
-                prefix="model",
-            )
+            return inv.run_child(command, cwd=self._cwd, stdout_file=stdout_path)
 
         try:
             rc = run(argv)

@@ -203,6 +203,7 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
             event=event,
             request_id=job.request_id,
             grace_period=job.grace,
+            log_max_bytes=job.config.conveyor.log_max_bytes,
         )
         record.extra["warm_start"] = job.handler.ready
         with timer("handler"):
