@@ -301,9 +301,20 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
     (SCAR's `{"script": ...}`, an empty body) runs the model once without an input file.
     """
     sink = response if event.wants_response else None
-    if not event.inputs:
+    inputs = [inp for inp in event.inputs if not _is_removal(inp)]
+    if len(inputs) < len(event.inputs):
+        log.info("skipping %d removal notification(s): there is no object to fetch", len(event.inputs) - len(inputs))
+        if not inputs:
+            return []
+    if not inputs:
         if event.kind == "storage":
             log.info("the event holds no object to process")
             return []
         return [run_input(job, event, None, sink)]
-    return [run_input(job, event, inp, sink) for inp in event.inputs]
+    return [run_input(job, event, inp, sink) for inp in inputs]
+
+
+def _is_removal(inp: Input) -> bool:
+    """S3/MinIO "ObjectRemoved:*" and EventBridge "Object Deleted" records name no object to fetch."""
+    name = (inp.event_name or "") if isinstance(inp, ObjectRef) else ""
+    return "ObjectRemoved" in name or name == "Object Deleted"

@@ -277,3 +277,14 @@ def test_hostile_keys_stay_inside_the_work_directory(deploy, s3_client, bucket, 
     assert list(d.scratch.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not Path("/escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_removal_notifications_are_skipped(deploy, s3_client, bucket) -> None:
+    d = deploy()
+    s3_client.put_object(Bucket=bucket, Key="in/kept.txt", Body=b"k")
+    event = s3_event(bucket, ["in/gone.txt", "in/kept.txt"])
+    event["Records"][0]["eventName"] = "ObjectRemoved:Delete"
+    proc = d.run(event)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [r["input"]["key"] for r in records(proc.stderr)] == ["in/kept.txt"]
+    assert "skipping 1 removal notification" in proc.stderr.decode()
