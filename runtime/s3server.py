@@ -21,7 +21,8 @@ What the launcher guarantees:
   weed also gets SIGTERM if our process dies (Linux PDEATHSIG) and at interpreter exit;
 - it behaves like a plain S3 server for tests: no bucket auto-creation on upload; all buckets
   share one SeaweedFS collection (else every bucket costs a volume of its own, 0.2 s on its
-  first write, and the volume count, "free disk / 1 GiB" by default, runs out after ~N buckets);
+  first write, and weed's volume count, free disk / 1 GiB by default, caps the number of buckets:
+  76 on a disk with 76 GiB free); a fixed `max_volumes` of sparse volumes instead;
   a short connection idle timeout, so a stop does not wait 30 s for idle keep-alive connections.
 """
 
@@ -38,11 +39,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -58,6 +61,10 @@ class SeaweedError(StorageError):
     """The embedded S3 server could not be found, started or stopped."""
 
     kind = "s3server"
+
+
+class _PortTaken(SeaweedError):
+    """A port chosen for weed is no longer free (another process took it meanwhile)."""
 
 
 def find_weed() -> str:
@@ -150,6 +157,14 @@ class SeaweedServer:
 
     root: a folder owned by this server: data/ (the store), run/ (cwd and HOME of weed, with
     s3.json and notification.toml) and weed.log. Reusing a root keeps the data.
+    access_key, secret_key: the one S3 identity (generated when not given).
+    notification_toml: written as run/notification.toml, e.g. a `[notification.webhook]`.
+    buckets: created once the server answers, on every start (existing ones are kept).
+    auto_create_bucket: weed's -s3.autoCreateBucket (off: an upload to a missing bucket fails, as on S3).
+    startup_timeout, stop_grace: seconds; idle_timeout: weed's -idleTimeout (seconds).
+    shared_collection: the SeaweedFS collection every bucket writes to (None: one per bucket).
+    max_volumes, volume_size_mb: weed's -volume.max and -master.volumeSizeLimitMB.
+    weed: the binary (default: find_weed()); extra_args: appended to the command line.
     """
 
     def __init__(
@@ -246,9 +261,10 @@ class SeaweedServer:
                 try:
                     self._launch_and_wait()
                     return self
-                except SeaweedError:
+                except SeaweedError as exc:
                     # Another process may have taken a port between our check and weed's bind.
-                    if attempt == attempts or not self._log_says_port_in_use():
+                    port_taken = isinstance(exc, _PortTaken) or self._log_says_port_in_use()
+                    if attempt == attempts or not port_taken:
                         raise
             return self  # pragma: no cover - the loop returns or raises
 
@@ -270,6 +286,15 @@ class SeaweedServer:
         finally:
             self._proc = None
             _live.discard(self)
+        self._remove_grpc_sockets()
+
+    def _remove_grpc_sockets(self) -> None:
+        """weed leaves /tmp/seaweedfs-<component>-grpc-<port>.sock behind (no flag moves them)."""
+        folders = {Path(tempfile.gettempdir()), Path("/tmp")}
+        for component, port in self.ports.items():
+            for folder in folders:
+                with suppress(OSError):
+                    (folder / f"seaweedfs-{component}-grpc-{port + GRPC_OFFSET}.sock").unlink()
 
     def restart(self) -> SeaweedServer:
         self.stop()
@@ -342,7 +367,7 @@ class SeaweedServer:
         for port in self.ports.values():
             for candidate in (port, port + GRPC_OFFSET):
                 if not _port_is_free(candidate):
-                    raise SeaweedError(f"port {candidate} on 127.0.0.1 is in use: cannot start SeaweedFS ({self.root})")
+                    raise _PortTaken(f"port {candidate} on 127.0.0.1 is in use: cannot start SeaweedFS ({self.root})")
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())

@@ -124,6 +124,7 @@ def _staging_file(dest: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        tmp.chmod(0o644)  # mkstemp's 0600 is for the partial file only
         os.replace(tmp, dest)
     except BaseException:
         with suppress(OSError):
@@ -179,6 +180,12 @@ class S3Store(_Store):
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
+        if bool(provider.access_key) != bool(provider.secret_key):
+            raise CredentialsError(
+                f"{provider.ref}: access_key and secret_key must be given together (or neither, for the "
+                "default AWS credential chain)",
+                provider=str(provider.ref),
+            )
         self.region = provider.region or "us-east-1"
         config: dict[str, Any] = {
             "region_name": self.region,
@@ -218,7 +225,14 @@ class S3Store(_Store):
     @contextmanager
     def _errors(self, operation: str, bucket: str, key: str | None = None) -> Iterator[None]:
         from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             yield
@@ -241,14 +255,12 @@ class S3Store(_Store):
                 if code in CREDENTIAL_CODES:
                     self._raise(operation, bucket, key, f"credentials refused ({detail})", credentials=True, cause=code)
                 self._raise(operation, bucket, key, f"{detail} (HTTP {status})", cause=code)
+            if isinstance(root, (BotoConnectionError, HTTPClientError)):  # refused, timed out, reset: retried
+                where = self.provider.endpoint or "S3"
+                reason = f"cannot reach {where}: {root} (after {self.options.max_attempts} attempts)"
+                self._raise(operation, bucket, key, reason, cause=type(root).__name__)
             if isinstance(root, BotoCoreError):
-                self._raise(
-                    operation,
-                    bucket,
-                    key,
-                    f"{_one_line(root)} (after {self.options.max_attempts} attempts)",
-                    cause=type(root).__name__,
-                )
+                self._raise(operation, bucket, key, str(root), cause=type(root).__name__)
             if isinstance(root, OSError):
                 self._raise(operation, bucket, key, f"local file error: {root}", cause=type(root).__name__)
             self._raise(operation, bucket, key, f"{type(root).__name__}: {root}", cause=type(root).__name__)

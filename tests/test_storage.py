@@ -4,7 +4,10 @@ and the local-folder store against a real folder."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from runtime.storage import (
 )
 
 MiB = 1024 * 1024
+BIG = 100 * 1000 * 1000  # "a 100 MB object"
 ODD_KEY = "in/dir with space/naïve café+plus 1 ümlaut.txt"
 KINDS = ["s3", "minio"]
 
@@ -201,6 +205,11 @@ def test_s3_without_any_credentials(monkeypatch, make_provider, bucket: str, tmp
         store.download(bucket, "k.txt", tmp_path / "k.txt")
 
 
+def test_s3_half_credentials_fail_at_open(make_provider) -> None:
+    with pytest.raises(CredentialsError, match="together"):
+        open_store(make_provider("s3", secret_key=None))
+
+
 def test_minio_without_credentials_fails_at_open(make_provider) -> None:
     with pytest.raises(CredentialsError, match=r"minio\.default"):
         open_store(make_provider("minio", access_key=None, secret_key=None))
@@ -240,38 +249,88 @@ def test_minio_endpoint_must_be_a_url(make_provider) -> None:
         open_store(make_provider("minio", endpoint="ftp://127.0.0.1:9"))
 
 
-@pytest.mark.heavy
-def test_large_object_multipart_round_trip(store: ObjectStore, bucket: str, s3_client, tmp_path: Path) -> None:
-    size = 100 * 1000 * 1000
-    src = tmp_path / "big.bin"
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 100 MB file of varied content, and its sha256."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
     digest = hashlib.sha256()
-    with open(src, "wb") as handle:
-        block = os.urandom(MiB)
+    block = os.urandom(MiB)
+    with open(path, "wb") as handle:
         written = 0
-        while written < size:
-            chunk = block[: min(MiB, size - written)]
-            # Vary each MiB so a misplaced part would change the hash.
-            chunk = written.to_bytes(8, "big") + chunk[8:]
+        while written < BIG:
+            chunk = written.to_bytes(8, "big") + block[8 : min(MiB, BIG - written)]  # every MiB differs
             handle.write(chunk)
             digest.update(chunk)
             written += len(chunk)
-    expected = digest.hexdigest()
+    return path, digest.hexdigest()
 
-    assert store.upload(src, bucket, "big/model weights.bin") == size
-    head = s3_client.head_object(Bucket=bucket, Key="big/model weights.bin", PartNumber=1)
-    assert head["ContentLength"] < size, "part 1 should be one part, not the whole object"
-    parts = head.get("PartsCount")
-    etag = s3_client.head_object(Bucket=bucket, Key="big/model weights.bin")["ETag"].strip('"')
-    assert "-" in etag or (parts or 0) > 1, f"not a multipart object: ETag {etag}, PartsCount {parts}"
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.heavy
+def test_large_object_multipart_round_trip(
+    store: ObjectStore, bucket: str, s3_client, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    src, expected = big_file
+    key = "big/model weights.bin"
+    assert store.upload(src, bucket, key) == BIG
+
+    # Uploaded in parts: S3 says how many, and the ETag of a multipart object ends with "-<parts>".
+    whole = s3_client.head_object(Bucket=bucket, Key=key)
+    first = s3_client.head_object(Bucket=bucket, Key=key, PartNumber=1)
+    parts = first.get("PartsCount")
+    assert parts and parts > 1, f"not a multipart object: {first}"
+    assert whole["ETag"].strip('"').endswith(f"-{parts}")
+    assert whole["ContentLength"] == BIG and first["ContentLength"] < BIG
+    assert s3_client.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")["Body"].read() == bytes(8)
 
     dest = tmp_path / "down" / "big.bin"
-    assert store.download(bucket, "big/model weights.bin", dest) == size
-    got = hashlib.sha256()
-    with open(dest, "rb") as handle:
-        while chunk := handle.read(MiB):
-            got.update(chunk)
-    assert got.hexdigest() == expected
+    assert store.download(bucket, key, dest) == BIG
+    assert sha256_of(dest) == expected
     assert strays(dest.parent) == []
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from runtime.config import ProviderRef, StorageProvider
+from runtime.storage import open_store
+
+kind, endpoint, access_key, secret_key, bucket, src, dest = sys.argv[1:]
+provider = StorageProvider(ref=ProviderRef(kind), access_key=access_key, secret_key=secret_key, endpoint=endpoint)
+MiB = 1024 * 1024
+BIG = 100 * 1000 * 1000  # "a 100 MB object"
+store = open_store(provider, multipart_threshold=8 * MiB, part_size=8 * MiB, max_concurrency=2)
+store.put_bytes(b"{}", bucket, "warm-up.json")  # imports, connections, first request done
+store.download(bucket, "warm-up.json", Path(dest))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+store.upload(Path(src), bucket, "memory/big.bin")
+store.download(bucket, "memory/big.bin", Path(dest))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mib": (after - before) / 1024}))
+"""
+
+
+@pytest.mark.heavy
+def test_transfers_stream_with_bounded_memory(
+    kind: str, s3_server, bucket: str, tmp_path: Path, big_file: tuple[Path, str]
+) -> None:
+    # In a fresh interpreter, so the peak RSS is this transfer's: a store that held the object in
+    # memory would grow by at least its 100 MB; parts of 8 MiB, two in flight, stay far below.
+    src, expected = big_file
+    dest = tmp_path / "dest.bin"
+    args = [kind, s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket, str(src), str(dest)]
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth = json.loads(done.stdout)["growth_mib"]
+    assert growth < 50, f"peak RSS grew by {growth:.0f} MiB for a {BIG // MiB} MiB object"
+    assert sha256_of(dest) == expected
 
 
 # -- local folder store ---------------------------------------------------------------------------
