@@ -32,8 +32,11 @@ test: $(STAMP) lint ## Lint, then run the whole test suite
 test-fast: $(STAMP) ## The suite without the heavy tests
 	$(BIN)/pytest -m "not heavy" $(PYTEST_ARGS)
 
-run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + a real model)
-	@echo "make run-local: not yet (see issue 8)"
+LOCAL_DIR  ?= var/local
+LOCAL_ARGS ?= --once
+
+run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + YOLOv3-tiny on samples/)
+	$(BIN)/conveyor local --dir $(LOCAL_DIR) $(LOCAL_ARGS)
 
 images: $(STAMP) ## Build the container images (private Docker engine; debootstrap base where no registry)
 	$(BIN)/python images/tools/build.py

@@ -25,6 +25,7 @@ from runtime import __version__
 from runtime.config import FunctionConfig, load_config
 from runtime.errors import ConveyorError, EventError, exit_code_for
 from runtime.events import load_event, refs_to_json
+from runtime.local.command import local
 from runtime.logs import bound_request_id, setup_logging
 from runtime.platform import Platform, detect_platform
 
@@ -245,6 +246,9 @@ def weights(dest: Path | None) -> None:
     from handlers.darknet_weights import default_weights_dir, ensure_weights
 
     click.echo(ensure_weights(dest or default_weights_dir(dict(os.environ))))
+
+
+cli.add_command(local)
 
 
 def main(argv: list[str] | None = None) -> None:

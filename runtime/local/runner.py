@@ -1,0 +1,722 @@
+"""`conveyor local`: the whole event-driven loop on one machine.
+
+    drop folder (DIR/inbox) --upload--> embedded S3 (weed mini) --filer webhook--> WebhookReceiver
+        --MinIO event, wrapped as OSCAR delegates it--> queue --> N workers --> executor (the
+        platform's way) --> result record --> DIR/results/<key>/..., DIR/status/<key>.json
+
+Layout of DIR (everything of a run lives there; delete it to start afresh):
+
+    inbox/               drop files here (sub-folders become key prefixes)
+    results/<key>/       the outputs of each input, downloaded from the output bucket
+    status/<key>.json    the result record of each input (Conveyor's, plus a "local" section)
+    logs/                <job>.log per oscar/batch/docker job; conveyor.log (this process, lambda)
+    .s3/                 the S3 server's data, its weed.log and notification.toml
+    .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/
+
+Order of start-up: directories and definition; model weights (darknet, first use); the webhook
+receiver (its URL goes into notification.toml); the S3 server and its buckets; a check that the
+model loads (the first Lambda environment's init, or a throw-away handler for oscar/batch), so a
+broken model fails the start rather than every file; the workers; the drop folder. Shutdown runs
+in reverse and always: the drop folder stops, running jobs get SIGTERM and the grace period (then
+SIGKILL), queued events are CANCELLED, the server gets SIGTERM (then SIGKILL). A second Ctrl-C kills at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from runtime.errors import ConveyorError, StorageError
+from runtime.local import definition as defs
+from runtime.local.executors import (
+    Deployment,
+    DockerExecutor,
+    Executor,
+    LocalRunError,
+    Outcome,
+    ProcessExecutor,
+    WarmExecutor,
+    clean_environment,
+    docker_client,
+)
+from runtime.local.progress import Progress, Task, TaskState
+from runtime.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
+from runtime.outputs import safe_file_name
+
+log = logging.getLogger("conveyor.local")
+
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
+SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+PLATFORMS = ("oscar", "lambda", "batch")
+
+
+@dataclass
+class LocalOptions:
+    root: Path
+    platform: str = "oscar"
+    workers: int = 2
+    model: str | None = None  # None: --config's handler, else the default model
+    config_path: Path | None = None
+    once: bool = False
+    docker: bool = False
+    image: str | None = None
+    timeout: float = 300.0
+    samples: bool = True
+    samples_dir: Path = SAMPLES_DIR
+    json_summary: bool = False
+    verbose: bool = False
+    event_wait: float = 30.0  # --once: how long an uploaded file may wait for its notification
+
+
+class _Stop(BaseException):
+    """A signal arrived while starting up: unwind, clean up, report."""
+
+
+class LocalRun:
+    def __init__(self, options: LocalOptions, environ: dict[str, str], stderr: TextIO | None = None,
+                 stdout: TextIO | None = None) -> None:
+        self.opts = options
+        self.environ = environ
+        self.root = options.root.resolve()
+        self.progress = Progress(self.root, stderr)
+        self.stdout = stdout or sys.stdout
+        self.inbox = self.root / "inbox"
+        self.results = self.root / "results"
+        self.status = self.root / "status"
+        self.logs = self.root / "logs"
+        self.private = self.root / ".conveyor"
+        self.tasks: list[Task] = []
+        self.queue: queue.Queue[Task | None] = queue.Queue()
+        self.server: Any = None
+        self.client: Any = None
+        self.receiver: WebhookReceiver | None = None
+        self.executor: Executor | None = None
+        self.deployment: Deployment | None = None
+        self._doc: dict[str, Any] = {}
+        self.dropfolder: Any = None
+        self.workers: list[threading.Thread] = []
+        self.model_label = ""
+        self.image = options.image
+        self._docker: Any = None
+        self._saved_stdout: int | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._seen: set[str] = set()  # identities of the object versions already queued
+        self._output_owners: dict[str, str] = {}  # "bucket/key" of an output -> the input that last wrote it
+        self._uploads: dict[str, tuple[float, float | None]] = {}  # drop-folder key -> (upload start, end)
+        self._signal: str | None = None
+        self._signals = 0
+        self._phase = "starting"  # starting (a signal unwinds the start-up) | running | stopping
+        self._started = time.monotonic()
+
+    # -- the whole run ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 1
+        try:
+            try:
+                self._prepare()
+                self._start()
+                self._phase = "running"
+                self._scan_inbox()
+                self._wait()
+                code = self._exit_code()
+            except ConveyorError as exc:
+                self.progress.say(f"conveyor local: {exc.kind} error: {exc.message}")
+                code = exc.exit_code
+            except _Stop:
+                code = 130 if self._signal == "SIGINT" else 143
+            except Exception as exc:  # a bug of ours: still stop everything and show what was done
+                log.exception("conveyor local failed")
+                self.progress.say(f"conveyor local: internal error: {type(exc).__name__}: {exc} "
+                                  f"(traceback in {self.logs / 'conveyor.log'})")
+                code = 1
+            finally:
+                self._phase = "stopping"
+                self._shutdown()
+            self._summary()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        self._signals += 1
+        if self._signals > 1:
+            self.progress.say(f"conveyor local: {name} again: killing everything now")
+            if self.executor is not None:
+                self.executor.interrupt(force=True)
+            return
+        self._signal = name
+        self._wake.set()
+        if self._phase == "starting":
+            raise _Stop(name)
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        opts = self.opts
+        if opts.platform not in PLATFORMS:
+            raise LocalRunError(f"unknown platform {opts.platform!r} (choose from {', '.join(PLATFORMS)})")
+        if opts.workers < 1:
+            raise LocalRunError("--workers must be at least 1")
+        if opts.docker and opts.platform == "lambda":
+            raise LocalRunError("--docker runs one container per event, as OSCAR and Batch do: use "
+                                "--platform oscar or batch (a warm Lambda container needs the Lambda emulator)")
+        for folder in (self.inbox, self.results, self.status, self.logs, self.private):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
+        if opts.config_path is not None:
+            if opts.model is not None:
+                raise LocalRunError("give --model or --config, not both")
+            doc, handler = defs.definition_from_file(opts.config_path, self.environ)
+            self.model_label = f"{handler} (from {opts.config_path})"
+        else:
+            model = defs.model_named(opts.model or defs.DEFAULT_MODEL)
+            doc, handler = defs.preset_definition(model), model.handler["name"]
+            self.model_label = f"{model.name}: {model.description}"
+            self.image = self.image or model.image
+        if opts.docker:
+            if self.image is None:
+                raise LocalRunError("--docker with --config needs --image (the model image to run)")
+            self._docker = docker_client(self.image)  # before anything starts: no engine, no run
+        if handler == "darknet" and not opts.docker:
+            self._darknet_files(doc)
+        self._doc = doc
+
+    def _darknet_files(self, doc: dict[str, Any]) -> None:
+        """The YOLOv3-tiny files for the darknet handler: the weights fetched (first use) and verified
+        where the handler will look; the cfg and class names from Debian's darknet package, else the
+        copies in samples/yolo/ (so a machine without that package runs the default model too)."""
+        from handlers.darknet import IMAGE_WEIGHTS_DIR
+        from handlers.darknet_weights import (
+            DEFAULT_CFG,
+            DEFAULT_NAMES,
+            WEIGHTS_NAME,
+            default_weights_dir,
+            ensure_weights,
+        )
+
+        options = doc["conveyor"]["handler"]
+        for option, default in (("cfg", DEFAULT_CFG), ("names", DEFAULT_NAMES)):
+            bundled = SAMPLES_DIR / "yolo" / default.name
+            if not options.get(option) and not default.is_file() and bundled.is_file():
+                options[option] = str(bundled)
+        if options.get("weights") or options.get("weights_dir") or (IMAGE_WEIGHTS_DIR / WEIGHTS_NAME).exists():
+            return
+        variables = (doc.get("environment") or {}).get("variables") or {}
+        where = default_weights_dir({**self.environ, **variables})
+        if not (where / WEIGHTS_NAME).exists():
+            self.progress.say(f"conveyor local: fetching the YOLOv3-tiny weights into {where} (first use, ~35 MB)")
+        started = time.monotonic()
+        path = ensure_weights(where)
+        if time.monotonic() - started > 1:
+            self.progress.say(f"conveyor local: weights ready ({path}, {time.monotonic() - started:.0f}s)")
+        options["weights_dir"] = str(where)
+
+    def _setup_logging(self) -> None:
+        from runtime.logs import setup_logging
+
+        self._log_file = open(self.logs / "conveyor.log", "a", encoding="utf-8", buffering=1)
+        if self.stdout is sys.stdout:
+            # Models that run in this process (lambda, the start-up check) may print: into the log with
+            # it, so stdout holds nothing but the JSON summary. fd 1 itself, to catch C libraries too.
+            sys.stdout.flush()
+            self._saved_stdout = os.dup(1)
+            os.dup2(self._log_file.fileno(), 1)
+        setup_logging("INFO", stream=self._log_file)
+        if self.opts.verbose:
+            from runtime.logs import LOG_FORMAT
+
+            echo = logging.StreamHandler(self.progress.stream)
+            echo.setFormatter(logging.Formatter(LOG_FORMAT))
+            echo.addFilter(_with_request_id)
+            echo._conveyor = True  # type: ignore[attr-defined]
+            logging.getLogger().addHandler(echo)
+
+    def _credentials(self) -> tuple[str, str]:
+        """Keys kept from one run to the next, so scripts and S3 clients can keep them."""
+        path = self.private / "credentials.json"
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data.get("access_key"), str) and isinstance(data.get("secret_key"), str):
+                return data["access_key"], data["secret_key"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        keys = "conveyor" + secrets.token_hex(6), secrets.token_urlsafe(30)
+        _write_private(path, json.dumps({"access_key": keys[0], "secret_key": keys[1]}))
+        return keys
+
+    def _start(self) -> None:
+        from runtime.config import load_config
+        from runtime.platform import Platform
+        from runtime.s3server import SeaweedServer
+
+        opts = self.opts
+        access_key, secret_key = self._credentials()
+        token = secrets.token_urlsafe(24)
+        self.receiver = WebhookReceiver(self._on_filer_event, token).start()
+        self.server = SeaweedServer(
+            self.root / ".s3",
+            access_key=access_key,
+            secret_key=secret_key,
+            notification_toml=notification_toml(self.receiver.url, token, defs.INPUT_BUCKET),
+            buckets=defs.BUCKETS,
+        )
+        self.server.start()
+        self.client = self.server.client()
+        flat = defs.localize(self._doc, endpoint=self.server.endpoint, access_key=access_key,
+                             secret_key=secret_key, timeout=opts.timeout)
+        config_path = self.private / "function_config.yaml"
+        text = defs.write_definition(flat, config_path)
+        config = load_config({}, Platform(opts.platform), path=config_path, secrets_dir=None)
+        _write_private(self.private / "s3.json", json.dumps(
+            {"endpoint": self.server.endpoint, "access_key": access_key, "secret_key": secret_key,
+             "region": "us-east-1", "buckets": dict(zip(("input", "output", "status"), defs.BUCKETS, strict=True))},
+            indent=2))
+        deployment = Deployment(
+            root=self.root,
+            platform=opts.platform,
+            definition=text,
+            config=config,
+            timeout=opts.timeout,
+            environ=clean_environment(self.environ),
+            cwd=Path.cwd(),
+            logs=self.logs,
+            scratch=self.private / "scratch",
+        )
+        deployment.scratch.mkdir(parents=True, exist_ok=True)
+        self.deployment = deployment
+        if opts.docker:
+            executor: Executor = DockerExecutor(deployment, self.image or "", self._docker)
+        elif opts.platform == "lambda":
+            executor = WarmExecutor(deployment, opts.workers)
+            executor.spare = {self.server.pid}
+        else:
+            executor = ProcessExecutor(deployment)
+            _check_model_loads(config)
+        self.executor = executor
+        executor.start()
+        self._banner(access_key, secret_key)
+        for n in range(opts.workers):
+            thread = threading.Thread(target=self._worker, name=f"worker-{n + 1}", daemon=True)
+            thread.start()
+            self.workers.append(thread)
+        from runtime.local.dropfolder import DropFolder
+
+        self.dropfolder = DropFolder(self.inbox, self._upload).start()
+
+    def _banner(self, access_key: str, secret_key: str) -> None:
+        opts = self.opts
+        how = {
+            "oscar": "a fresh `conveyor run` per event, as an OSCAR Kubernetes job",
+            "batch": "a fresh `conveyor run` per event, as an AWS Batch job",
+            "lambda": "warm in-process environments, as AWS Lambda keeps them",
+        }[opts.platform]
+        if opts.docker:
+            how = f"the image {self.image} per event (docker run --network host)"
+        endpoint = self.server.endpoint
+        say = self.progress.say
+        say(f"conveyor local: {self.model_label}")
+        say(f"  platform     {opts.platform}: {how}; {opts.workers} worker{'s' if opts.workers > 1 else ''}, "
+            f"timeout {opts.timeout:g}s")
+        say(f"  S3 endpoint  {endpoint}  access key {access_key}  secret key {secret_key}")
+        say(f"  buckets      {defs.INPUT_BUCKET} (uploads here are processed), {defs.OUTPUT_BUCKET}, "
+            f"{defs.STATUS_BUCKET} (result records)")
+        say(f"  drop folder  {self.inbox}  ->  {self.results}/<file>/, records in {self.status}/")
+        say(f"  e.g.         AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret_key} "
+            f"aws --endpoint-url {endpoint} s3 cp FILE s3://{defs.INPUT_BUCKET}/")
+        if not opts.once:
+            say("  Ctrl-C stops (a summary is printed)")
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _on_filer_event(self, payload: Any) -> None:
+        """A POST from the filer (webhook thread): queue a task when it is a new input object."""
+        change = object_change(payload, defs.INPUT_BUCKET)
+        if change is None or self.server is None or not self.server.ports:
+            return
+        with self._lock:
+            if change.identity in self._seen or self._stopping.is_set():
+                return
+            self._seen.add(change.identity)
+            event = minio_event(change, endpoint=self.server.endpoint, principal=self.server.access_key)
+            task = Task(id=str(uuid.uuid4()), bucket=change.bucket, key=change.key, size=change.size,
+                        event=oscar_event(event))
+            self.tasks.append(task)
+        log.info("event for %s/%s (%d bytes): job %s", change.bucket, change.key, change.size, task.id)
+        self.progress.queued(task)
+        self.queue.put(task)
+
+    def _upload(self, path: Path, key: str) -> None:
+        """Drop folder -> input bucket (the drop folder's thread)."""
+        started = time.monotonic()
+        with self._lock:
+            self._uploads[key] = (started, None)
+        try:
+            self.client.upload_file(str(path), defs.INPUT_BUCKET, key)
+        except Exception as exc:  # boto3's errors, or the file vanished
+            log.warning("upload of %s failed: %s", path, exc)
+            self._synthetic_failure(key, path.stat().st_size if path.exists() else 0,
+                                    {"kind": "storage", "message": f"upload of {path.name} to the input bucket "
+                                     f"failed: {' '.join(str(exc).split())[:300]}"})
+            with self._lock:
+                self._uploads.pop(key, None)
+            return
+        with self._lock:
+            self._uploads[key] = (started, time.monotonic())
+        self._wake.set()
+
+    def _scan_inbox(self) -> None:
+        inbox_files = [p for p in self.inbox.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if not inbox_files and self.opts.samples:
+            samples = sorted(p for p in self.opts.samples_dir.glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+            for sample in samples:
+                shutil.copy2(sample, self.inbox / sample.name)
+            if samples:
+                self.progress.say(f"conveyor local: the drop folder was empty: copied {len(samples)} sample "
+                                  f"input{'s' if len(samples) > 1 else ''} from {self.opts.samples_dir}")
+            else:
+                self.progress.say(f"conveyor local: no sample inputs in {self.opts.samples_dir} (they come with "
+                                  f"the source tree): drop files into {self.inbox}")
+        with self._lock:  # held until every key is expected: an upload cannot finish before that
+            keys = self.dropfolder.scan()
+            if self.opts.once:
+                for key in keys:
+                    self._uploads.setdefault(key, (time.monotonic(), None))
+        if self.opts.once:
+            if not keys:
+                self.progress.say(f"conveyor local: nothing to process in {self.inbox}")
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            task = self.queue.get()
+            if task is None:
+                return
+            if self._stopping.is_set():
+                self._finish(task, TaskState.CANCELLED)
+                continue
+
+            def started(who: str, task: Task = task) -> None:
+                task.worker = who
+                task.started_at = time.monotonic()
+                task.state = TaskState.RUNNING
+                self.progress.running(task)
+
+            try:
+                outcome = self.executor.run(task, started)
+            except Exception as exc:
+                log.exception("the %s executor failed on %s", self.executor.name, task.key)
+                outcome = Outcome(error=f"{type(exc).__name__}: {exc}")
+            if task.started_at is None:
+                task.started_at = time.monotonic()
+            self._complete(task, outcome)
+
+    def _complete(self, task: Task, outcome: Outcome) -> None:
+        record = self._record_for(task, outcome)
+        if outcome.error and record.get("status") == "SUCCEEDED":
+            record["status"] = "FAILED"
+            record["error"] = {"kind": "local", "message": outcome.error}
+        state = TaskState.SUCCEEDED if record.get("status") == "SUCCEEDED" else TaskState.FAILED
+        results_dir = local_path(self.results, task.key)
+        _remove(results_dir)  # a re-processed input keeps only its latest outputs
+        if state is TaskState.SUCCEEDED:
+            try:
+                task.results = self._download(record.get("outputs") or [], results_dir)
+            except (StorageError, OSError) as exc:
+                state = TaskState.FAILED
+                record["status"] = "FAILED"
+                record["error"] = {"kind": "local", "message": f"could not download the results: {exc}"}
+        shared = self._shared_outputs(task, record.get("outputs") or [])
+        if shared:
+            self.progress.say(
+                f"conveyor local: warning: {task.key} wrote {', '.join(sorted(shared))}, also written for "
+                f"{', '.join(sorted(set(shared.values())))}: outputs are keyed by file name, so inputs whose "
+                "model writes the same name overwrite each other (on OSCAR and Lambda too); name outputs "
+                "after the input")
+        record["local"] = {
+            "job_id": task.id,
+            "platform": self.opts.platform,
+            "worker": task.worker,
+            "wait_seconds": round(task.wait or 0.0, 3),
+            "exit_code": outcome.exit_code,
+            "results": [str(p) for p in task.results],
+            "log": str(task.log_path) if task.log_path else None,
+            **({"outputs_shared_with": shared} if shared else {}),
+            **outcome.facts,
+        }
+        task.record = record
+        task.record_path = local_path(self.status, task.key, suffix=".json")
+        task.record_path.parent.mkdir(parents=True, exist_ok=True)
+        task.record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+        self._finish(task, state)
+
+    def _finish(self, task: Task, state: TaskState) -> None:
+        task.finished_at = time.monotonic()
+        task.state = state
+        self.progress.finished(task)
+        self._wake.set()
+
+    def _record_for(self, task: Task, outcome: Outcome) -> dict[str, Any]:
+        """The task's result record: the executor's, the one in the status bucket, the log's, or ours."""
+        for record in outcome.records:
+            if (record.get("input") or {}).get("key") == task.key:
+                return record
+        status_key = f"{defs.INPUT_BUCKET}/{task.key}.json"
+        try:
+            body = self.client.get_object(Bucket=defs.STATUS_BUCKET, Key=status_key)["Body"].read()
+            record = json.loads(body)
+            if record.get("request_id") == task.id:
+                return record
+        except Exception as exc:  # absent (the job died before writing it), or unreadable
+            log.debug("no record for job %s in %s/%s: %s", task.id, defs.STATUS_BUCKET, status_key, exc)
+        for record in _records_in_log(task.log_path):
+            if record.get("request_id") == task.id and (record.get("input") or {}).get("key") == task.key:
+                return record
+        tail = _tail(task.log_path) if task.log_path and task.log_path.name != "conveyor.log" else ""
+        code = outcome.exit_code
+        ended = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
+        reason = outcome.error or f"the job {ended} before writing a result record"
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        return {
+            "status": "FAILED",
+            "input": {"bucket": task.bucket, "key": task.key, "size": task.size},
+            "platform": self.opts.platform,
+            "request_id": task.id,
+            "exit_code": outcome.exit_code,
+            "error": {"kind": "local", "message": f"{reason}: {last}" if last else reason},
+            "log_tail": tail,
+            "outputs": [],
+            "timings": {},
+        }
+
+    def _shared_outputs(self, task: Task, outputs: list[str]) -> dict[str, str]:
+        """Outputs of this task that another input's task wrote too: {output: the other input's key}."""
+        shared = {}
+        with self._lock:
+            for output in outputs:
+                owner = self._output_owners.setdefault(output, task.key)
+                if owner != task.key:
+                    shared[output] = owner
+                    self._output_owners[output] = task.key
+        return shared
+
+    def _download(self, outputs: list[str], target: Path) -> list[Path]:
+        files = []
+        for output in outputs:
+            bucket, _, key = output.partition("/")
+            dest = local_path(target, key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.client.download_file(bucket, key, str(dest))
+            except Exception as exc:
+                raise StorageError(f"{output}: {' '.join(str(exc).split())[:200]}") from exc
+            files.append(dest)
+        return files
+
+    def _synthetic_failure(self, key: str, size: int, error: dict[str, Any]) -> None:
+        """A FAILED task for a file that never became an event (upload failed, no notification)."""
+        task = Task(id=str(uuid.uuid4()), bucket=defs.INPUT_BUCKET, key=key, size=size, event={})
+        task.started_at = task.queued_at
+        with self._lock:
+            self.tasks.append(task)
+        self._complete(task, Outcome(error=f"{error['kind']}: {error['message']}"))
+
+    # -- waiting and stopping -----------------------------------------------------------------------
+
+    def _wait(self) -> None:
+        while self._signal is None:
+            if not self.server.running:
+                raise LocalRunError(f"the S3 server stopped unexpectedly; {self.server.log_path}:\n"
+                                    f"{self.server.log_tail(20)}")
+            if self.opts.once and self._once_finished():
+                return
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    def _once_finished(self) -> bool:
+        """--once: every drop-folder file has a finished task, and nothing else is queued or running."""
+        if self.dropfolder is not None and self.dropfolder.busy():
+            return False
+        now = time.monotonic()
+        with self._lock:
+            tasks = list(self.tasks)
+            uploads = dict(self._uploads)
+        if any(not t.state.finished for t in tasks):
+            return False
+        for key, (began, ended) in uploads.items():
+            done = any(t.key == key and t.queued_at >= began - 1.0 and t.state.finished for t in tasks)
+            if done:
+                continue
+            if ended is not None and now - ended > self.opts.event_wait:
+                with self._lock:
+                    self._uploads.pop(key, None)
+                self._synthetic_failure(key, 0, {
+                    "kind": "local",
+                    "message": f"uploaded, but no notification came from SeaweedFS within "
+                               f"{self.opts.event_wait:.0f}s (see {self.server.log_path})",
+                })
+            return False
+        return True
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        if self._signal:
+            running = sum(1 for t in self.tasks if t.state is TaskState.RUNNING)
+            jobs = f" ({running} running job{'s' if running > 1 else ''} get SIGTERM)" if running else ""
+            self.progress.say(f"conveyor local: {self._signal}: stopping{jobs}")
+        if self.dropfolder is not None:
+            self.dropfolder.stop()
+        if self.executor is not None:
+            self.executor.interrupt()
+        while True:  # whatever is still queued will not run
+            try:
+                task = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                self._finish(task, TaskState.CANCELLED)
+        for _ in self.workers:
+            self.queue.put(None)
+        grace = self.deployment.grace if self.deployment is not None else 10.0
+        deadline = time.monotonic() + grace + 15
+        for thread in self.workers:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self.workers) and self.executor is not None:
+            self.executor.interrupt(force=True)
+            for thread in self.workers:
+                thread.join(timeout=5)
+        for task in list(self.tasks):  # queued while the queue was being drained
+            if task.state is TaskState.QUEUED:
+                self._finish(task, TaskState.CANCELLED)
+        if self.executor is not None:
+            self.executor.close()
+        if self.server is not None:
+            self.server.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
+        shutil.rmtree(self.private / "scratch", ignore_errors=True)
+
+    def _exit_code(self) -> int:
+        if self._signal is not None and self.opts.once:
+            return 130 if self._signal == "SIGINT" else 143
+        return 1 if any(t.state is not TaskState.SUCCEEDED for t in self.tasks) else 0
+
+    def _summary(self) -> None:
+        wall = time.monotonic() - self._started
+        if self._saved_stdout is not None:
+            sys.stdout.flush()
+            os.dup2(self._saved_stdout, 1)
+            os.close(self._saved_stdout)
+            self._saved_stdout = None
+        tasks = list(self.tasks)
+        if tasks or self.server is not None:
+            self.progress.table(tasks, wall, interrupted=self._signal)
+        if self.opts.json_summary:
+            counts = {state.value: sum(1 for t in tasks if t.state is state) for state in TaskState}
+            summary = {
+                "platform": self.opts.platform,
+                "model": self.model_label,
+                "root": str(self.root),
+                "wall_seconds": round(wall, 3),
+                "interrupted_by": self._signal,
+                "succeeded": counts["SUCCEEDED"],
+                "failed": counts["FAILED"],
+                "cancelled": counts["CANCELLED"],
+                "files": [t.summary(self.root) for t in tasks],
+            }
+            print(json.dumps(summary, indent=2, ensure_ascii=False), file=self.stdout, flush=True)
+        if getattr(self, "_log_file", None) is not None:
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                if getattr(handler, "_conveyor", False):
+                    root.removeHandler(handler)
+            self._log_file.close()
+
+
+def _with_request_id(record: logging.LogRecord) -> bool:
+    if not hasattr(record, "request_id"):
+        from runtime.logs import request_id
+
+        record.request_id = request_id.get()
+    return True
+
+
+def _check_model_loads(config: Any) -> None:
+    """oscar/batch: load the model once here, so a broken setup fails now rather than once per file."""
+    from handlers.base import create_handler
+
+    handler = create_handler(config)
+    try:
+        handler.ensure_setup()
+    finally:
+        handler.close()
+
+
+def local_path(base: Path, key: str, suffix: str = "") -> Path:
+    """base/<key> with every segment made a safe file name (no '..', no absolute paths)."""
+    parts = [safe_file_name(part, fallback="_") for part in key.split("/") if part not in ("", ".")]
+    parts = [part if part != ".." else "_" for part in parts] or ["_"]
+    parts[-1] += suffix
+    return base.joinpath(*parts)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _records_in_log(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return []
+    found = []
+    marker = " conveyor: result "
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if marker in line:
+                try:
+                    found.append(json.loads(line.split(marker, 1)[1]))
+                except ValueError:
+                    continue
+    return found
+
+
+def _tail(path: Path, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)

@@ -1,0 +1,581 @@
+"""`conveyor local`: SeaweedFS notifications -> MinIO events, and the whole loop as a real process.
+
+Every run gets a fresh directory under tmp_path and must leave no process behind: no weed, no
+`conveyor run` job, no model. `lingering(root)` finds any process whose command line or
+environment names the run's directory (weed's -dir, the jobs' TMPDIR), which is all of them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runtime.events import ObjectRef, load_event
+from runtime.local.runner import SAMPLES_DIR, local_path
+from runtime.local.webhook import (
+    WebhookReceiver,
+    minio_event,
+    notification_toml,
+    object_change,
+    oscar_event,
+)
+
+CONVEYOR = [str(Path(sys.executable).parent / "conveyor")]
+SAMPLES = ["dog.jpg", "eagle.jpg", "horses.jpg", "person.jpg"]
+CORRUPT = b"\x00\x01 this is not a JPEG at all " * 40
+DARKNET_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def local_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "CONVEYOR_PLATFORM", "DOCKER_")) and k not in ("EVENT", "FUNCTION_CONFIG")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_local(root: Path, *args: str, timeout: float = 240, env: dict[str, str] | None = None):
+    return subprocess.run([*CONVEYOR, "local", "--dir", str(root), *args], capture_output=True,
+                          env=env or local_env(), timeout=timeout, cwd=root.parent)
+
+
+def start_local(root: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*CONVEYOR, "local", "--dir", str(root), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=local_env(), cwd=root.parent)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float = 60) -> tuple[str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return out.decode(), err.decode()
+
+
+def wait_for(predicate, what: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"conveyor local exited ({proc.returncode}) while waiting for {what}:\n{err.decode()}")
+        time.sleep(0.1)
+    if proc is not None:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"timed out waiting for {what}:\n{err.decode()}")
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def lingering(root: Path) -> list[str]:
+    """Live processes whose command line or environment mention `root` (zombies excepted)."""
+    needle = str(root).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (needle in cmdline or needle in environ):
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
+            found.append(f"{proc.name}: {command}")
+    return found
+
+
+def assert_no_process(root: Path) -> None:
+    deadline = time.monotonic() + 10
+    while (left := lingering(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "processes left behind:\n" + "\n".join(left)
+
+
+def fill_inbox(root: Path, names: list[str] = SAMPLES, corrupt: str | None = "corrupt.jpg") -> Path:
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    for name in names:
+        shutil.copy(SAMPLES_DIR / name, inbox / name)
+    if corrupt:
+        (inbox / corrupt).write_bytes(CORRUPT)
+    return inbox
+
+
+def record(root: Path, key: str) -> dict[str, Any]:
+    return json.loads(local_path(root / "status", key, suffix=".json").read_text())
+
+
+def result_files(root: Path, key: str) -> list[str]:
+    folder = local_path(root / "results", key)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def s3_settings(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / ".conveyor" / "s3.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def boto3_client(settings: dict[str, Any]):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=settings["endpoint"], aws_access_key_id=settings["access_key"],
+                        aws_secret_access_key=settings["secret_key"], region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+# -- filer event -> MinIO event (captured payloads, weed 4.48) ----------------------------------------
+
+
+def filer_put(path: str, size: int = 4, file_key: int = 2, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_type": "create",
+        "key": path,
+        "message": {
+            "new_entry": {
+                "name": path.rsplit("/", 1)[-1],
+                "chunks": [{"size": size, "e_tag": "q088y6dIV8Xyug1bfb9l4Q==",
+                            "fid": {"volume_id": 2, "file_key": file_key, "cookie": 1277943241}}],
+                "attributes": {"file_size": size, "mtime": 1795564094, "file_mode": 432, "crtime": 1795564094,
+                               "mime": "image/jpeg", "md5": "q088y6dIV8Xyug1bfb9l4Q==", "inode": 13523987087373324861},
+                "extended": {"Seaweed-X-Amz-ETag": "YWI0ZjNjY2JhNzQ4NTdjNWYyYmEwZDViN2RiZjY1ZTE=",
+                             "Seaweed-X-Amz-Owner": "Y29udmV5b3I="},
+                **extra,
+            },
+            "delete_chunks": True,
+            "new_parent_path": path.rsplit("/", 1)[0],
+        },
+    }
+
+
+def test_a_filer_create_becomes_the_minio_event_oscar_delivers() -> None:
+    change = object_change(filer_put("/buckets/input/dir/a photo+1.jpg"), "input")
+    assert change is not None
+    assert (change.bucket, change.key, change.size) == ("input", "dir/a photo+1.jpg", 4)
+    assert change.etag == "ab4f3ccba74857c5f2ba0d5b7dbf65e1" and change.owner == "conveyor"
+    event = minio_event(change, endpoint="http://127.0.0.1:9000", principal="AKLOCAL")
+    record = event["Records"][0]
+    assert event["EventName"] == record["eventName"] == "s3:ObjectCreated:Put"
+    assert event["Key"] == "input/dir/a photo+1.jpg"  # MinIO: bucket + "/" + the unescaped key
+    assert record["s3"]["object"]["key"] == "dir%2Fa+photo%2B1.jpg"  # MinIO: url.QueryEscape
+    assert record["eventSource"] == "minio:s3" and record["eventTime"] == "2026-11-24T23:48:14.000Z"
+    assert record["responseElements"]["x-minio-origin-endpoint"] == "http://127.0.0.1:9000"
+    assert record["s3"]["object"]["contentType"] == "image/jpeg"
+    delegated = oscar_event(event)
+    assert delegated["storage_provider"] == "minio.default" and isinstance(delegated["event"], str)
+    [ref] = load_event(delegated).inputs
+    assert isinstance(ref, ObjectRef)
+    assert (ref.bucket, ref.key, ref.size, ref.provider, ref.source) == (
+        "input", "dir/a photo+1.jpg", 4, "minio.default", "minio:s3")
+    assert ref.user == "AKLOCAL" and ref.etag == "ab4f3ccba74857c5f2ba0d5b7dbf65e1"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        filer_put("/buckets/other/x.jpg"),  # another bucket
+        filer_put("/buckets/inputs/x.jpg"),  # a bucket whose name only starts like ours
+        filer_put("/buckets/input/.uploads/0b92_98b1/0001_f5f2.part"),  # a multipart part
+        filer_put("/buckets/input/folder", is_directory=True),  # a "folder/" marker
+        filer_put("/buckets/input", is_directory=True),  # the bucket itself
+        {**filer_put("/buckets/input/x.jpg"), "event_type": "delete"},
+        {"event_type": "create", "key": "/buckets/input/x.jpg"},  # no message
+        "not a mapping",
+    ],
+)
+def test_filer_events_that_minio_would_not_notify_are_ignored(payload: Any) -> None:
+    assert object_change(payload, "input") is None
+
+
+def test_an_update_counts_only_when_the_content_changed() -> None:
+    old = filer_put("/buckets/input/x.jpg")["message"]["new_entry"]
+    tagged = {"event_type": "update", "key": "/buckets/input/x.jpg",
+              "message": {"old_entry": old, "new_entry": {**old, "extended": {"tag": "eA=="}}}}
+    assert object_change(tagged, "input") is None
+    rewritten = filer_put("/buckets/input/x.jpg", size=5, file_key=3)
+    rewritten["event_type"] = "update"
+    rewritten["message"]["old_entry"] = old
+    change = object_change(rewritten, "input")
+    assert change is not None and change.size == 5
+    assert change.identity != object_change(filer_put("/buckets/input/x.jpg"), "input").identity
+
+
+@pytest.fixture
+def receiver():
+    got: list[tuple[float, Any]] = []
+    hook = WebhookReceiver(lambda payload: got.append((time.monotonic(), payload)), token="s3cr3t").start()
+    yield hook, got
+    hook.stop()
+
+
+def test_the_receiver_wants_the_bearer_token(receiver) -> None:
+    import requests
+
+    hook, got = receiver
+
+    def post(token: str | None, **kwargs: Any) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.post(hook.url, headers=headers, timeout=5, **kwargs).status_code
+
+    assert post(None, json={"a": 1}) == 401
+    assert post("nope", json={"a": 1}) == 401
+    assert post("s3cr3t", data=b"{not json") == 400
+    assert post("s3cr3t", json={"a": 1}) == 204
+    assert [p for _, p in got] == [{"a": 1}]
+
+
+def test_real_seaweedfs_notifications(s3_server_factory, receiver) -> None:
+    """What weed really POSTs for a put, an overwrite, tags, a multipart upload, a folder marker and
+    another bucket: exactly one change per new content of the watched bucket, promptly."""
+    from boto3.s3.transfer import TransferConfig
+
+    hook, got = receiver
+    server = s3_server_factory(notification_toml=notification_toml(hook.url, "s3cr3t", "input"),
+                               buckets=["input", "output"])
+    client = server.client()
+
+    def changes() -> list[Any]:
+        return [c for _, p in got if (c := object_change(p, "input")) is not None]
+
+    put_at = time.monotonic()
+    client.put_object(Bucket="input", Key="dir/a photo+1.jpg", Body=b"jpeg")
+    wait_for(lambda: changes(), "the put's notification", timeout=10)
+    latency = got[-1][0] - put_at
+    client.put_object(Bucket="input", Key="dir/a photo+1.jpg", Body=b"jpeg, again")  # overwrite
+    client.put_object_tagging(Bucket="input", Key="dir/a photo+1.jpg",
+                              Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+    client.put_object(Bucket="input", Key="folder/", Body=b"")
+    client.put_object(Bucket="output", Key="result.json", Body=b"{}")
+    five_mib = 5 * 1024 * 1024
+    client.upload_fileobj(io.BytesIO(b"m" * (11 * 1024 * 1024)), "input", "big/multi part.bin",
+                          Config=TransferConfig(multipart_threshold=five_mib, multipart_chunksize=five_mib))
+    client.put_object(Bucket="input", Key="last.txt", Body=b"")
+    wait_for(lambda: any(c.key == "last.txt" for c in changes()), "the last notification", timeout=10)
+    time.sleep(0.5)  # anything late (a tag update, a part) would show up now
+    seen = [(c.key, c.size, c.multipart) for c in changes()]
+    assert seen == [
+        ("dir/a photo+1.jpg", 4, False),
+        ("dir/a photo+1.jpg", 11, False),
+        ("big/multi part.bin", 11 * 1024 * 1024, True),
+        ("last.txt", 0, False),
+    ]
+    assert latency < 2.0, f"the notification came {latency:.2f}s after the PUT started"
+    multipart = next(c for c in changes() if c.multipart)
+    event = minio_event(multipart, endpoint=server.endpoint, principal=server.access_key)
+    assert event["EventName"] == "s3:ObjectCreated:CompleteMultipartUpload"
+    assert multipart.etag is not None and multipart.etag.endswith("-3")
+
+
+# -- conveyor local, end to end --------------------------------------------------------------------
+
+
+def test_once_script_model_oscar_four_results_and_one_failed(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    fill_inbox(root)
+    proc = run_local(root, "--once", "--model", "script", "--json")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    summary = json.loads(proc.stdout)  # stdout holds the JSON summary and nothing else
+    assert (summary["succeeded"], summary["failed"], summary["cancelled"]) == (4, 1, 0)
+    for name in SAMPLES:
+        assert result_files(root, name) == [name, f"{name}.sha256"]
+        assert (local_path(root / "results", name) / name).read_bytes() == (SAMPLES_DIR / name).read_bytes()
+        rec = record(root, name)
+        assert rec["status"] == "SUCCEEDED" and rec["platform"] == "oscar"
+        assert rec["input"]["provider"] == "minio.default" and rec["input"]["source"] == "minio:s3"
+        assert rec["request_id"] == rec["local"]["job_id"]  # JOB_UUID, as OSCAR sets it
+    failed = record(root, "corrupt.jpg")
+    assert failed["status"] == "FAILED" and failed["exit_code"] == 65
+    assert failed["error"]["kind"] == "handler" and "not a JPEG" in failed["log_tail"]
+    assert not local_path(root / "results", "corrupt.jpg").exists()
+    pids = {record(root, name)["local"]["pid"] for name in [*SAMPLES, "corrupt.jpg"]}
+    assert len(pids) == 5  # a fresh process per event
+    assert "summary:" in err and "4 succeeded, 1 failed" in err
+    for name in [*SAMPLES, "corrupt.jpg"]:
+        assert f"queued   {name}" in err and f"running  {name}" in err
+    assert "FAILED   corrupt.jpg" in err and "done     dog.jpg" in err
+    assert_no_process(root)
+
+
+def test_batch_platform_with_a_config_file(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    fill_inbox(root, ["dog.jpg"], corrupt=None)
+    (root / "inbox" / "sub").mkdir()
+    (root / "inbox" / "sub" / "notes.txt").write_text("hello")
+    config = tmp_path / "fdl.yaml"
+    config.write_text(yaml.safe_dump({
+        "functions": {"aws": [{"lambda": {  # a SCAR definition: only its function part is kept
+            "name": "scar-style",
+            "init_script": "script.sh",
+            "container": {"image": "x/y", "environment": {"Variables": {"GREETING": "hi"}}},
+            "output": [{"storage_provider": "s3", "path": "elsewhere/out", "suffix": [".out"]}],
+        }}]},
+    }))
+    (tmp_path / "script.sh").write_text(
+        '#!/bin/sh\nname=$(basename "$INPUT_FILE_PATH")\n'
+        'echo "$GREETING $AWS_BATCH_JOB_ID" > "$TMP_OUTPUT_DIR/$name.out"\n'
+        'echo "$name" > "$TMP_OUTPUT_DIR/same-name.out"\n'
+        'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    proc = run_local(root, "--once", "--platform", "batch", "--config", str(config), "--workers", "1")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    for key, name in (("dog.jpg", "dog.jpg"), ("sub/notes.txt", "notes.txt")):
+        rec = record(root, key)
+        assert rec["status"] == "SUCCEEDED" and rec["platform"] == "batch"
+        assert rec["job_id"] == rec["request_id"] == rec["local"]["job_id"]  # AWS_BATCH_JOB_ID
+        # the definition's suffix filter is kept: the copy of the input is not an output
+        assert result_files(root, key) == [f"{name}.out", "same-name.out"]
+        assert (local_path(root / "results", key) / f"{name}.out").read_text() == f"hi {rec['job_id']}\n"
+    # both inputs wrote output/same-name.out: the second overwrote the first, as on the platforms
+    second = "dog.jpg" if record(root, "dog.jpg")["local"].get("outputs_shared_with") else "sub/notes.txt"
+    first = "sub/notes.txt" if second == "dog.jpg" else "dog.jpg"
+    assert record(root, second)["local"]["outputs_shared_with"] == {"output/same-name.out": first}
+    assert "warning: " + second + " wrote output/same-name.out, also written for " + first in err
+    assert_no_process(root)
+
+
+def test_lambda_platform_keeps_one_warm_environment(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    fill_inbox(root, corrupt=None)
+    proc = start_local(root, "--once", "--platform", "lambda", "--workers", "1", "--model", "script")
+    out, err = (b.decode() for b in proc.communicate(timeout=240))
+    assert proc.returncode == 0, err
+    facts = [record(root, name)["local"] for name in SAMPLES]
+    assert {f["environment"] for f in facts} == {"env-1"}
+    assert sorted(f["invocation"] for f in facts) == [1, 2, 3, 4]
+    assert [f["setups"] for f in facts] == [1, 1, 1, 1]  # the handler's setup ran once for all four
+    assert {f["pid"] for f in facts} == {proc.pid}  # in the conveyor local process itself
+    assert all(record(root, name)["platform"] == "lambda" for name in SAMPLES)
+    assert "(warm, invocation 4)" in err and out == ""
+    assert_no_process(root)
+
+
+def test_any_s3_client_and_the_drop_folder_trigger_processing(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    proc = start_local(root, "--model", "script", "--no-samples", "--workers", "1")
+    try:
+        settings = wait_for(lambda: s3_settings(root), "the S3 settings", proc=proc)
+        client = boto3_client(settings)
+        client.put_object(Bucket="input", Key="from boto3/photo one+two.jpg",
+                          Body=(SAMPLES_DIR / "dog.jpg").read_bytes())
+        inbox = root / "inbox"
+        (inbox / "half.jpg.part").write_bytes(b"partial download")  # never uploaded
+        staged = tmp_path / "eagle.jpg"
+        shutil.copy(SAMPLES_DIR / "eagle.jpg", staged)
+        os.replace(staged, inbox / "eagle.jpg")  # moved in, as a finished download
+        status = root / "status"
+        wait_for(lambda: (local_path(status, "from boto3/photo one+two.jpg", ".json").exists()
+                          and (status / "eagle.jpg.json").exists()), "both records", proc=proc)
+        # the outputs never trigger anything: only the input bucket is watched
+        assert [o["Key"] for o in client.list_objects_v2(Bucket="output").get("Contents", [])] == [
+            "eagle.jpg", "eagle.jpg.sha256", "photo one+two.jpg", "photo one+two.jpg.sha256"]
+    finally:
+        out, err = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert out == ""
+    rec = record(root, "from boto3/photo one+two.jpg")
+    assert rec["status"] == "SUCCEEDED" and rec["input"]["key"] == "from boto3/photo one+two.jpg"
+    assert result_files(root, "from boto3/photo one+two.jpg") == ["photo one+two.jpg", "photo one+two.jpg.sha256"]
+    assert result_files(root, "eagle.jpg") == ["eagle.jpg", "eagle.jpg.sha256"]
+    assert not (status / "half.jpg.part.json").exists()
+    assert "summary (stopped by SIGTERM)" in err and "2 succeeded, 0 failed" in err
+    assert_no_process(root)
+
+
+SLOW_SCRIPT = """#!/bin/sh
+echo $$ >> "$MARKERS/pids"
+sleep 300
+"""
+
+
+@pytest.mark.parametrize("platform", ["oscar", "lambda"])
+def test_ctrl_c_mid_run_leaves_no_orphan(tmp_path: Path, platform: str) -> None:
+    root = tmp_path / "run"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fill_inbox(root, ["dog.jpg", "eagle.jpg", "horses.jpg"], corrupt=None)
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "slow",
+        "init_script": SLOW_SCRIPT,
+        "environment": {"variables": {"MARKERS": str(markers)}},
+        "conveyor": {"handler": "script", "grace_period": 2},
+    }))
+    proc = start_local(root, "--once", "--platform", platform, "--workers", "2", "--config", str(config))
+    pids_file = markers / "pids"
+    wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2, "two running models",
+             proc=proc)
+    started = time.monotonic()
+    _, err = stop(proc, signal.SIGINT)
+    assert time.monotonic() - started < 20
+    assert proc.returncode == 130, err
+    assert "SIGINT: stopping (2 running jobs get SIGTERM)" in err
+    assert "summary (stopped by SIGINT)" in err and "0 succeeded, 2 failed, 1 cancelled" in err
+    interrupted = [record(root, key) for key in ("dog.jpg", "eagle.jpg", "horses.jpg")
+                   if local_path(root / "status", key, ".json").exists()]
+    assert len(interrupted) == 2
+    assert {r["error"]["kind"] for r in interrupted} == {"interrupted"}
+    for pid in map(int, pids_file.read_text().split()):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert_no_process(root)
+
+
+STUBBORN_SCRIPT = """#!/bin/sh
+trap '' TERM
+echo $$ >> "$MARKERS/pids"
+sleep 300
+"""
+
+
+@pytest.mark.parametrize("platform", ["oscar", "lambda"])
+def test_a_second_ctrl_c_kills_a_model_that_ignores_sigterm(tmp_path: Path, platform: str) -> None:
+    """The model runs in a session of its own: killing the job must not orphan it."""
+    root = tmp_path / "run"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fill_inbox(root, ["dog.jpg"], corrupt=None)
+    config = tmp_path / "stubborn.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "stubborn",
+        "init_script": STUBBORN_SCRIPT,
+        "environment": {"variables": {"MARKERS": str(markers)}},
+        "conveyor": {"handler": "script", "grace_period": 120},
+    }))
+    proc = start_local(root, "--once", "--platform", platform, "--config", str(config))
+    pids_file = markers / "pids"
+    wait_for(lambda: pids_file.exists() and pids_file.read_text().strip(), "the model", proc=proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.5)
+    assert proc.poll() is None  # waiting for the grace period
+    started = time.monotonic()
+    _, err = stop(proc, signal.SIGINT, timeout=30)
+    assert time.monotonic() - started < 15, err
+    assert proc.returncode == 130, err
+    assert "SIGINT again: killing everything now" in err and "summary (stopped by SIGINT)" in err
+    assert_no_process(root)
+
+
+def test_docker_without_an_engine_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    env = {**local_env(), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    proc = run_local(root, "--once", "--docker", "--model", "script", env=env, timeout=60)
+    assert proc.returncode == 69
+    err = proc.stderr.decode()
+    assert "--docker: no Docker engine answers at unix://" in err and "no-engine.sock" in err
+    assert not (root / ".s3").exists()  # nothing was started
+    assert_no_process(root)
+
+
+def docker_image_missing(image: str) -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.images.get(image)
+        client.close()
+    except Exception as exc:  # no SDK, no engine, no image
+        return f"needs a Docker engine with {image} (make images): {type(exc).__name__}"
+    return None
+
+
+def test_docker_runs_the_image_per_event(tmp_path: Path) -> None:
+    if reason := docker_image_missing("conveyor/base"):
+        pytest.skip(reason)
+    root = tmp_path / "run"
+    fill_inbox(root, ["dog.jpg", "eagle.jpg"])
+    env = {**local_env(), **{k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}}
+    proc = run_local(root, "--once", "--docker", "--model", "script", env=env)
+    assert proc.returncode == 1, proc.stderr.decode()
+    for name in ("dog.jpg", "eagle.jpg"):
+        assert result_files(root, name) == [name, f"{name}.sha256"]
+        assert record(root, name)["local"]["image"] == "conveyor/base"
+    assert record(root, "corrupt.jpg")["exit_code"] == 65
+    import docker
+
+    client = docker.from_env()
+    assert not client.containers.list(all=True, filters={"label": f"conveyor.local.root={root.resolve()}"})
+    assert_no_process(root)
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_local(tmp_path / "run", "--once", "--model", "no-such-model", timeout=60)
+    assert proc.returncode == 78
+    assert "unknown model 'no-such-model'" in proc.stderr.decode()
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not DARKNET_CFG.exists(), reason="needs Debian's darknet package (cfg and names)")
+@pytest.mark.parametrize("platform", ["oscar", "lambda"])
+def test_default_darknet_model_once(tmp_path: Path, platform: str) -> None:
+    """The default run: YOLOv3-tiny on the samples (weights fetched on first use) plus a corrupt JPEG."""
+    root = tmp_path / "run"
+    fill_inbox(root)
+    proc = run_local(root, "--once", "--platform", platform, "--json", timeout=900)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    summary = json.loads(proc.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (4, 1)
+    for name in SAMPLES:
+        stem = name.rsplit(".", 1)[0]
+        assert result_files(root, name) == [f"{stem}.jpg", f"{stem}.json"]
+        assert record(root, name)["extra"]["backend"] in ("opencv", "cli")
+    classes = {d["class"] for d in json.loads((local_path(root / "results", "dog.jpg") / "dog.json").read_text())}
+    assert {"dog", "bicycle"} <= classes
+    failed = record(root, "corrupt.jpg")
+    assert failed["status"] == "FAILED" and failed["error"]["kind"] == "handler"
+    assert "not an image" in failed["error"]["message"]
+    facts = [record(root, name)["local"] for name in [*SAMPLES, "corrupt.jpg"]]
+    if platform == "lambda":
+        by_env: dict[str, set[int]] = {}
+        for f in facts:
+            by_env.setdefault(f["environment"], set()).add(f.get("model_loads", 0))
+        assert all(loads == {1} for loads in by_env.values()), by_env  # each environment loaded it once
+        assert len(by_env) <= 2
+    else:
+        assert len({f["pid"] for f in facts}) == 5
+    assert "done     dog.jpg" in err and "bicycle" in err
+    assert_no_process(root)
+
+
+def test_darknet_files_fall_back_to_the_bundled_cfg_and_names(tmp_path: Path, monkeypatch) -> None:
+    """Without Debian's darknet package the default model still runs: cfg and names from samples/yolo."""
+    import handlers.darknet_weights as weights
+    from runtime.local.runner import LocalOptions, LocalRun
+
+    monkeypatch.setattr(weights, "DEFAULT_CFG", tmp_path / "absent" / "yolov3-tiny.cfg")
+    monkeypatch.setattr(weights, "DEFAULT_NAMES", tmp_path / "absent" / "coco.names")
+    fetched: list[Path] = []
+    monkeypatch.setattr(weights, "ensure_weights", lambda where: fetched.append(where) or where / "w")
+    run = LocalRun(LocalOptions(root=tmp_path / "run"), {"CONVEYOR_WEIGHTS_DIR": str(tmp_path / "cache")})
+    doc = {"conveyor": {"handler": {"name": "darknet"}}}
+    run._darknet_files(doc)
+    options = doc["conveyor"]["handler"]
+    assert options["cfg"] == str(SAMPLES_DIR / "yolo" / "yolov3-tiny.cfg")
+    assert options["names"] == str(SAMPLES_DIR / "yolo" / "coco.names")
+    assert options["weights_dir"] == str(tmp_path / "cache") and fetched == [tmp_path / "cache"]
+    assert len(Path(options["names"]).read_text().split("\n")) >= 80
+
+
+def test_local_path_stays_inside(tmp_path: Path) -> None:
+    assert local_path(tmp_path, "a/b.jpg") == tmp_path / "a" / "b.jpg"
+    assert local_path(tmp_path, "../../etc/passwd", ".json") == tmp_path / "_" / "_" / "etc" / "passwd.json"
+    assert local_path(tmp_path, "/abs//x") == tmp_path / "abs" / "x"
+    assert local_path(tmp_path, "") == tmp_path / "_"
