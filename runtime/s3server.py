@@ -11,6 +11,9 @@ What the launcher guarantees:
   filer, s3, admin: http port p and grpc port p + 10000, both checked free, because the mini
   worker dials the admin at http + 10000 whatever -admin.port.grpc says), so instances never
   collide; WebDAV, Iceberg, Lance and the admin UI are off; telemetry is off;
+- with `webdav=True`, weed's WebDAV gateway on one more free loopback port (`webdav_url`), rooted at
+  the S3 buckets folder: WebDAV path /<bucket>/<key> is S3 object bucket/key. It has NO
+  authentication (weed's WebDAV has no user or password setting: any credentials are accepted);
 - one S3 identity (the access/secret key given, or generated) allowed Admin/Read/Write/List/Tagging;
 - weed runs in its own session with a private working directory and HOME (it reads
   `notification.toml`, `security.toml`, `filer.toml` from ./, ~/.seaweedfs/, /etc/seaweedfs/),
@@ -165,6 +168,7 @@ class SeaweedServer:
     shared_collection: the SeaweedFS collection every bucket writes to (None: one per bucket).
     max_volumes, volume_size_mb: weed's -volume.max and -master.volumeSizeLimitMB.
     weed: the binary (default: find_weed()); extra_args: appended to the command line.
+    webdav: also serve the buckets over WebDAV, without authentication, at `webdav_url`.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class SeaweedServer:
         volume_size_mb: int = 256,
         weed: str | None = None,
         extra_args: Sequence[str] = (),
+        webdav: bool = False,
     ) -> None:
         self.root = Path(root).resolve()
         self.data_dir = self.root / "data"
@@ -202,6 +207,7 @@ class SeaweedServer:
         self.volume_size_mb = volume_size_mb
         self.weed = weed or find_weed()
         self.extra_args = tuple(extra_args)
+        self.webdav = webdav
         self.ports: dict[str, int] = {}  # component -> http port (grpc = + GRPC_OFFSET)
         self.started_in: float | None = None  # seconds the last start() took
         self._proc: subprocess.Popen[bytes] | None = None
@@ -219,6 +225,12 @@ class SeaweedServer:
     @property
     def master_url(self) -> str:
         return f"http://127.0.0.1:{self._port('master')}"
+
+    @property
+    def webdav_url(self) -> str:
+        if not self.webdav:
+            raise SeaweedError("this SeaweedFS server was started without WebDAV (webdav=True)")
+        return f"http://127.0.0.1:{self._port('webdav')}"
 
     @property
     def pid(self) -> int | None:
@@ -257,7 +269,8 @@ class SeaweedServer:
             attempts = 3 if first_time else 1
             for attempt in range(1, attempts + 1):
                 if first_time:
-                    self.ports = dict(zip(COMPONENTS, pick_ports(len(COMPONENTS)), strict=True))
+                    components = (*COMPONENTS, "webdav") if self.webdav else COMPONENTS
+                    self.ports = dict(zip(components, pick_ports(len(components)), strict=True))
                 try:
                     self._launch_and_wait()
                     return self
@@ -333,7 +346,7 @@ class SeaweedServer:
             "-ip.bind=127.0.0.1",
             f"-s3.config={self.run_dir / 's3.json'}",
             f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
-            "-webdav=false",
+            *self._webdav_args(),
             "-admin.ui=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -345,7 +358,8 @@ class SeaweedServer:
             f"-volume.max={self.max_volumes}",
             f"-master.volumeSizeLimitMB={self.volume_size_mb}",
         ]
-        for component, port in self.ports.items():
+        for component in COMPONENTS:
+            port = self.ports[component]
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
         for name in ("s3", "filer"):  # unix sockets default to /tmp/seaweedfs-<name>-<port>.sock
             sock = self.run_dir / f"{name}.sock"
@@ -353,6 +367,16 @@ class SeaweedServer:
                 args.append(f"-{name}.localSocket={sock}")
         args += self.extra_args
         return args
+
+    def _webdav_args(self) -> list[str]:
+        if not self.webdav:
+            return ["-webdav=false"]
+        return [
+            "-webdav=true",
+            f"-webdav.port={self.ports['webdav']}",  # no grpc port: the gateway only talks to the filer
+            "-webdav.filer.path=/buckets",  # WebDAV /<bucket>/<key> = S3 bucket/key
+            f"-webdav.cacheDir={self.run_dir / 'webdav-cache'}",  # not /tmp
+        ]
 
     def _environment(self) -> dict[str, str]:
         env = {
@@ -385,6 +409,8 @@ class SeaweedServer:
         _live.add(self)
         try:
             self._wait_ready(started)
+            if self.webdav:
+                self._wait_webdav(started)
             self._configure_filer()
             self._create_buckets()
         except BaseException:
@@ -410,6 +436,25 @@ class SeaweedServer:
                 raise SeaweedError(
                     f"weed mini did not serve S3 at {self.endpoint} within {self.startup_timeout:.0f} s "
                     f"(waiting for {stage}); log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _wait_webdav(self, started: float) -> None:
+        """The gateway starts after S3: wait until it answers a PROPFIND of its root."""
+        deadline = started + self.startup_timeout
+        request = urllib.request.Request(self.webdav_url + "/", method="PROPFIND", headers={"Depth": "0"})
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=0.5):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except (urllib.error.URLError, OSError):
+                pass
+            if self._proc is None or self._proc.poll() is not None or time.monotonic() > deadline:
+                raise SeaweedError(
+                    f"weed mini did not serve WebDAV at {self.webdav_url} within {self.startup_timeout:.0f} s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 

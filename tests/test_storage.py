@@ -234,8 +234,8 @@ def test_unreachable_endpoint(kind: str, make_provider, closed_port: int, tmp_pa
     assert not dest.exists() and strays(tmp_path) == []
 
 
-def test_unsupported_provider_type() -> None:
-    with pytest.raises(ConfigError, match="webdav"):
+def test_webdav_provider_without_hostname_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"webdav\.x\.hostname"):
         open_store(StorageProvider(ref=ProviderRef("webdav", "x")))
 
 
