@@ -7,7 +7,7 @@ EXTRAS  = test,lambda,local,darknet,deepaas,docker
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast run-local bench drill images images-test weights clean
+.PHONY: help install lint test test-fast run-local bench drill images images-test models weights clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,10 @@ images: $(STAMP) ## Build the container images (private Docker engine; debootstr
 
 images-test: $(STAMP) ## Build (or reuse) the images and run them as OSCAR, Batch and Lambda would
 	host=$$(images/tools/dockerd.sh start) && DOCKER_HOST=$$host $(BIN)/pytest tests/images $(PYTEST_ARGS)
+
+MODELS = pose classify birds
+models: ## Create the example DEEPaaS models' venvs in .venv-models/ (pose, classify, birds)
+	@for m in $(MODELS); do images/$$m/install.sh || exit 1; done
 
 weights: $(STAMP) ## Fetch and verify the YOLOv3-tiny weights for local runs
 	$(BIN)/conveyor weights

@@ -6,8 +6,8 @@ upload, result record. A handler instance lives as long as the process, so it ma
 loaded model across records and across warm Lambda invocations: `setup()` runs once, before
 the first record; `handle()` runs per record; `close()` at shutdown.
 
-Handlers are found by name: the built-ins below, then the `conveyor.handlers` entry-point group,
-so a third-party package can add one with
+Handlers are found by name: the built-ins below, a direct `package.module:Class` reference, then
+the `conveyor.handlers` entry-point group, so a third-party package can add one with
     [options.entry_points]
     conveyor.handlers =
         mymodel = mypkg.handler:MyHandler
@@ -129,7 +129,8 @@ class Handler(ABC):
 
 
 def handler_class(name: str) -> type[Handler]:
-    target = BUILTIN.get(name)
+    """The class for a handler name: a built-in, an entry point, or a direct `module:Class`."""
+    target = BUILTIN.get(name) or (name if ":" in name else None)
     if target is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == name:

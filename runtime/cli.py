@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
@@ -112,6 +112,18 @@ def _load(
     return platform, config
 
 
+def reserve_stdout() -> BinaryIO:
+    """Keep the real stdout for the response alone and point fd 1 at stderr.
+
+    Whatever else writes to stdout in this process (a model imported in-process that prints, a C
+    library) then lands in the log instead of corrupting a synchronous response.
+    """
+    sys.stdout.flush()
+    response = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    return response
+
+
 def install_signal_handlers(shutdown: threading.Event) -> None:
     """SIGTERM/SIGINT ask the running record to stop: the child gets SIGTERM, then a grace period."""
 
@@ -182,8 +194,9 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
         if extra.get("batch_attempt"):
             log.info("AWS Batch job %s, attempt %s", job_id, extra["batch_attempt"])
         try:
-            records = run_event(job, event, response=sys.stdout.buffer)
-            sys.stdout.flush()
+            response = reserve_stdout()
+            records = run_event(job, event, response=response)
+            response.flush()
         finally:
             job.handler.close()
     failed = [r for r in records if not r.ok]

@@ -288,3 +288,13 @@ def test_removal_notifications_are_skipped(deploy, s3_client, bucket) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert [r["input"]["key"] for r in records(proc.stderr)] == ["in/kept.txt"]
     assert "skipping 1 removal notification" in proc.stderr.decode()
+
+
+def test_in_process_model_output_never_reaches_the_sync_response(deploy) -> None:
+    d = deploy(None, handler={"name": "tests.support.printing_handler:PrintingHandler"})
+    d.definition["output"] = []
+    proc = d.run(None, stdin=PNG)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert base64.b64decode(proc.stdout, validate=True) == PNG
+    assert b"chatty model: loading weights..." in proc.stderr
+    assert b"chatty model: from a C library" in proc.stderr

@@ -1,0 +1,1 @@
+"""conveyor-birds: bird sound classification with BirdNET as a DEEPaaS v2 model (see .api)."""
