@@ -6,7 +6,9 @@ Sources, first found wins:
   elsewhere:  /oscar/config/function_config.yaml, then env FUNCTION_CONFIG (base64 YAML)
   none found: the defaults (source "<defaults>")
 Env overrides: LOG_LEVEL, EXECUTION_MODE, TIMEOUT_THRESHOLD. Conveyor's own keys live under
-`conveyor:`. Unknown keys are ignored; a wrong type fails with the key path and the source named.
+`conveyor:`; an image may set their defaults in /etc/conveyor/defaults.yaml (or the file
+CONVEYOR_DEFAULTS names), beneath the definition's. Unknown keys are ignored; a wrong type fails
+with the key path and the source named.
 
 Shapes understood, unchanged:
   - the flat file SCAR writes into the image (/var/task/function_config.yaml, and base64 in the
@@ -51,6 +53,9 @@ OSCAR_CONFIG_PATH = "/oscar/config/function_config.yaml"
 OSCAR_SCRIPT_PATH = "/oscar/config/script.sh"
 MINIO_SECRETS_DIR = "/var/run/secrets/providers"  # <dir>/minio.default/accessKey, .../secretKey
 MINIO_DEFAULT_ENDPOINT = "http://minio-service.minio:9000"
+# An image's own defaults for the `conveyor:` block (its handler, say): the function definition's
+# `conveyor:` keys win over them. CONVEYOR_DEFAULTS names another file.
+IMAGE_DEFAULTS_PATH = "/etc/conveyor/defaults.yaml"
 
 PROVIDER_TYPES = ("s3", "minio", "onedata", "webdav", "local")
 EXECUTION_MODES = ("lambda", "batch", "lambda-batch")
@@ -374,7 +379,25 @@ def load_config(
     text, source = _find_source(environ, platform, None if path is None else str(path), reader)
     doc = _parse_yaml(text, source) if text is not None else {}
     secrets = None if secrets_dir is None else str(secrets_dir)
-    return _Parser(source, environ, platform, reader, secrets).build(doc)
+    parser = _Parser(source, environ, platform, reader, secrets)
+    parser.base_conveyor = _image_defaults(environ, reader)
+    return parser.build(doc)
+
+
+def _image_defaults(environ: Mapping[str, str], reader: ReadFile) -> list[tuple[Any, str]]:
+    """The image's `conveyor:` block, as a section beneath the definition's (none when absent)."""
+    path = environ.get("CONVEYOR_DEFAULTS") or IMAGE_DEFAULTS_PATH
+    text = _read(reader, path)
+    if text is None:
+        if environ.get("CONVEYOR_DEFAULTS"):
+            raise ConfigError(f"image defaults file not found: {path}", key="CONVEYOR_DEFAULTS", source=path)
+        return []
+    doc = _parse_yaml(text, path)
+    if doc is None:
+        return []
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("conveyor", {}), Mapping):
+        raise ConfigError("must be a mapping with a `conveyor:` mapping", key="conveyor", source=path)
+    return [(doc.get("conveyor"), f"{path}: conveyor")]
 
 
 def _read(reader: ReadFile, path: str, source: str | None = None) -> str | None:
@@ -456,6 +479,7 @@ class _Parser:
         self.reader = reader
         self.secrets_dir = secrets_dir
         self.status_key = "conveyor.status.storage_provider"
+        self.base_conveyor: list[tuple[Any, str]] = []  # the image's defaults, beneath the definition's
 
     # -- typed accessors --------------------------------------------------------------------
 
@@ -676,7 +700,7 @@ class _Parser:
         providers = self.providers(provider_sections)
         inputs = self.io_list(flat.get("input"), at("input"))
         outputs = self.io_list(flat.get("output"), at("output"))
-        conveyor = self.conveyor(conveyor_sections)
+        conveyor = self.conveyor([*self.base_conveyor, *conveyor_sections])
         refs = [
             (spec, _join(_join(at(name), i), "storage_provider"))
             for name, specs in (("input", inputs), ("output", outputs))

@@ -863,3 +863,32 @@ def test_repr_holds_no_secret(secrets: Path) -> None:
     text = repr(config)
     for value in ("files-5ecr3t", "ext-s3-5ecr3t", "onedata-5ecr3t-token", "dcache-5ecr3t-pass"):
         assert value not in text
+
+
+IMAGE_DEFAULTS = "conveyor:\n  handler:\n    name: darknet\n    backend: opencv\n  timeout: 60\n"
+
+
+def test_image_defaults_supply_conveyor_settings_an_unchanged_definition_lacks() -> None:
+    oscar_fdl = "name: yolo\ninput:\n- storage_provider: minio.default\n  path: yolo/in\n"
+    config = doc(oscar_fdl, files={"/etc/conveyor/defaults.yaml": IMAGE_DEFAULTS})
+    assert config.conveyor.handler.name == "darknet"
+    assert dict(config.conveyor.handler.options) == {"backend": "opencv"}
+    assert config.conveyor.timeout == 60
+
+
+def test_the_definition_wins_over_image_defaults() -> None:
+    own = "name: yolo\nconveyor:\n  handler: script\n  timeout: 5\n"
+    config = doc(own, files={"/etc/conveyor/defaults.yaml": IMAGE_DEFAULTS})
+    assert config.conveyor.handler.name == "script"
+    assert config.conveyor.timeout == 5
+
+
+def test_image_defaults_from_another_file_and_their_errors_name_that_file() -> None:
+    config = doc("name: f\n", files={"/opt/img.yaml": IMAGE_DEFAULTS}, environ={"CONVEYOR_DEFAULTS": "/opt/img.yaml"})
+    assert config.conveyor.handler.name == "darknet"
+    with pytest.raises(ConfigError, match=r"/opt/missing\.yaml"):
+        doc("name: f\n", environ={"CONVEYOR_DEFAULTS": "/opt/missing.yaml"})
+    with pytest.raises(ConfigError, match=r"/opt/bad\.yaml") as err:
+        doc("name: f\n", files={"/opt/bad.yaml": "conveyor:\n  timeout: soon\n"},
+            environ={"CONVEYOR_DEFAULTS": "/opt/bad.yaml"})
+    assert "timeout" in str(err.value)

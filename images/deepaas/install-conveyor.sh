@@ -61,13 +61,19 @@ if ! "$py" -m pip check >"$tmp/check-after" 2>&1; then
 fi
 rm -rf "$tmp"
 
-# The entrypoint is "conveyor": make sure this Python's one is on PATH.
+# The entrypoint is "conveyor-entrypoint": make sure this Python's commands are on PATH.
 scripts=$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-if [ "$(command -v conveyor || true)" != "$scripts/conveyor" ]; then
-    [ -x "$scripts/conveyor" ] || { say "pip put no conveyor script in $scripts"; exit 1; }
-    ln -sf "$scripts/conveyor" /usr/local/bin/conveyor
-    say "linked /usr/local/bin/conveyor -> $scripts/conveyor"
-fi
+for cmd in conveyor conveyor-entrypoint; do
+    [ -x "$scripts/$cmd" ] || { say "pip put no $cmd script in $scripts"; exit 1; }
+    if [ "$(command -v "$cmd" || true)" != "$scripts/$cmd" ]; then
+        ln -sf "$scripts/$cmd" "/usr/local/bin/$cmd"
+        say "linked /usr/local/bin/$cmd -> $scripts/$cmd"
+    fi
+done
+# SCAR's Batch job definitions run `/bin/sh -c 'echo $EVENT | /opt/faas-supervisor/bin/supervisor'`,
+# the predecessor's path: make it Conveyor's entrypoint.
+mkdir -p /opt/faas-supervisor/bin
+ln -sf "$scripts/conveyor-entrypoint" /opt/faas-supervisor/bin/supervisor
 "$py" -c 'import deepaas, runtime, handlers, awslambdaric' \
     || { say "Conveyor and deepaas do not import side by side"; exit 1; }
 say "$(conveyor --version) next to deepaas in $py"

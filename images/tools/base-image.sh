@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the Debian bookworm + Python 3.11 base image from scratch, for machines that
-# cannot pull python:3.11-slim (no image registry reachable), and import it into Docker.
+# cannot pull python:3.11-slim-bookworm (no image registry reachable), and import it into Docker.
 #
 #   images/tools/base-image.sh [--force]
 #

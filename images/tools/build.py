@@ -1,6 +1,6 @@
 """Build Conveyor's container images here, from the working tree, with no image registry.
 
-    .venv/bin/python images/tools/build.py [--only base|deepaas] [--base-image IMAGE] [-v]
+    .venv/bin/python images/tools/build.py [--only base|yolo|deepaas] [--base-image IMAGE] [-v]
 
 Steps, each cached so that a second run only redoes what changed:
 
@@ -11,11 +11,21 @@ Steps, each cached so that a second run only redoes what changed:
 3. wheelhouses, built on the host so that no image build needs the network:
    .cache/images/wheels/conveyor  Conveyor (from a copy of the working tree, reproducible
                                   with SOURCE_DATE_EPOCH) and its dependencies, lambda extra;
+   .cache/images/wheels/yolo      the same plus the darknet extra (opencv-python-headless<5, numpy, pillow);
    .cache/images/wheels/model     deepaas and the demo model plugin, for the stand-in model image.
    Dependencies come from the wheelhouse itself when it already holds them, else from PyPI.
-4. base image: --base-image, else python:3.11-slim when present or pullable, else
+4. base image: --base-image, else python:3.11-slim-bookworm when present or pullable, else
    conveyor/debian-python:bookworm from debootstrap (images/tools/base-image.sh).
 5. conveyor/base                from images/base/Dockerfile;
+   conveyor/yolo                from images/yolo/Dockerfile, with
+     - the yolov3-tiny weights from the host's cache (handlers.darknet_weights.ensure_weights:
+       fetched once, size and sha256 checked) copied into the build context;
+     - Debian's darknet package and its dependencies downloaded on the host by apt, resolved
+       against the base image's own dpkg status (so exactly what the image lacks) into
+       .cache/images/apt/archives, and served to the build as a flat apt repository on
+       127.0.0.1 (the build runs with --network host): no .deb is ever copied into a layer.
+       When the host's Debian release differs from the image's, or the host has no apt, the
+       build installs darknet from the image's own sources over the network instead;
    conveyor/deepaas-demo-model  a stand-in DEEPaaS model image (images/deepaas/demo-model);
    conveyor/deepaas-demo        images/deepaas/Dockerfile on top of that stand-in.
 
@@ -25,6 +35,9 @@ Prints a summary (base, sizes, seconds per step) and writes it to .cache/images/
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import http.server
 import io
 import json
 import os
@@ -34,8 +47,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -46,7 +61,8 @@ TOOLS = Path(__file__).resolve().parent
 IMAGES = TOOLS.parent
 REPO = IMAGES.parent
 CACHE = Path(os.environ.get("CONVEYOR_CACHE", REPO / ".cache" / "images"))
-PUBLIC_BASE = "python:3.11-slim"
+# The Debian release of the debootstrap base too (bookworm): the yolo image pins bookworm's darknet.
+PUBLIC_BASE = "python:3.11-slim-bookworm"
 DEBOOTSTRAP_BASE = "conveyor/debian-python:bookworm"
 DEMO_MODEL_SRC = REPO / "tests" / "plugins" / "conveyor-demo-model"
 # Zip timestamps of the wheels we build (1980-01-01): the same sources give the same bytes,
@@ -57,9 +73,15 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "runtime" / "__init__.py
 
 TAGS = {
     "base": "conveyor/base",
+    "yolo": "conveyor/yolo",
     "demo-model": "conveyor/deepaas-demo-model",
     "deepaas": "conveyor/deepaas-demo",
 }
+
+
+# The apt repository for the yolo build listens here: a fixed port keeps the APT_REPO build
+# argument, and so Docker's layer cache, the same from one build to the next.
+APT_PORT = 47813
 
 
 class BuildError(Exception):
@@ -148,9 +170,10 @@ def build_wheel(src: Path, into: Path, skip: tuple[str, ...] = ()) -> Path:
         return Path(shutil.copy2(built, into / built.name))
 
 
-def fill_wheelhouse(into: Path, requirements: list[str]) -> None:
-    """Wheels for requirements and all their dependencies: from `into` alone when it has them."""
-    common = ["wheel", "-q", "-w", str(into), "--find-links", str(into), *requirements]
+def fill_wheelhouse(into: Path, requirements: list[str], also: tuple[Path, ...] = ()) -> None:
+    """Wheels for requirements and all their dependencies: from `into` (and `also`) alone when they have them."""
+    links = [arg for house in (into, *also) for arg in ("--find-links", str(house))]
+    common = ["wheel", "-q", "-w", str(into), *links, *requirements]
     if pip(*common[:1], "--no-index", *common[1:]).returncode == 0:
         return
     say(f"fetching dependencies of {' '.join(requirements)} from PyPI")
@@ -163,6 +186,18 @@ def conveyor_wheelhouse() -> Path:
     house = CACHE / "wheels" / "conveyor"
     wheel = build_wheel(REPO, house, skip=("tests/", "bench/", "images/", ".ci/"))
     fill_wheelhouse(house, [f"{wheel}[lambda]"])
+    return house
+
+
+def yolo_wheelhouse(conveyor_house: Path) -> Path:
+    """Conveyor's wheelhouse plus the darknet extra (opencv-python-headless<5, numpy, pillow)."""
+    house = CACHE / "wheels" / "yolo"
+    house.mkdir(parents=True, exist_ok=True)
+    (wheel,) = conveyor_house.glob("conveyor_runtime-*.whl")
+    for old in house.glob("conveyor_runtime-*.whl"):
+        old.unlink()
+    shutil.copy2(wheel, house / wheel.name)
+    fill_wheelhouse(house, [f"{house / wheel.name}[lambda,darknet]"], also=(conveyor_house,))
     return house
 
 
@@ -208,11 +243,199 @@ def base_image(client: docker.DockerClient, requested: str | None) -> str:
     return DEBOOTSTRAP_BASE
 
 
-# 5. images
+# 5. yolo's model files: the weights and Debian's darknet package
 
 
-def context(folder: Path, wheels: Path, exclude: tuple[str, ...] = ()) -> io.BytesIO:
-    """The build context as a tar: folder's files plus wheels/, with fixed metadata."""
+def yolo_weights() -> Path:
+    """The verified yolov3-tiny.weights from the host's cache (fetched there once)."""
+    try:
+        from handlers.darknet_weights import default_weights_dir, ensure_weights
+        from runtime.errors import ConveyorError
+    except ImportError as exc:
+        raise BuildError(f"run build.py with the Python that has Conveyor installed (.venv/bin/python): {exc}") from exc
+    try:
+        return ensure_weights(default_weights_dir(os.environ))
+    except ConveyorError as exc:
+        raise BuildError(f"yolov3-tiny weights: {exc.message}") from exc
+
+
+def dockerfile_arg(dockerfile: Path, name: str) -> str:
+    """The default of `ARG name=...` in a Dockerfile: the one place a pin is written."""
+    found = re.search(rf"^ARG {name}=(\S+)$", dockerfile.read_text(), re.MULTILINE)
+    if not found:
+        raise BuildError(f"{dockerfile}: no ARG {name}=... line")
+    return found.group(1)
+
+
+def os_codename(os_release: str) -> str:
+    found = re.search(r"^VERSION_CODENAME=\"?([^\"\n]*)", os_release, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def image_files(client: docker.DockerClient, image: str, paths: list[str]) -> list[bytes]:
+    """The contents of regular files in an image (empty when absent), read without running it."""
+    container = client.containers.create(image, entrypoint=["/bin/true"], network_disabled=True)
+    try:
+        found = []
+        for path in paths:
+            try:
+                stream, _ = container.get_archive(path)
+            except docker.errors.NotFound:
+                found.append(b"")
+                continue
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                data = tar.extractfile(member) if member is not None and member.isreg() else None
+                found.append(data.read() if data is not None else b"")
+        return found
+    finally:
+        container.remove(force=True)
+
+
+@dataclass
+class AptRepo:
+    """A flat apt repository (the .debs plus a Packages index) in a folder."""
+
+    folder: Path
+    index_sha256: str
+    packages: list[str]
+
+
+def darknet_repo(client: docker.DockerClient, base: str, version: str) -> AptRepo | str:
+    """Download darknet=version and what `base` lacks of its dependencies; a repo, or why not."""
+    apt_get = shutil.which("apt-get")
+    host_release = Path("/etc/os-release")
+    if not apt_get or not host_release.exists():
+        return "this host has no apt"
+    apt_dir = CACHE / "apt"
+    archives = apt_dir / "archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    # What the image has installed, read out of it once per image id.
+    image_id = client.images.get(base).id.split(":")[-1][:16]
+    status_file, release_file = apt_dir / f"status-{image_id}", apt_dir / f"os-release-{image_id}"
+    if not (status_file.exists() and release_file.exists()):
+        image_release, status = image_files(client, base, ["/usr/lib/os-release", "/var/lib/dpkg/status"])
+        release_file.write_bytes(image_release)
+        status_file.write_bytes(status)
+    host, image = os_codename(host_release.read_text()), os_codename(release_file.read_text())
+    if not image or host != image:
+        return f"the host runs Debian {host or '?'} and {base} is {image or 'not Debian'}"
+    options = [
+        "-o", f"Dir::State::status={status_file}",  # resolve against the image, not this host
+        "-o", f"Dir::Cache::archives={archives}",
+        "-o", "Debug::NoLocking=1",  # the host's dpkg database is not touched
+        "-o", "APT::Sandbox::User=root",  # _apt may not reach a cache under a private home
+    ]
+    request = ["install", "-y", "-qq", "--no-install-recommends", f"darknet={version}"]
+    # First the exact list (with an empty archive dir apt names every file), then the download.
+    # The list is kept until the image, the pin or the host's package lists change.
+    lists = sorted((f.name, f.stat().st_mtime_ns) for f in Path("/var/lib/apt/lists").glob("*_Packages*"))
+    key = hashlib.sha256(json.dumps([status_file.name, version, lists]).encode()).hexdigest()[:16]
+    listing_file = apt_dir / f"listing-{key}"
+    if not listing_file.exists():
+        with tempfile.TemporaryDirectory(prefix="conveyor-apt-") as empty:
+            (Path(empty) / "partial").mkdir()
+            listing = run([apt_get, *options, "-o", f"Dir::Cache::archives={empty}", "--print-uris", *request])
+        if listing.returncode:
+            raise BuildError(f"apt cannot resolve darknet={version} for {base} (is `apt-get update` done?):\n"
+                             f"{listing.stdout}{listing.stderr}")
+        for old in apt_dir.glob("listing-*"):
+            old.unlink()
+        listing_file.write_text(listing.stdout)
+    # Lines: 'URI' FILE SIZE [HASHTYPE:HEX] (the hash apt names may be MD5Sum, SHA256, ... or none).
+    wanted: dict[str, tuple[int, str]] = {}  # file name -> (size, "type:hex" or "")
+    listing_text = listing_file.read_text()
+    for line in listing_text.splitlines():
+        parts = line.split()
+        if len(parts) in (3, 4) and parts[0].startswith("'") and parts[2].isdigit():
+            wanted[parts[1]] = (int(parts[2]), parts[3] if len(parts) == 4 else "")
+    if not any(name.startswith("darknet_") for name in wanted):
+        listing_file.unlink()
+        raise BuildError(f"apt planned no darknet package for {base}:\n{listing_text}")
+    missing = [n for n, (size, hsh) in wanted.items() if not _file_matches(archives / n, size, hsh)]
+    if missing:
+        say(f"downloading {len(missing)} of {len(wanted)} Debian packages for darknet")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        proc = run([apt_get, *options, "--download-only", *request], env=env)
+        if proc.returncode:
+            raise BuildError(f"apt could not download darknet's packages:\n{proc.stdout}{proc.stderr}")
+        if bad := [n for n, (size, hsh) in wanted.items() if not _file_matches(archives / n, size, hsh)]:
+            raise BuildError(f"after apt's download these packages are missing or differ: {', '.join(bad)}")
+
+    repo = apt_dir / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    repo.mkdir()
+    # Each package's index entry (its control fields, size, sha256), kept between builds.
+    entries_file = apt_dir / "entries.json"
+    entries = json.loads(entries_file.read_text()) if entries_file.exists() else {}
+    stanzas = []
+    for name in sorted(wanted):
+        size = wanted[name][0]
+        os.link(archives / name, repo / name)
+        if entries.get(name, {}).get("size") != size:
+            control = run(["dpkg-deb", "-f", str(repo / name)])
+            if control.returncode:
+                raise BuildError(f"dpkg-deb -f {name}: {control.stderr}")
+            sha = _digest(archives / name, "sha256")
+            entries[name] = {"size": size, "stanza": f"{control.stdout.rstrip()}\nFilename: ./{name}\n"
+                                                     f"Size: {size}\nSHA256: {sha}\n"}
+        stanzas.append(entries[name]["stanza"])
+    entries_file.write_text(json.dumps({n: entries[n] for n in sorted(wanted)}, indent=1))
+    index = "\n".join(stanzas).encode()
+    (repo / "Packages").write_bytes(index)
+    return AptRepo(repo, hashlib.sha256(index).hexdigest(), sorted(wanted))
+
+
+HASH_NAMES = {"md5sum": "md5", "sha1": "sha1", "sha256": "sha256", "sha512": "sha512"}
+
+
+def _file_matches(path: Path, size: int, expected: str) -> bool:
+    """Has the file this size and (when apt named one) this "Type:hex" hash?"""
+    if not path.is_file() or path.stat().st_size != size:
+        return False
+    kind, _, value = expected.partition(":")
+    return not value or _digest(path, HASH_NAMES.get(kind.lower(), kind.lower())) == value.lower()
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_folder(folder: Path):
+    """Serve `folder` over HTTP on 127.0.0.1 (APT_PORT, else any free port); yield the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", APT_PORT), handler)
+    except OSError:
+        say(f"127.0.0.1:{APT_PORT} is taken: serving on another port (the darknet layer will be rebuilt)")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="apt-repo", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# 6. images
+
+
+def context(
+    folder: Path, wheels: Path, exclude: tuple[str, ...] = (), extra: dict[str, Path] | None = None
+) -> io.BytesIO:
+    """The build context as a tar: folder's files plus wheels/ (and `extra`: name -> file), fixed metadata."""
     buf = io.BytesIO()
 
     def add(tar: tarfile.TarFile, path: Path, name: str) -> None:
@@ -228,12 +451,19 @@ def context(folder: Path, wheels: Path, exclude: tuple[str, ...] = ()) -> io.Byt
                 add(tar, path, rel)
         for path in sorted(wheels.glob("*.whl")):
             add(tar, path, f"wheels/{path.name}")
+        for name, path in sorted((extra or {}).items()):
+            add(tar, path, name)
     buf.seek(0)
     return buf
 
 
 def docker_build(
-    client: docker.DockerClient, ctx: io.BytesIO, tag: str, buildargs: dict[str, str], verbose: bool
+    client: docker.DockerClient,
+    ctx: io.BytesIO,
+    tag: str,
+    buildargs: dict[str, str],
+    verbose: bool,
+    network_mode: str | None = None,
 ) -> None:
     say(f"building {tag} ({len(ctx.getbuffer()) / 1e6:.0f} MB context)")
     labels = {
@@ -251,6 +481,7 @@ def docker_build(
         forcerm=True,
         decode=True,
         labels=labels,
+        network_mode=network_mode,
     ):
         if "error" in chunk:
             raise BuildError(f"docker build {tag}: {chunk['error']}\n" + "".join(tail[-30:]))
@@ -278,45 +509,85 @@ class Timings(dict):
         self[name] = round(time.monotonic() - start, 1)
 
 
-def build_all(client: docker.DockerClient, args: argparse.Namespace, timings: Timings) -> tuple[str, list[str]]:
-    """Build the images; return the base image used and the tags built."""
+def build_all(
+    client: docker.DockerClient, args: argparse.Namespace, timings: Timings, facts: dict[str, str]
+) -> tuple[str, list[str]]:
+    """Build the images (all, or --only one); return the base image used and the tags built."""
+    wanted = [args.only] if args.only else ["base", "yolo", "deepaas"]
+    built: list[str] = []
     with timings.step("wheels-conveyor"):
         conveyor_wheels = conveyor_wheelhouse()
     with timings.step("base-image"):
         base = base_image(client, args.base_image)
-    with timings.step(TAGS["base"]):
-        ctx = context(IMAGES / "base", conveyor_wheels)
-        docker_build(client, ctx, TAGS["base"], {"BASE_IMAGE": base}, args.verbose)
-    if args.only == "base":
-        return base, [TAGS["base"]]
-    with timings.step("wheels-model"):
-        model_wheels, packages = model_wheelhouse()
-    with timings.step(TAGS["demo-model"]):
-        ctx = context(IMAGES / "deepaas" / "demo-model", model_wheels)
-        buildargs = {"BASE_IMAGE": base, "MODEL_PACKAGES": packages}
-        docker_build(client, ctx, TAGS["demo-model"], buildargs, args.verbose)
-    with timings.step(TAGS["deepaas"]):
-        ctx = context(IMAGES / "deepaas", conveyor_wheels, exclude=("demo-model/",))
-        docker_build(client, ctx, TAGS["deepaas"], {"MODEL_IMAGE": TAGS["demo-model"]}, args.verbose)
-    return base, [TAGS["base"], TAGS["demo-model"], TAGS["deepaas"]]
+    if "base" in wanted:
+        with timings.step(TAGS["base"]):
+            ctx = context(IMAGES / "base", conveyor_wheels)
+            docker_build(client, ctx, TAGS["base"], {"BASE_IMAGE": base}, args.verbose)
+        built.append(TAGS["base"])
+    if "yolo" in wanted:
+        build_yolo(client, base, conveyor_wheels, args, timings, facts)
+        built.append(TAGS["yolo"])
+    if "deepaas" in wanted:
+        with timings.step("wheels-model"):
+            model_wheels, packages = model_wheelhouse()
+        with timings.step(TAGS["demo-model"]):
+            ctx = context(IMAGES / "deepaas" / "demo-model", model_wheels)
+            buildargs = {"BASE_IMAGE": base, "MODEL_PACKAGES": packages}
+            docker_build(client, ctx, TAGS["demo-model"], buildargs, args.verbose)
+        with timings.step(TAGS["deepaas"]):
+            ctx = context(IMAGES / "deepaas", conveyor_wheels, exclude=("demo-model/",))
+            docker_build(client, ctx, TAGS["deepaas"], {"MODEL_IMAGE": TAGS["demo-model"]}, args.verbose)
+        built += [TAGS["demo-model"], TAGS["deepaas"]]
+    return base, built
+
+
+def build_yolo(
+    client: docker.DockerClient,
+    base: str,
+    conveyor_wheels: Path,
+    args: argparse.Namespace,
+    timings: Timings,
+    facts: dict[str, str],
+) -> None:
+    folder = IMAGES / "yolo"
+    with timings.step("wheels-yolo"):
+        wheels = yolo_wheelhouse(conveyor_wheels)
+    with timings.step("yolo-weights-and-debs"):
+        weights = yolo_weights()
+        repo = darknet_repo(client, base, dockerfile_arg(folder / "Dockerfile", "DARKNET_VERSION"))
+    with timings.step(TAGS["yolo"]):
+        ctx = context(folder, wheels, exclude=("weights/",), extra={"weights/yolov3-tiny.weights": weights})
+        buildargs = {"BASE_IMAGE": base}
+        # --network host: the build reaches the repository on 127.0.0.1 (or, without one, the
+        # Debian mirror: the private engine has no bridge network).
+        if isinstance(repo, AptRepo):
+            facts["darknet"] = f"{len(repo.packages)} Debian packages downloaded on the host, served on 127.0.0.1"
+            with serve_folder(repo.folder) as url:
+                buildargs.update(APT_REPO=url, APT_REPO_INDEX=repo.index_sha256)
+                docker_build(client, ctx, TAGS["yolo"], buildargs, args.verbose, network_mode="host")
+        else:
+            facts["darknet"] = f"from the image's own apt sources over the network ({repo})"
+            say(f"darknet: {facts['darknet']}")
+            docker_build(client, ctx, TAGS["yolo"], buildargs, args.verbose, network_mode="host")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["base", "deepaas"], help="build only this image (and what it needs)")
+    parser.add_argument("--only", choices=["base", "yolo", "deepaas"], help="build only this image (and what it needs)")
     parser.add_argument("--base-image", help=f"base for every image (default {PUBLIC_BASE}, else debootstrap)")
     parser.add_argument("--no-lint", action="store_true", help="skip hadolint and shellcheck")
     parser.add_argument("-v", "--verbose", action="store_true", help="show docker build output")
     args = parser.parse_args(argv)
 
     timings = Timings()
+    facts: dict[str, str] = {}
     try:
         if not args.no_lint:
             with timings.step("lint"):
                 lint()
         with timings.step("engine"):
             client = engine()
-        base, built = build_all(client, args, timings)
+        base, built = build_all(client, args, timings, facts)
     except (BuildError, docker.errors.DockerException) as exc:
         say(f"FAILED: {exc}")
         return 1
@@ -326,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         "storage_driver": client.info().get("Driver"),
         "base_image": base,
         "sizes_mb": {tag: size_mb(client, tag) for tag in [base, *built]},
+        **facts,
         "seconds": dict(timings, total=round(sum(timings.values()), 1)),
     }
     CACHE.mkdir(parents=True, exist_ok=True)

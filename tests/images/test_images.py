@@ -1,13 +1,15 @@
-"""The container images, built here from the working tree and run as the platforms run them.
+"""The container images, built here from the working tree: what is in them and how they start.
 
-The images are built (or reused from Docker's cache) once per session by images/tools/build.py.
-Everything that needs an engine is skipped when none is reachable (DOCKER_HOST, or the default
-socket); `make images-test` starts a private one with images/tools/dockerd.sh. The lint tests
-need only hadolint / shellcheck.
+The images are built (or reused from Docker's cache) once per session by images/tools/build.py
+(fixtures in conftest.py). Everything that needs an engine is skipped when none is reachable
+(DOCKER_HOST, or the default socket); `make images-test` starts a private one with
+images/tools/dockerd.sh. The lint tests need only hadolint / shellcheck. The images running as
+OSCAR, AWS Batch and AWS Lambda run them are in test_platform_runs.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -16,16 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.images.conftest import BASE, DEEPAAS, MODEL, REPO, YOLO, image_file
 
 docker = pytest.importorskip("docker")
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
-BUILD = IMAGES / "tools" / "build.py"
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "runtime" / "__init__.py").read_text()).group(1)
-BASE = "conveyor/base"
-DEEPAAS = "conveyor/deepaas-demo"
-MODEL = "conveyor/deepaas-demo-model"
+ENTRYPOINT = ["conveyor-entrypoint"]
+SUPERVISOR = "/opt/faas-supervisor/bin/supervisor"  # where SCAR's Batch job definitions look
 
 # An S3 notification as AWS sends it: the key is URL-encoded with '+' for spaces.
 S3_EVENT = {
@@ -43,30 +45,6 @@ S3_EVENT = {
         }
     ]
 }
-
-
-@pytest.fixture(scope="session")
-def client():
-    try:
-        engine = docker.from_env(timeout=600)
-        engine.ping()
-    except Exception as exc:  # no socket, refused, wrong permissions: all mean "no engine"
-        pytest.skip(
-            f"no Docker engine reachable via DOCKER_HOST or /var/run/docker.sock ({type(exc).__name__}); "
-            "start one with: export DOCKER_HOST=$(images/tools/dockerd.sh start)"
-        )
-    return engine
-
-
-@pytest.fixture(scope="session")
-def images(client):
-    """Build every image from the working tree (a cached rebuild takes seconds)."""
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=1200, check=False
-    )
-    if proc.returncode:
-        pytest.fail(f"images/tools/build.py failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout)
 
 
 def run(client, image: str, command=None, **kwargs) -> str:
@@ -104,22 +82,25 @@ def test_build_scripts_pass_shellcheck():
 
 
 @pytest.mark.heavy
-def test_base_entrypoint_is_conveyor_run(client, images):
+def test_base_entrypoint_is_conveyor_entrypoint(client, images):
     config = client.images.get(BASE).attrs["Config"]
-    assert config["Entrypoint"] == ["conveyor", "run"]
+    assert config["Entrypoint"] == ENTRYPOINT
     assert not config["Cmd"]
     assert config["User"] == "1000"
 
 
 @pytest.mark.heavy
 def test_base_prints_our_version(client, images):
-    try:
-        out = run(client, BASE, ["--version"])
-    except docker.errors.ContainerError as exc:
-        if b"No such option" in (exc.stderr or b""):
-            pytest.xfail("`conveyor run --version` is not an option yet (runtime/cli.py)")
-        raise
+    """No arguments but options: `conveyor run --version`."""
+    out = run(client, BASE, ["--version"])
     assert out.strip() == f"conveyor, version {VERSION}"
+
+
+@pytest.mark.heavy
+def test_base_passes_a_subcommand_to_the_cli(client, images):
+    """`docker run IMAGE inspect` is `conveyor inspect`, not a command named inspect."""
+    out = run(client, BASE, ["inspect", "--platform", "local"])
+    assert json.loads(out)["platform"] == "local"
 
 
 @pytest.mark.heavy
@@ -163,14 +144,8 @@ def test_base_unprivileged_user_cannot_change_the_runtime(client, images):
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    reason="AWS Batch's `command` (and moto's) replaces CMD, not ENTRYPOINT: behind ENTRYPOINT "
-    "['conveyor', 'run'] SCAR's /bin/sh -c 'echo $EVENT | ...' becomes arguments of conveyor run. "
-    "Needs an entrypoint that execs a given command (see images/README.md).",
-    raises=docker.errors.ContainerError,
-    strict=False,
-)
-def test_base_accepts_a_batch_style_command(client, images):
+def test_base_runs_a_batch_style_command(client, images):
+    """AWS Batch appends the job definition's command to the ENTRYPOINT: it is run, not parsed."""
     out = run(
         client,
         BASE,
@@ -180,6 +155,17 @@ def test_base_accepts_a_batch_style_command(client, images):
     assert '"in-bucket"' in out
 
 
+@pytest.mark.heavy
+@pytest.mark.parametrize("image", [BASE, YOLO, DEEPAAS])
+def test_every_image_has_the_faas_supervisor_path(client, images, image):
+    """SCAR's Batch command `echo $EVENT | /opt/faas-supervisor/bin/supervisor` reaches Conveyor."""
+    assert client.images.get(image).attrs["Config"]["Entrypoint"] == ENTRYPOINT
+    out = sh(client, image, f"{SUPERVISOR} --version; readlink -f {SUPERVISOR}")
+    version, target = out.split("\n")[:2]
+    assert version == f"conveyor, version {VERSION}"
+    assert target.endswith("/bin/conveyor-entrypoint")
+
+
 # conveyor/deepaas-demo: Conveyor added to a (stand-in) DEEPaaS model image
 
 
@@ -187,7 +173,7 @@ def test_base_accepts_a_batch_style_command(client, images):
 def test_deepaas_entrypoint_and_model_environment_kept(client, images):
     model = client.images.get(MODEL).attrs["Config"]
     image = client.images.get(DEEPAAS).attrs["Config"]
-    assert image["Entrypoint"] == ["conveyor", "run"]
+    assert image["Entrypoint"] == ENTRYPOINT
     assert not image["Cmd"]  # the model's deepaas-run command is dropped
     assert image["WorkingDir"] == model["WorkingDir"] == "/srv"
     assert set(model["Env"]) <= set(image["Env"])
@@ -227,3 +213,57 @@ def test_deepaas_image_parses_an_event(client, images):
         client, DEEPAAS, 'printf %s "$EVENT" | conveyor parse-event -', environment={"EVENT": json.dumps(S3_EVENT)}
     )
     assert json.loads(out)[0]["key"] == "photos/my cat(1).jpg"
+
+
+# conveyor/yolo: Conveyor's darknet handler, Debian's darknet, OpenCV < 5 and the weights
+
+
+@pytest.mark.heavy
+def test_yolo_entrypoint_user_and_baked_config(client, images):
+    config = client.images.get(YOLO).attrs["Config"]
+    assert config["Entrypoint"] == ENTRYPOINT
+    assert not config["Cmd"]
+    assert config["User"] == "1000"
+    baked = image_file(client, YOLO, "/var/task/function_config.yaml")
+    assert baked == (IMAGES / "yolo" / "function_config.yaml").read_bytes()
+    assert yaml.safe_load(baked)["conveyor"]["handler"]["name"] == "darknet"
+
+
+@pytest.mark.heavy
+def test_yolo_weights_are_the_original_file(client, images):
+    from handlers.darknet_weights import WEIGHTS_SHA256, WEIGHTS_SIZE
+
+    weights = image_file(client, YOLO, "/opt/conveyor/weights/yolov3-tiny.weights")
+    assert len(weights) == WEIGHTS_SIZE
+    assert hashlib.sha256(weights).hexdigest() == WEIGHTS_SHA256
+
+
+@pytest.mark.heavy
+def test_yolo_has_both_backends_and_no_package_leftovers(client, images):
+    out = sh(
+        client,
+        YOLO,
+        "python -c 'import cv2; print(cv2.__version__)'; "
+        "dpkg-query -W -f '${Status} ${Version}\\n' darknet; "
+        "darknet 2>&1 | head -n 1; "
+        "ls /usr/share/darknet/cfg/yolov3-tiny.cfg /usr/share/darknet/data/coco.names; "
+        "find / -xdev -name '*.deb' | wc -l; ls /var/lib/apt/lists | wc -l; "
+        "ls /etc/apt/apt.conf.d /etc/dpkg/dpkg.cfg.d",
+    )
+    lines = out.splitlines()
+    assert int(lines[0].split(".")[0]) == 4, "the darknet importer needs OpenCV < 5"
+    assert lines[1].startswith("install ok installed 0.0.0+git20180914")
+    assert lines[2] == "usage: darknet <function>"  # the CLI backend's binary runs: its libraries are there
+    assert lines[5:7] == ["0", "0"], "no .deb and no apt lists left in the image"
+    assert "99conveyor-repo" not in out and "conveyor-slim" not in out
+
+
+@pytest.mark.heavy
+def test_yolo_config_parses_in_the_image(client, images):
+    """The baked definition, as Lambda reads it: darknet handler, weights where the image has them."""
+    out = run(client, YOLO, ["inspect", "--platform", "lambda"])
+    parsed = json.loads(out)
+    assert parsed["platform"] == "lambda"
+    handler = parsed["config"]["conveyor"]["handler"]
+    assert handler["name"] == "darknet"
+    assert handler["options"]["weights_dir"] == "/opt/conveyor/weights"
