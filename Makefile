@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 install: $(STAMP) ## Create .venv with Conveyor and everything the tests need
 
 lint: $(STAMP) ## Lint the code (ruff)
-	$(BIN)/ruff check runtime handlers entrypoints tests
+	$(BIN)/ruff check runtime handlers entrypoints tests images
 
 test: $(STAMP) lint ## Lint, then run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
