@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 install: $(STAMP) ## Create .venv with Conveyor and everything the tests need
 
 lint: $(STAMP) ## Lint the code (ruff)
-	$(BIN)/ruff check runtime handlers entrypoints tests images
+	$(BIN)/ruff check runtime handlers entrypoints tests images bench
 
 test: $(STAMP) lint ## Lint, then run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -47,6 +47,15 @@ images-test: $(STAMP) ## Build (or reuse) the images and run them as OSCAR, Batc
 MODELS = pose classify birds
 models: ## Create the example DEEPaaS models' venvs in .venv-models/ (pose, classify, birds)
 	@for m in $(MODELS); do images/$$m/install.sh || exit 1; done
+
+BENCH_ARGS ?=
+DRILL_ARGS ?=
+
+bench: $(STAMP) ## Benchmarks vs faas-supervisor 1.5.8 and the model CLIs: table + bench/results/latest.json (6-10 min)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+drill: $(STAMP) ## Fault drill: 1,000 events through `conveyor local` with faults injected (~10 min)
+	$(BIN)/python -m bench.drill $(DRILL_ARGS)
 
 weights: $(STAMP) ## Fetch and verify the YOLOv3-tiny weights for local runs
 	$(BIN)/conveyor weights

@@ -579,3 +579,19 @@ def test_local_path_stays_inside(tmp_path: Path) -> None:
     assert local_path(tmp_path, "../../etc/passwd", ".json") == tmp_path / "_" / "_" / "etc" / "passwd.json"
     assert local_path(tmp_path, "/abs//x") == tmp_path / "abs" / "x"
     assert local_path(tmp_path, "") == tmp_path / "_"
+
+
+def test_a_job_killed_hard_leaves_no_model_behind(tmp_path: Path) -> None:
+    """The model runs in a session of its own; when its `conveyor run` dies by SIGKILL (the OOM
+    killer, a drill) the model is re-parented to init. The loop must still find and stop it."""
+    root = tmp_path / "run"
+    fill_inbox(root, ["dog.jpg"], corrupt=None)
+    config = tmp_path / "fdl.yaml"
+    config.write_text(yaml.safe_dump({"name": "killer", "init_script": "script.sh"}))
+    (tmp_path / "script.sh").write_text(
+        '#!/bin/sh\necho $$ > "$TMPDIR/../model.pid"\nkill -9 $PPID\nexec sleep 300\n')
+    proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert record(root, "dog.jpg")["status"] == "FAILED"
+    assert_no_process(root)
+    assert "left 1 process(es) behind" in (root / "logs" / "conveyor.log").read_text()

@@ -153,6 +153,7 @@ class ProcessExecutor(Executor):
         env = dict(dep.environ)
         env.update(dep.job_environment(task))
         env["TMPDIR"] = str(scratch)
+        env[JOB_MARK] = task.id  # inherited by the model: found again once the job is gone
         log_path = dep.logs / f"{task.id}.log"
         task.log_path = log_path
         argv = [*conveyor_argv(), "run", "--platform", dep.platform]
@@ -172,6 +173,9 @@ class ProcessExecutor(Executor):
             except OSError:
                 pass  # it exited already; its log says why
             rc, error = self._wait(proc)
+            if orphans := kill_marked(task.id):
+                log.warning("job %s left %d process(es) behind (pids %s): killed", task.id[:8], len(orphans),
+                            ", ".join(map(str, orphans[:10])))
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
@@ -245,6 +249,31 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+JOB_MARK = "CONVEYOR_LOCAL_JOB"
+
+
+def kill_marked(job_id: str) -> list[int]:
+    """SIGKILL every process whose environment carries this job's mark; return their pids.
+
+    A job killed hard (SIGKILL, OOM) cannot stop its model, which runs in a session of its own
+    and is re-parented to init the moment the job dies: out of reach of kill_tree. Its
+    environment, inherited from the job, still names the job.
+    """
+    mark = f"{JOB_MARK}={job_id}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if mark in environ.split(b"\0"):
+            _kill(int(entry.name))
+            killed.append(int(entry.name))
+    return killed
 
 
 def kill_tree(pid: int, spare: Collection[int] = ()) -> None:
