@@ -28,7 +28,8 @@ from typing import Any
 
 from bench import faas
 from bench.measure import Samples, interleave, ratio, run_process
-from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, minio_event
+from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml
+from tests.support.pipeline import minio_event
 
 KiB = 1024
 OBJECT_SIZE = 100 * KiB

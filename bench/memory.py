@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import MiB, Samples, free_disk, interleave, run_process
-from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, minio_event, s3_event
+from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, s3_event
+from tests.support.pipeline import minio_event
 
 SIZES = {"1 MiB": MiB, "100 MiB": 100 * MiB, "1 GiB": 1024 * MiB}
 PROVIDERS = ("minio", "s3")

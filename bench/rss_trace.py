@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, minio_event, s3_event
+from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, s3_event
+from tests.support.pipeline import minio_event
 
 UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "k": 2**10, "m": 2**20, "g": 2**30, "": 1}
 PHASES = ("start-up", "download", "handler", "upload", "finish")

@@ -32,31 +32,6 @@ SECRET_KEY = "benchsecret-" + "x" * 20
 CP_SCRIPT = '#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
 
 
-def minio_event(bucket: str, key: str, size: int) -> dict[str, Any]:
-    """A MinIO upload notification as OSCAR delivers it (faas-supervisor needs arn and eventTime)."""
-    return {
-        "EventName": "s3:ObjectCreated:Put",
-        "Key": f"{bucket}/{key}",
-        "Records": [
-            {
-                "eventVersion": "2.0",
-                "eventSource": "minio:s3",
-                "awsRegion": "",
-                "eventTime": "2026-11-24T10:00:00.000Z",
-                "eventName": "s3:ObjectCreated:Put",
-                "userIdentity": {"principalId": "bench"},
-                "requestParameters": {"principalId": "bench", "region": "", "sourceIPAddress": "127.0.0.1"},
-                "responseElements": {"x-minio-origin-endpoint": "http://127.0.0.1"},
-                "s3": {
-                    "s3SchemaVersion": "1.0",
-                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                    "object": {"key": urllib.parse.quote_plus(key, safe="/"), "size": size, "eTag": "bench"},
-                },
-            }
-        ],
-    }
-
-
 def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
     """An Amazon S3 notification for the same object: Conveyor reads it through its boto3 store."""
     return {

@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 
 from bench.measure import Samples, interleave
-from bench.server import BUCKET, CP_SCRIPT, Bench, minio_event
+from bench.server import BUCKET, CP_SCRIPT, Bench
 from bench.warm_worker import WarmWorker
+from tests.support.pipeline import minio_event
 
 KiB = 1024
 OBJECT_SIZE = 100 * KiB
