@@ -218,6 +218,21 @@ class Injector(threading.Thread):
             return
         self._note("s3-restart", pid=pid)
         os.kill(pid, signal.SIGTERM)
+        # Jobs that start while the server is down meet the outage too: until the loop has a new
+        # server up (and a moment for it to answer), every job seen is counted as hit.
+        until = time.monotonic() + 30
+        back_at: float | None = None
+        while time.monotonic() < until and not self.stop_event.is_set():
+            for job in self._jobs().values():
+                key = _job_key(job["env"])
+                if key and "s3-restart" not in self.hit_keys[key]:
+                    self.hit_keys[key].append("s3-restart")
+            new = self._weed()
+            if new is not None and new != pid and back_at is None:
+                back_at = time.monotonic()
+            if back_at is not None and time.monotonic() - back_at > 2.0:
+                break
+            time.sleep(0.1)
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ from runtime.outputs import safe_file_name
 log = logging.getLogger("conveyor.local")
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
+RESULT_COPY_ATTEMPTS = 5  # tries to copy a record's outputs into DIR/results (1+2+4+8 s apart)
+MAX_RESTARTS = 5  # S3 server restarts allowed within RESTART_WINDOW seconds
+RESTART_WINDOW = 60.0
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PLATFORMS = ("oscar", "lambda", "batch")
 
@@ -437,13 +440,21 @@ class LocalRun:
         state = TaskState.SUCCEEDED if record.get("status") == "SUCCEEDED" else TaskState.FAILED
         results_dir = local_path(self.results, task.key)
         _remove(results_dir)  # a re-processed input keeps only its latest outputs
+        results_error = None
         if state is TaskState.SUCCEEDED:
-            try:
-                task.results = self._download(record.get("outputs") or [], results_dir)
-            except (StorageError, OSError) as exc:
-                state = TaskState.FAILED
-                record["status"] = "FAILED"
-                record["error"] = {"kind": "local", "message": f"could not download the results: {exc}"}
+            # The outputs are published: the local copy is a convenience. It waits a little for a
+            # restarting S3 server, and failing it never turns the platform's SUCCEEDED into FAILED.
+            for attempt in range(RESULT_COPY_ATTEMPTS):
+                try:
+                    task.results = self._download(record.get("outputs") or [], results_dir)
+                    results_error = None
+                    break
+                except (StorageError, OSError) as exc:
+                    results_error = f"could not copy the results to {results_dir}: {exc}"
+                    if attempt + 1 < RESULT_COPY_ATTEMPTS and not self._stopping.is_set():
+                        time.sleep(min(2.0 ** attempt, 8.0))
+            if results_error:
+                self.progress.say(f"conveyor local: warning: {task.key}: {results_error}")
         shared = self._shared_outputs(task, record.get("outputs") or [])
         if shared:
             self.progress.say(
@@ -458,6 +469,7 @@ class LocalRun:
             "wait_seconds": round(task.wait or 0.0, 3),
             "exit_code": outcome.exit_code,
             "results": [str(p) for p in task.results],
+            **({"results_error": results_error} if results_error else {}),
             "log": str(task.log_path) if task.log_path else None,
             **({"outputs_shared_with": shared} if shared else {}),
             **outcome.facts,
@@ -542,14 +554,33 @@ class LocalRun:
     # -- waiting and stopping -----------------------------------------------------------------------
 
     def _wait(self) -> None:
+        restarts: list[float] = []
         while self._signal is None:
             if not self.server.running:
-                raise LocalRunError(f"the S3 server stopped unexpectedly; {self.server.log_path}:\n"
-                                    f"{self.server.log_tail(20)}")
+                self._restart_server(restarts)
             if self.opts.once and self._once_finished():
                 return
             self._wake.wait(0.2)
             self._wake.clear()
+
+    def _restart_server(self, restarts: list[float]) -> None:
+        """The S3 server died: start it again on the same ports and data, as a platform's storage
+        comes back. Jobs in flight meanwhile fail with a storage error and are recorded. Gives up
+        (LocalRunError) after MAX_RESTARTS within RESTART_WINDOW seconds, or when it won't start."""
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
+        tail = self.server.log_tail(20)
+        if len(restarts) >= MAX_RESTARTS:
+            raise LocalRunError(f"the S3 server stopped {len(restarts) + 1} times in {RESTART_WINDOW:.0f} s; "
+                                f"{self.server.log_path}:\n{tail}")
+        restarts.append(now)
+        self.progress.say("conveyor local: the S3 server stopped unexpectedly: restarting it")
+        try:
+            self.server.start()
+        except ConveyorError as exc:
+            raise LocalRunError(f"the S3 server stopped and could not be restarted: {exc.message}; "
+                                f"{self.server.log_path}:\n{tail}") from exc
+        log.warning("S3 server restarted (pid %s)", self.server.pid)
 
     def _once_finished(self) -> bool:
         """--once: every drop-folder file has a finished task, and nothing else is queued or running."""
