@@ -32,7 +32,7 @@ from runtime.errors import error_for
 from runtime.events import Event, load_event
 from runtime.logs import LOG_FORMAT, bound_request_id
 from runtime.platform import Platform
-from runtime.process import Job, Stores, run_event
+from runtime.process import Job, Stores, responds_inline, run_event
 from runtime.records import ResultRecord, Status
 
 log = logging.getLogger("conveyor")
@@ -98,7 +98,7 @@ class LambdaApp:
             for inp in event.inputs:
                 if reason := reason_to_delegate(inp, self.config, deadline.remaining(), free):
                     return self._delegate(job, event, info, reason)
-        body = io.BytesIO() if event.wants_response else None
+        body = io.BytesIO() if responds_inline(event) else None
         records = run_event(job, event, response=body)
         timed_out = [r for r in records if (r.error or {}).get("kind") == "timeout" and deadline.expired()]
         if mode == "lambda-batch" and timed_out:

@@ -300,7 +300,7 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
     A storage event with no object (s3:TestEvent) does nothing; a payload with no input at all
     (SCAR's `{"script": ...}`, an empty body) runs the model once without an input file.
     """
-    sink = response if event.wants_response else None
+    sink = response if responds_inline(event) else None
     inputs = [inp for inp in event.inputs if not _is_removal(inp)]
     if len(inputs) < len(event.inputs):
         log.info("skipping %d removal notification(s): there is no object to fetch", len(event.inputs) - len(inputs))
@@ -312,6 +312,13 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
             return []
         return [run_input(job, event, None, sink)]
     return [run_input(job, event, inp, sink) for inp in inputs]
+
+
+def responds_inline(event: Event) -> bool:
+    """Does the caller get the output itself as the response? For an HTTP request or a raw payload
+    with one input (or none); an HTTP body holding a storage event of several records gets the
+    result records instead, as a storage event would."""
+    return event.wants_response and len(event.inputs) <= 1
 
 
 def _is_removal(inp: Input) -> bool:

@@ -328,3 +328,21 @@ def test_multi_node_parallel_uses_node_overrides() -> None:
     env = {e["name"]: e["value"] for e in node["containerOverrides"]["environment"]}
     assert base64.b64decode(env["SCRIPT"]) == b"echo hi"
     assert urllib.parse.unquote(env["AWS_LAMBDA_REQUEST_ID"]) == "req-1"
+
+
+def test_api_gateway_body_holding_a_multi_record_storage_event(function, s3_client, bucket) -> None:
+    """The body is a storage event: each record is processed as such, and the caller gets the
+    result records (not two outputs run together)."""
+    fn = function(COPY)
+    for name in ("a.png", "b.png"):
+        s3_client.put_object(Bucket=bucket, Key=f"in/{name}", Body=PNG)
+    storage = minio_event(bucket, "in/a.png")
+    storage["Records"].append(minio_event(bucket, "in/b.png")["Records"][0])
+    event = {"httpMethod": "POST", "path": "/", "headers": {"Content-Type": "application/json"},
+             "queryStringParameters": None, "body": json.dumps(storage), "isBase64Encoded": False}
+    with fn.emulator() as rie:
+        status, _, response = rie.invoke(event)
+    assert status == 200 and response["statusCode"] == 200, response
+    recs = json.loads(decode_body(response))
+    assert [r["input"]["key"] for r in recs] == ["in/a.png", "in/b.png"]
+    assert keys(s3_client, bucket, "out/") == ["out/a.png", "out/b.png"]
