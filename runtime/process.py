@@ -26,7 +26,7 @@ from runtime.config import FunctionConfig, ProviderRef
 from runtime.deadline import Deadline
 from runtime.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from runtime.events import Event, InlineInput, Input, ObjectRef
-from runtime.outputs import collect_outputs, plan_uploads, safe_file_name
+from runtime.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from runtime.platform import Platform
 from runtime.records import ResultRecord, Status, status_key
 from runtime.response import write_sync_response
@@ -270,15 +270,30 @@ def _publish(
     plan = plan_uploads(output_dir, files, job.config, event_bucket)
     if files and not plan and job.config.outputs:
         log.warning("no output entry matches any of the %d output files: nothing uploaded", len(files))
-    done: list[str] = []
+    done: list[Upload] = []
     with timer("upload"):
-        for upload in plan:
-            _check_shutdown(job)
-            store = job.stores.get(upload.provider)
-            record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
-            done.append(upload.target)
-            log.info("uploaded %s", upload.target)
-    record.outputs = done
+        try:
+            for upload in plan:
+                _check_shutdown(job)
+                store = job.stores.get(upload.provider)
+                record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
+                done.append(upload)
+                log.info("uploaded %s", upload.target)
+        except BaseException:
+            _withdraw(job, done)
+            raise
+    record.outputs = [upload.target for upload in done]
+
+
+def _withdraw(job: Job, uploads: list[Upload]) -> None:
+    """A failed record publishes nothing: remove what it uploaded before the failure (best effort;
+    what cannot be removed is logged, so an operator can see it)."""
+    for upload in uploads:
+        try:
+            job.stores.get(upload.provider).delete(upload.bucket, upload.key)
+            log.warning("withdrew %s: a later upload of the same record failed", upload.target)
+        except ConveyorError as exc:
+            log.error("could not withdraw %s after a failed upload: %s", upload.target, exc.message)
 
 
 def _store_record(job: Job, record: ResultRecord) -> None:

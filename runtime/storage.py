@@ -69,6 +69,9 @@ class ObjectStore(Protocol):
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (local runs and tests)."""
 
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object (no error when it is already gone)."""
+
     def exists(self, bucket: str, key: str) -> bool:
         """Whether the object exists (False for a missing key or bucket)."""
 
@@ -299,6 +302,10 @@ class S3Store(_Store):
         with self._errors("put", bucket, key):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
+    def delete(self, bucket: str, key: str) -> None:
+        with self._errors("delete", bucket, key):
+            self.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key too
+
     def ensure_bucket(self, bucket: str) -> None:
         from botocore.exceptions import ClientError
 
@@ -483,6 +490,10 @@ class MinioStore(_Store):
         with self._errors("put", bucket, key):
             self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def delete(self, bucket: str, key: str) -> None:
+        with self._errors("delete", bucket, key):
+            self.client.remove_object(bucket, key)
+
     def ensure_bucket(self, bucket: str) -> None:
         from minio.error import S3Error
 
@@ -583,6 +594,11 @@ class LocalStore(_Store):
         base = self._bucket_dir("create bucket", bucket)
         with self._local_file_errors("create bucket", bucket, None):
             base.mkdir(parents=True, exist_ok=True)
+
+    def delete(self, bucket: str, key: str) -> None:
+        path = self._path("delete", bucket, key)
+        with self._local_file_errors("delete", bucket, key):
+            path.unlink(missing_ok=True)
 
     def exists(self, bucket: str, key: str) -> bool:
         return self._path("stat", bucket, key).is_file()
@@ -803,6 +819,14 @@ class HttpStore(_Store):
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         with self._errors("put", bucket, key):
             self._put("put", bucket, key, lambda: nullcontext(data), content_type)
+
+    def delete(self, bucket: str, key: str) -> None:
+        url = self._url(self._segments("delete", bucket, key))
+        with self._errors("delete", bucket, key):
+            response = self._send("DELETE", url)
+            with response:
+                if response.status_code != 404 and not 200 <= response.status_code < 300:
+                    self._fail(response, "delete", bucket, key, "object")
 
     def ensure_bucket(self, bucket: str) -> None:
         folder = self._segments("create bucket", bucket, None)

@@ -203,6 +203,8 @@ def test_unreachable_storage_at_upload(deploy, s3_client, bucket, closed_port) -
     [record] = records(proc.stderr)
     assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
     assert record["outputs"] == []
+    assert keys(s3_client, bucket, "out/") == []  # what reached the first destination was withdrawn
+    assert "withdrew" in proc.stderr.decode()
     assert keys(s3_client, bucket, "in/") == ["in/x.bin"]
 
 

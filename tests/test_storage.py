@@ -431,3 +431,24 @@ def test_guess_content_type() -> None:
     assert guess_content_type("weird#name?.txt") == "text/plain"
     assert guess_content_type("data:image/png") == "application/octet-stream"
     assert guess_content_type("") == "application/octet-stream"
+
+
+def test_delete_removes_the_object_and_tolerates_a_missing_one(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "gone.txt"
+    src.write_bytes(b"soon withdrawn")
+    store.upload(src, bucket, ODD_KEY)
+    assert store.exists(bucket, ODD_KEY)
+    store.delete(bucket, ODD_KEY)
+    assert not store.exists(bucket, ODD_KEY)
+    store.delete(bucket, ODD_KEY)  # already gone: no error
+
+
+def test_local_delete(local: LocalStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"x")
+    local.upload(src, "inputs", ODD_KEY)
+    local.delete("inputs", ODD_KEY)
+    assert not local.exists("inputs", ODD_KEY)
+    local.delete("inputs", ODD_KEY)
+    with pytest.raises(StorageError):
+        local.delete("inputs", "../escape")

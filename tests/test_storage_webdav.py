@@ -522,3 +522,14 @@ def test_conveyor_run_uploads_outputs_to_webdav(deploy, s3_client, bucket, seawe
     [record] = records(proc.stderr)
     assert record["status"] == "SUCCEEDED"
     assert f"{new_bucket}/results/run 1/photo été.png" in record["outputs"]
+
+
+def test_delete_removes_the_object_and_tolerates_a_missing_one(dav: Dav, new_bucket: str, tmp_path: Path) -> None:
+    store = dav.store()
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"soon withdrawn")
+    store.upload(src, new_bucket, ODD_KEY)
+    assert store.exists(new_bucket, ODD_KEY)
+    store.delete(new_bucket, ODD_KEY)
+    assert not store.exists(new_bucket, ODD_KEY)
+    store.delete(new_bucket, ODD_KEY)
