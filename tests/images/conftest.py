@@ -26,6 +26,8 @@ BASE = "conveyor/base"
 YOLO = "conveyor/yolo"
 DEEPAAS = "conveyor/deepaas-demo"
 MODEL = "conveyor/deepaas-demo-model"
+# The example DEEPaaS models, images/<name>/ built as conveyor/<name>.
+EXAMPLES = {name: f"conveyor/{name}" for name in ("pose", "classify", "birds")}
 
 
 @pytest.fixture(scope="session")

