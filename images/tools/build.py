@@ -386,8 +386,8 @@ def apt_repo(client: docker.DockerClient, base: str, name: str, packages: list[s
         if len(parts) in (3, 4) and parts[0].startswith("'") and parts[2].isdigit():
             wanted[parts[1]] = (int(parts[2]), parts[3] if len(parts) == 4 else "")
     if lacking := sorted(p for p in wanted_names if not any(f.startswith(f"{p}_") for f in wanted)):
-        listing_file.unlink()
-        raise BuildError(f"apt planned no {' '.join(lacking)} package for {base} (already in it?):\n{listing_text}")
+        # Already installed in the image: its Dockerfile's apt-get install then has nothing to do.
+        say(f"apt plans no {' '.join(lacking)} package for {base}: already installed there")
     missing = [n for n, (size, hsh) in wanted.items() if not _file_matches(archives / n, size, hsh)]
     if missing:
         say(f"downloading {len(missing)} of {len(wanted)} Debian packages for {name}")

@@ -47,7 +47,7 @@ def client():
 def images(client):
     """Build every image from the working tree (a cached rebuild takes seconds)."""
     proc = subprocess.run(
-        [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=1200, check=False
+        [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=2400, check=False
     )
     if proc.returncode:
         pytest.fail(f"images/tools/build.py failed:\n{proc.stderr[-4000:]}")
