@@ -27,6 +27,9 @@ from runtime.config import ProviderRef, StorageProvider
 from runtime.s3server import SeaweedServer
 from tests.support.pipeline import COPY_SCRIPT, Deployment
 
+# client and images: a Docker engine and Conveyor's images (tests/images, tests/models).
+pytest_plugins = ["tests.support.images"]
+
 
 def provider_for(server: SeaweedServer, kind: str = "minio", id: str = "default", **fields: Any) -> StorageProvider:
     """A StorageProvider of type `kind` ("minio" or "s3") pointing at `server`; `fields` override."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.images.conftest import BASE, DEEPAAS, EXAMPLES, MODEL, REPO, YOLO, image_file
+from tests.support.images import BASE, DEEPAAS, EXAMPLES, MODEL, REPO, YOLO, image_file
 
 docker = pytest.importorskip("docker")
 

@@ -43,9 +43,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.images.conftest import BASE, DEEPAAS, EXAMPLES, REPO, YOLO, image_file
 from tests.models.checks import DATA, DOGS, assert_astronaut_pose, bird_result, song, top5
 from tests.support.emulator import INVOKE_PATH, ensure_rie, free_port
+from tests.support.images import BASE, DEEPAAS, EXAMPLES, REPO, YOLO, image_file
 from tests.support.pipeline import PNG, body, keys, minio_event, records, s3_event
 
 docker = pytest.importorskip("docker")

@@ -1,18 +1,23 @@
-"""Running an example model (images/<name>/) through the real pipeline, in the model's own venv.
+"""Running an example model (images/<name>/) through the real pipeline: in the model's own venv, or
+in its container image.
 
     run = model_run("classify", mode="cli")
-    result = run(["dog.jpg", "eagle.jpg"], {"dog.jpg": path, ...})   # one event, one record per file
+    result = run({"dog.jpg": path, "eagle.jpg": data})   # one event, one record per file
 
-Each run is `<repo>/.venv-models/<name>/bin/conveyor run --config CFG --platform oscar --event EVENT`
-as OSCAR starts it: CFG is images/<name>/function_config.yaml with its storage swapped for a `local`
-provider (a folder standing for the buckets) and, when asked, another handler mode; EVENT is the
-delegated MinIO event OSCAR sends (`storage_provider: local.default`). When the kernel allows it
-(root), the run has no network at all (`unshare -n`): a model that tried to fetch weights would
-fail. The proxy variables are dropped from its environment either way.
+Each run is `conveyor run --config CFG --platform oscar --event EVENT` as OSCAR starts it: CFG is
+images/<name>/function_config.yaml with its storage swapped for a `local` provider (a folder standing
+for the buckets) and, when asked, another handler mode; EVENT is the delegated MinIO event OSCAR
+sends (`storage_provider: local.default`). The run never has a network:
 
-The venvs are made by images/<name>/install.sh (`make models`); a test whose venv is absent is
-skipped and says so. Per-file predict times (from the result records) are printed at the end of
-the session: informational, nothing asserts on them.
+- venv: `<repo>/.venv-models/<name>/bin/conveyor`, made by images/<name>/install.sh (`make models`),
+  under `unshare -n` when the kernel allows it (root), the proxy variables dropped either way;
+- image: `conveyor/<name>` (built by images/tools/build.py, the `images` fixture), its own
+  `conveyor` in a container with `--network none`, the run's folder mounted, the host's uid.
+
+CONVEYOR_MODEL_RUNNER picks one (venv | image); by default the venv when it is installed, else the
+image when a Docker engine answers, else the test is skipped and says why. Per-file predict times
+(from the result records) are printed at the end of the session: informational, nothing asserts on
+them.
 """
 
 from __future__ import annotations
@@ -64,11 +69,10 @@ class ModelResult:
         return f"exit {self.proc.returncode}\n{self.log[-6000:]}"
 
 
-def venv_for(name: str) -> Path:
+def venv_installed(name: str) -> Path | None:
     venv = VENVS / name
-    if not (venv / "bin" / "conveyor").is_file() or not (venv / ".conveyor-installed").is_file():
-        pytest.skip(f"the {name} example's venv is absent: run images/{name}/install.sh (or `make models`)")
-    return venv
+    ready = (venv / "bin" / "conveyor").is_file() and (venv / ".conveyor-installed").is_file()
+    return venv if ready else None
 
 
 def _env(venv: Path, scratch: Path) -> dict[str, str]:
@@ -83,10 +87,73 @@ def _env(venv: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
+class VenvRunner:
+    """`conveyor run` from the example's venv, without a network when the kernel allows it."""
+
+    kind = "venv"
+
+    def __init__(self, venv: Path) -> None:
+        self.venv = venv
+
+    def path(self, root: Path) -> Path:
+        return root  # the run sees the host's paths
+
+    def __call__(self, root: Path, scratch: Path, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        argv = [str(self.venv / "bin" / "conveyor"), *args]
+        if OFFLINE:
+            argv = ["unshare", "-n", *argv]
+        return subprocess.run(argv, capture_output=True, env=_env(self.venv, scratch), cwd=root, timeout=600)
+
+
+class ImageRunner:
+    """`conveyor run` in the example's image: no network, the run's folder mounted at /run-dir."""
+
+    kind = "image"
+    MOUNT = Path("/run-dir")
+
+    def __init__(self, client: Any, image: str) -> None:
+        self.client, self.image = client, image
+
+    def path(self, root: Path) -> Path:
+        return self.MOUNT
+
+    def __call__(self, root: Path, scratch: Path, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        inside = self.MOUNT / scratch.relative_to(root)
+        container = self.client.containers.run(
+            self.image, args, entrypoint=["conveyor"], detach=True, network_mode="none",
+            user=f"{os.getuid()}:{os.getgid()}",  # the outputs stay the host user's files
+            environment={"TMPDIR": str(inside), "HOME": str(inside)},
+            volumes={str(root): {"bind": str(self.MOUNT), "mode": "rw"}}, working_dir=str(self.MOUNT),
+        )
+        try:
+            code = container.wait(timeout=600)["StatusCode"]
+            out = container.logs(stdout=True, stderr=False)
+            err = container.logs(stdout=False, stderr=True)
+        finally:
+            container.remove(force=True)
+        return subprocess.CompletedProcess(["docker", "run", self.image, *args], code, out, err)
+
+
+def runner_for(name: str, request: pytest.FixtureRequest) -> VenvRunner | ImageRunner:
+    wanted = os.environ.get("CONVEYOR_MODEL_RUNNER", "")
+    if wanted not in ("", "venv", "image"):
+        raise pytest.UsageError(f"CONVEYOR_MODEL_RUNNER={wanted!r}: use venv or image")
+    venv = venv_installed(name)
+    if wanted == "venv" or (not wanted and venv is not None):
+        if venv is None:
+            pytest.skip(f"the {name} example's venv is absent: run images/{name}/install.sh (or `make models`)")
+        return VenvRunner(venv)
+    from tests.support.images import EXAMPLES
+
+    client = request.getfixturevalue("client")  # skips, saying why, without an engine
+    request.getfixturevalue("images")  # built from the working tree (cached)
+    return ImageRunner(client, EXAMPLES[name])
+
+
 @pytest.fixture
-def model_run(tmp_path: Path) -> Callable[..., Callable[..., ModelResult]]:
+def model_run(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Callable[..., ModelResult]]:
     def prepare(name: str, *, mode: str = "warm", args: Mapping[str, Any] | None = None) -> Callable[..., ModelResult]:
-        venv = venv_for(name)
+        runner = runner_for(name, request)
         definition = yaml.safe_load((REPO / "images" / name / "function_config.yaml").read_text())
         handler = definition["conveyor"]["handler"]
         assert handler["name"] == "deepaas"
@@ -96,12 +163,12 @@ def model_run(tmp_path: Path) -> Callable[..., Callable[..., ModelResult]]:
         store, scratch = root / "buckets", root / "scratch"
         for folder in (store / BUCKET / "in", store / BUCKET / "out", scratch):
             folder.mkdir(parents=True)
-        definition["storage_providers"] = {"local": {"default": {"root": str(store)}}}
+        seen = runner.path(root)  # the run's folder as the run sees it
+        definition["storage_providers"] = {"local": {"default": {"root": str(seen / "buckets")}}}
         definition["input"] = [{"storage_provider": "local.default", "path": f"{BUCKET}/in"}]
         definition["output"] = [dict(spec, storage_provider="local.default", path=f"{BUCKET}/out")
                                 for spec in definition["output"]]
-        config = root / "function_config.yaml"
-        config.write_text(yaml.safe_dump(definition))
+        (root / "function_config.yaml").write_text(yaml.safe_dump(definition))
 
         def run(inputs: Mapping[str, Path | bytes]) -> ModelResult:
             notices = []
@@ -110,20 +177,17 @@ def model_run(tmp_path: Path) -> Callable[..., Callable[..., ModelResult]]:
                 (store / BUCKET / "in" / file_name).write_bytes(data)
                 notices.append(minio_event(BUCKET, f"in/{file_name}", size=len(data)))
             event = dict(notices[0], Records=[r for notice in notices for r in notice["Records"]])
-            event_file = root / "event.json"
-            event_file.write_text(json.dumps({"storage_provider": "local.default", "event": event}))
-            argv = [str(venv / "bin" / "conveyor"), "run", "--config", str(config), "--platform", "oscar",
-                    "--event", str(event_file)]
-            if OFFLINE:
-                argv = ["unshare", "-n", *argv]
-            proc = subprocess.run(argv, capture_output=True, env=_env(venv, scratch), cwd=root, timeout=600)
+            (root / "event.json").write_text(json.dumps({"storage_provider": "local.default", "event": event}))
+            args = ["run", "--config", str(seen / "function_config.yaml"), "--platform", "oscar",
+                    "--event", str(seen / "event.json")]
+            proc = runner(root, scratch, args)
             log = proc.stderr.decode(errors="replace")
             found = records(proc.stderr)
             for record in found:
                 details = (record.get("extra") or {}).get("deepaas") or {}
                 if "predict_seconds" in details:
-                    TIMINGS.append((name, details["mode"], record["input"]["key"].rsplit("/", 1)[-1],
-                                    details["predict_seconds"]))
+                    file_name = record["input"]["key"].rsplit("/", 1)[-1]
+                    TIMINGS.append((name, f"{details['mode']} ({runner.kind})", file_name, details["predict_seconds"]))
             return ModelResult(proc, found, store / BUCKET / "out", log)
 
         return run
@@ -136,6 +200,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.section("example models: predict seconds per file (informational)")
     for model, mode, file_name, seconds in TIMINGS:
-        terminalreporter.write_line(f"{model:9} {mode:5} {file_name:28} {seconds:8.3f} s")
+        terminalreporter.write_line(f"{model:9} {mode:13} {file_name:28} {seconds:8.3f} s")
     terminalreporter.write_line("warm: the model was loaded once before the first file (not counted); cli: every "
-                                f"file pays deepaas-cli's imports and the model load. No network: {OFFLINE}")
+                                "file pays deepaas-cli's imports and the model load. venv: no network when the "
+                                f"kernel lets unshare -n ({OFFLINE}); image: --network none.")

@@ -100,7 +100,9 @@ def get_train_args():
 def warm():
     analyzer = _load()
     # Decode and classify one second of silence: librosa and the interpreter do their one-off work
-    # (lazy imports, tensor allocation) now rather than on the first recording.
+    # (lazy imports, numba compiling, tensor allocation) now rather than on the first recording.
+    # At 44.1 kHz too, so that the resampler is compiled (an image build keeps what numba compiled).
+    _read(_silence_wav(rate=44100), "silence-44k.wav")
     samples = _read(_silence_wav(), "silence.wav")
     with _lock, contextlib.redirect_stdout(sys.stderr):
         analyzer.predict(_segments(samples)[0], sensitivity=1.0)
@@ -186,8 +188,27 @@ def _use_litert():
     sys.modules.setdefault("tflite_runtime.interpreter", interpreter)
 
 
+def _seed_numba_cache():
+    """Give numba the cache compiled when the image was built, so that a fresh container does not
+    compile librosa's and resampy's functions again (about 20 s). numba reads its cache only from
+    a folder it can write to, NUMBA_CACHE_DIR (under /tmp in the image): the image keeps the
+    compiled files in CONVEYOR_NUMBA_SEED, copied there once per container, atomically."""
+    seed, target = os.environ.get("CONVEYOR_NUMBA_SEED"), os.environ.get("NUMBA_CACHE_DIR")
+    if not seed or not target or not os.path.isdir(seed) or os.path.exists(target):
+        return
+    import shutil
+
+    staging = f"{target}.{os.getpid()}"
+    try:
+        shutil.copytree(seed, staging)
+        os.rename(staging, target)  # another process may have won: then its copy is used
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # numba compiles instead
+
+
 def _load():
     global _analyzer
+    _seed_numba_cache()
     with _lock:
         if _analyzer is None:
             _use_litert()
@@ -205,6 +226,7 @@ def _load():
 
 
 def _read(path, name):
+    _seed_numba_cache()
     import librosa
     import numpy as np
 
@@ -215,15 +237,15 @@ def _read(path, name):
     return np.asarray(samples, dtype=np.float32)
 
 
-def _silence_wav(seconds=1.0):
+def _silence_wav(seconds=1.0, rate=SAMPLE_RATE):
     import wave
 
     buf = io.BytesIO()
     with wave.open(buf, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(b"\0\0" * int(seconds * SAMPLE_RATE))
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(seconds * rate))
     buf.seek(0)
     return buf
 

@@ -1,0 +1,68 @@
+"""Fixtures for the tests that run Conveyor's images: a Docker engine and the images, built once
+per session. A pytest plugin (tests/conftest.py loads it), so tests/images and tests/models share
+one build.
+
+    client   a docker.DockerClient for the engine DOCKER_HOST (or /var/run/docker.sock) names;
+             every test that uses it is skipped, with the reason, when none answers
+    images   runs images/tools/build.py (cached: seconds when nothing changed) and returns its
+             summary: {"base_image", "sizes_mb", "seconds", ...}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "images" / "tools" / "build.py"
+
+BASE = "conveyor/base"
+YOLO = "conveyor/yolo"
+DEEPAAS = "conveyor/deepaas-demo"
+MODEL = "conveyor/deepaas-demo-model"
+# The example DEEPaaS models, images/<name>/ built as conveyor/<name>.
+EXAMPLES = {name: f"conveyor/{name}" for name in ("pose", "classify", "birds")}
+
+
+@pytest.fixture(scope="session")
+def client():
+    docker = pytest.importorskip("docker")
+    try:
+        engine = docker.from_env(timeout=600)
+        engine.ping()
+    except Exception as exc:  # no socket, refused, wrong permissions: all mean "no engine"
+        pytest.skip(
+            f"no Docker engine reachable via DOCKER_HOST or /var/run/docker.sock ({type(exc).__name__}); "
+            "start one with: export DOCKER_HOST=$(images/tools/dockerd.sh start)"
+        )
+    return engine
+
+
+@pytest.fixture(scope="session")
+def images(client):
+    """Build every image from the working tree (a cached rebuild takes seconds)."""
+    proc = subprocess.run(
+        [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=2400, check=False
+    )
+    if proc.returncode:
+        pytest.fail(f"images/tools/build.py failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
+def image_file(client, image: str, path: str) -> bytes:
+    """A regular file's bytes from an image, read without running it."""
+    container = client.containers.create(image, entrypoint=["/bin/true"], network_disabled=True)
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            assert member is not None and member.isreg(), f"{path} in {image} is not a regular file"
+            return tar.extractfile(member).read()
+    finally:
+        container.remove(force=True)
