@@ -182,10 +182,11 @@ def build_wheel(src: Path, into: Path, skip: tuple[str, ...] = ()) -> Path:
         return Path(shutil.copy2(built, into / built.name))
 
 
-def fill_wheelhouse(into: Path, requirements: list[str], also: tuple[Path, ...] = ()) -> None:
-    """Wheels for requirements and all their dependencies: from `into` (and `also`) alone when they have them."""
+def fill_wheelhouse(into: Path, requirements: list[str], also: tuple[Path, ...] = (), no_deps: bool = False) -> None:
+    """Wheels for requirements and (unless no_deps) all their dependencies: from `into` (and `also`)
+    alone when they have them."""
     links = [arg for house in (into, *also) for arg in ("--find-links", str(house))]
-    common = ["wheel", "-q", "-w", str(into), *links, *requirements]
+    common = ["wheel", "-q", *(["--no-deps"] if no_deps else []), "-w", str(into), *links, *requirements]
     if pip(*common[:1], "--no-index", *common[1:]).returncode == 0:
         return
     say(f"fetching dependencies of {' '.join(requirements)} from PyPI")
@@ -228,11 +229,7 @@ def example_wheelhouse(name: str, conveyor_house: Path) -> Path:
                     also=(conveyor_house,))
     nodeps = folder / "requirements-nodeps.txt"
     if nodeps.exists():
-        args = ["wheel", "-q", "--no-deps", "-w", str(house), "-r", str(nodeps)]
-        if pip(*args[:1], "--no-index", "--find-links", str(house), *args[1:]).returncode:
-            proc = pip(*args)
-            if proc.returncode:
-                raise BuildError(f"pip wheel --no-deps -r {nodeps}:\n{proc.stdout}{proc.stderr}")
+        fill_wheelhouse(house, ["-r", str(nodeps)], no_deps=True)
     return house
 
 
@@ -294,10 +291,13 @@ def yolo_weights() -> Path:
         raise BuildError(f"yolov3-tiny weights: {exc.message}") from exc
 
 
-def dockerfile_arg(dockerfile: Path, name: str) -> str:
-    """The default of `ARG name=...` (or `ARG name="..."`) in a Dockerfile: the one place a pin is written."""
+def dockerfile_arg(dockerfile: Path, name: str, required: bool = True) -> str | None:
+    """The default of `ARG name=...` (or `ARG name="..."`) in a Dockerfile: the one place a pin is
+    written. None when there is no such line and it is not required."""
     found = re.search(rf'^ARG {name}=(?:"([^"\n]*)"|(\S+))$', dockerfile.read_text(), re.MULTILINE)
     if not found:
+        if not required:
+            return None
         raise BuildError(f"{dockerfile}: no ARG {name}=... line")
     return found.group(1) if found.group(1) is not None else found.group(2)
 
@@ -650,9 +650,8 @@ def build_example(
     with timings.step(TAGS[name]):
         ctx = context(folder, wheels)
         buildargs = {"BASE_IMAGE": base}
-        if re.search(r"^ARG APT_PACKAGES=", (folder / "Dockerfile").read_text(), re.MULTILINE):
-            packages = dockerfile_arg(folder / "Dockerfile", "APT_PACKAGES").split()
-            build_with_apt(client, name, ctx, base, packages, buildargs, args, facts)
+        if (packages := dockerfile_arg(folder / "Dockerfile", "APT_PACKAGES", required=False)) is not None:
+            build_with_apt(client, name, ctx, base, packages.split(), buildargs, args, facts)
         else:
             docker_build(client, ctx, TAGS[name], buildargs, args.verbose)
 

