@@ -141,9 +141,10 @@ def _job_key(env: dict[bytes, bytes]) -> str | None:
 class Injector(threading.Thread):
     """Injects infrastructure faults into the running loop until stopped."""
 
-    def __init__(self, marker: str, faults: list[str], rng: random.Random, log) -> None:
+    def __init__(self, marker: str, faults: list[str], rng: random.Random, log, loop_log: Path) -> None:
         super().__init__(name="drill-faults", daemon=True)
         self.marker, self.faults, self.rng, self.log = marker, faults, rng, log
+        self.loop_log = loop_log  # the loop's conveyor.log: it says when a restarted S3 server is back
         self.stop_event = threading.Event()
         self.counts: collections.Counter[str] = collections.Counter()
         self.missed: collections.Counter[str] = collections.Counter()  # no target at that moment
@@ -216,23 +217,31 @@ class Injector(threading.Thread):
         if pid is None:
             self.missed["s3-restart"] += 1
             return
+        restarts = self._restarts()
         self._note("s3-restart", pid=pid)
         os.kill(pid, signal.SIGTERM)
-        # Jobs that start while the server is down meet the outage too: until the loop has a new
-        # server up (and a moment for it to answer), every job seen is counted as hit.
-        until = time.monotonic() + 30
+        # Jobs that start while the server is down meet the outage too: until the loop says its new
+        # server serves (a restart on existing data can take several seconds), and a moment more,
+        # every job seen is counted as hit.
+        until = time.monotonic() + 60
         back_at: float | None = None
         while time.monotonic() < until and not self.stop_event.is_set():
             for job in self._jobs().values():
                 key = _job_key(job["env"])
                 if key and "s3-restart" not in self.hit_keys[key]:
                     self.hit_keys[key].append("s3-restart")
-            new = self._weed()
-            if new is not None and new != pid and back_at is None:
+            if back_at is None and self._restarts() > restarts:
                 back_at = time.monotonic()
             if back_at is not None and time.monotonic() - back_at > 2.0:
                 break
             time.sleep(0.1)
+
+    def _restarts(self) -> int:
+        """How many S3 server restarts the loop has completed (its log's 'S3 server restarted' lines)."""
+        try:
+            return self.loop_log.read_text(errors="replace").count("S3 server restarted")
+        except OSError:
+            return 0
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -366,7 +375,7 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
     loop_root.mkdir()
     shutil.move(str(root / "inbox"), str(loop_root / "inbox"))
     infra = [f for f in args.faults if f in INFRA_FAULTS]
-    injector = Injector(marker, infra, rng, log)
+    injector = Injector(marker, infra, rng, log, loop_root / "logs" / "conveyor.log")
     mix = collections.Counter(i["kind"] for i in inputs.values())
     log(f"drill: {args.events} events ({', '.join(f'{k} {n}' for k, n in mix.items())}); "
         f"faults {', '.join(args.faults) or 'none'}; platform {args.platform}, {args.workers} workers; dir {root}")

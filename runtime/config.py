@@ -192,6 +192,8 @@ class ConveyorSettings:
     handler: HandlerSpec = field(default_factory=HandlerSpec)
     timeout: float | None = None  # per-record handler deadline, seconds (None: only the platform's)
     grace_period: float = 10.0  # seconds between SIGTERM and SIGKILL for the child
+    # A failed record removes what it had uploaded; while the store is unreachable it keeps trying this long.
+    withdraw_timeout: float = 30.0
     status: IOSpec | None = None  # where result records are uploaded
     expected_duration: float | None = None  # lambda-batch: expected handler seconds
     lambda_max_size: int | None = None  # lambda-batch: largest object (bytes) Lambda should take
@@ -341,6 +343,7 @@ def _conveyor_dict(c: ConveyorSettings) -> dict[str, Any]:
         "handler": {"name": c.handler.name, "options": _redact_options(c.handler.options)},
         "timeout": c.timeout,
         "grace_period": c.grace_period,
+        "withdraw_timeout": c.withdraw_timeout,
         "status": None if c.status is None else c.status.to_dict(),
         "expected_duration": c.expected_duration,
         "lambda_max_size": c.lambda_max_size,
@@ -874,6 +877,7 @@ class _Parser:
             "handler",
             "timeout",
             "grace_period",
+            "withdraw_timeout",
             "status",
             "expected_duration",
             "lambda_max_size",
@@ -896,6 +900,8 @@ class _Parser:
             handler=self.handler(merged.get("handler"), at("handler")),
             timeout=timeout,
             grace_period=self.number(merged.get("grace_period"), at("grace_period"), defaults.grace_period) or 0.0,
+            withdraw_timeout=self.number(merged.get("withdraw_timeout"), at("withdraw_timeout"),
+                                         defaults.withdraw_timeout) or 0.0,
             status=None if status is None else self.io_spec(status, at("status")),
             expected_duration=self.number(merged.get("expected_duration"), at("expected_duration"), None),
             lambda_max_size=self.size(merged.get("lambda_max_size"), at("lambda_max_size"), None),

@@ -38,6 +38,7 @@ log = logging.getLogger("conveyor")
 MAX_ENV_VALUE = 128 * 1024 - 1
 # Variables that carry Conveyor's own inputs; the child gets its own per-record values instead.
 PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
+WITHDRAW_MARGIN = 1.0  # seconds before the job's deadline at which a failed record stops withdrawing
 SOURCE_TYPES = {"minio:s3": "minio", "aws:s3": "s3", "aws.s3": "s3", "seaweedfs": "minio", "local": "local"}
 
 
@@ -276,24 +277,50 @@ def _publish(
             for upload in plan:
                 _check_shutdown(job)
                 store = job.stores.get(upload.provider)
-                record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
-                done.append(upload)
-                log.info("uploaded %s", upload.target)
+                try:
+                    record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
+                finally:
+                    done.append(upload)  # even a failed upload may have landed (its answer was lost)
+                log.info("uploaded %s", upload.target)  # conveyor local reads these lines of a job that died
         except BaseException:
-            _withdraw(job, done)
+            left = _withdraw(job, done)
+            if left:
+                record.extra["not_withdrawn"] = left
             raise
     record.outputs = [upload.target for upload in done]
 
 
-def _withdraw(job: Job, uploads: list[Upload]) -> None:
-    """A failed record publishes nothing: remove what it uploaded before the failure (best effort;
-    what cannot be removed is logged, so an operator can see it)."""
+def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
+    """A failed record publishes nothing: remove every object it uploaded or tried to upload. The
+    store may be the very thing that failed (restarting, unreachable), so the removal keeps trying
+    for up to `conveyor.withdraw_timeout` seconds, within the job's deadline; a single pass after a
+    shutdown signal. Returns the targets that could not be removed (logged, and named in the record)."""
+    window = 0.0 if job.shutdown.is_set() else job.config.conveyor.withdraw_timeout
+    remaining = job.deadline.remaining()
+    if remaining is not None:
+        window = min(window, max(0.0, remaining - WITHDRAW_MARGIN))
+    give_up = time.monotonic() + window
+    pending, pause = list(uploads), 0.5
+    while True:
+        failures: dict[str, str] = {}
+        for upload in pending:
+            try:
+                job.stores.get(upload.provider).delete(upload.bucket, upload.key)
+            except ConveyorError as exc:
+                failures[upload.target] = exc.message
+        pending = [upload for upload in pending if upload.target in failures]
+        if not pending or job.shutdown.is_set() or time.monotonic() + pause > give_up:
+            break
+        log.warning("cannot withdraw %d output(s) yet, retrying in %.1f s: %s",
+                    len(pending), pause, next(iter(failures.values())))
+        job.shutdown.wait(pause)
+        pause = min(pause * 2, 4.0)
     for upload in uploads:
-        try:
-            job.stores.get(upload.provider).delete(upload.bucket, upload.key)
-            log.warning("withdrew %s: a later upload of the same record failed", upload.target)
-        except ConveyorError as exc:
-            log.error("could not withdraw %s after a failed upload: %s", upload.target, exc.message)
+        if upload.target in failures:
+            log.error("could not withdraw %s after a failed upload: %s", upload.target, failures[upload.target])
+        else:
+            log.warning("withdrew %s: an upload of this record failed, so none of its outputs stays", upload.target)
+    return [upload.target for upload in pending]
 
 
 def _store_record(job: Job, record: ResultRecord) -> None:

@@ -498,7 +498,7 @@ class SeaweedServer:
         """The `buckets` asked for (weed's own -bucket flag creates them asynchronously, after readiness)."""
         if not self.buckets:
             return
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         client = self.client()
         for name in self.buckets:
@@ -507,6 +507,9 @@ class SeaweedServer:
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise SeaweedError(f"cannot create bucket '{name}' on {self.endpoint}: {exc}") from exc
+            except BotoCoreError as exc:  # weed stopped answering (killed, or died) during start-up
+                raise SeaweedError(f"cannot create bucket '{name}' on {self.endpoint}: {exc}; "
+                                   f"log {self.log_path}:\n{self.log_tail()}") from exc
 
     def _log_says_port_in_use(self) -> bool:
         return "address already in use" in self.log_tail(200).lower()

@@ -364,7 +364,7 @@ def test_conveyor_additions(secrets: Path) -> None:
         "api_key": "deepaas-5ecr3t-key",
         "extra_args": ["--top-k", 3],
     }
-    assert (c.timeout, c.grace_period, c.expected_duration) == (120.0, 5.0, 40.5)
+    assert (c.timeout, c.grace_period, c.expected_duration, c.withdraw_timeout) == (120.0, 5.0, 40.5, 12.0)
     assert c.status == IOSpec(ProviderRef("local", "dev"), "status/deep-plants")
     assert (c.lambda_max_size, c.log_tail_bytes, c.log_max_bytes) == (512 * 2**20, 8192, 50 * 10**6)
     assert c.require_output is True
@@ -479,6 +479,7 @@ environment: {variables: {B: two, SHARED: oscar}, Variables: {LAMBDA_ONLY: x}}
         ("conveyor: {timeout: -1}", "conveyor.timeout"),
         ("conveyor: {timeout: 0}", "conveyor.timeout"),
         ("conveyor: {grace_period: soon}", "conveyor.grace_period"),
+        ("conveyor: {withdraw_timeout: -2}", "conveyor.withdraw_timeout"),
         ("conveyor: {lambda_max_size: big}", "conveyor.lambda_max_size"),
         ("conveyor: {log_max_bytes: 0}", "conveyor.log_max_bytes"),
         ("conveyor: {log_tail_bytes: -1}", "conveyor.log_tail_bytes"),

@@ -30,6 +30,7 @@ from runtime.local.webhook import (
     object_change,
     oscar_event,
 )
+from tests.support.lossy import Trap
 
 CONVEYOR = [str(Path(sys.executable).parent / "conveyor")]
 SAMPLES = ["dog.jpg", "eagle.jpg", "horses.jpg", "person.jpg"]
@@ -595,3 +596,107 @@ def test_a_job_killed_hard_leaves_no_model_behind(tmp_path: Path) -> None:
     assert record(root, "dog.jpg")["status"] == "FAILED"
     assert_no_process(root)
     assert "left 1 process(es) behind" in (root / "logs" / "conveyor.log").read_text()
+
+
+def output_keys(root: Path) -> list[str]:
+    """The keys in a finished run's output bucket (its S3 data reopened with its own credentials)."""
+    from runtime.s3server import SeaweedServer
+
+    creds = json.loads((root / ".conveyor" / "credentials.json").read_text())
+    with SeaweedServer(root / ".s3", access_key=creds["access_key"], secret_key=creds["secret_key"]) as server:
+        pages = server.client().get_paginator("list_objects_v2").paginate(Bucket="output")
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+# The model writes a small and a big output, and leaves a watcher (in a session of its own) that
+# SIGKILLs its `conveyor run` as soon as the job's log says the small one is uploaded: the job
+# dies in the middle of uploading the big one, before it writes a record.
+KILLED_MID_UPLOAD = """#!/bin/sh
+printf small > "$TMP_OUTPUT_DIR/a.txt"
+head -c 100000000 /dev/zero > "$TMP_OUTPUT_DIR/b.bin"
+setsid sh -c 'for i in $(seq 3000); do
+  if grep -qs "conveyor: uploaded output/a.txt" "$0"/logs/*.log; then kill -9 "$1"; exit 0; fi
+  sleep 0.02
+done' "$RUN_ROOT" "$PPID" </dev/null >/dev/null 2>&1 &
+"""
+
+
+def test_a_job_killed_after_an_upload_leaves_no_output(tmp_path: Path) -> None:
+    """A FAILED input keeps no output: what the dead job had published is withdrawn by the loop."""
+    root = tmp_path / "run"
+    fill_inbox(root, ["dog.jpg"], corrupt=None)
+    config = tmp_path / "fdl.yaml"
+    config.write_text(yaml.safe_dump({"name": "killed", "init_script": KILLED_MID_UPLOAD,
+                                      "environment": {"variables": {"RUN_ROOT": str(root)}}}))
+    proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
+    assert proc.returncode == 1, proc.stderr.decode()
+    rec = record(root, "dog.jpg")
+    assert rec["status"] == "FAILED" and rec["exit_code"] == -9, rec
+    assert "uploaded output/a.txt" in rec["log_tail"]  # it did die after its first upload
+    assert rec["extra"] == {"withdrawn": ["output/a.txt"]}
+    assert output_keys(root) == []
+    assert not local_path(root / "results", "dog.jpg").exists()
+    assert_no_process(root)
+
+
+def weed_pids(root: Path) -> list[int]:
+    return [int(p.split(":")[0]) for p in lingering(root) if " mini " in p and "weed" in p]
+
+
+def test_the_loop_restarts_its_s3_server_even_when_it_dies_again_while_starting(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    (root / "inbox").mkdir(parents=True)
+    proc = start_local(root, "--model", "script", "--workers", "1", "--no-samples")
+    try:
+        [first] = wait_for(lambda: s3_settings(root) and weed_pids(root), "the S3 server", proc=proc)
+        os.kill(first, signal.SIGKILL)
+        [second] = wait_for(lambda: [p for p in weed_pids(root) if p != first], "a restarted S3 server", proc=proc)
+        os.kill(second, signal.SIGKILL)  # while the loop is still waiting for it to serve
+        log = root / "logs" / "conveyor.log"
+        wait_for(lambda: "S3 server restarted" in log.read_text(), "the S3 server back", proc=proc)
+        shutil.copy(SAMPLES_DIR / "dog.jpg", root / "inbox" / "dog.jpg")
+        wait_for(lambda: local_path(root / "status", "dog.jpg", ".json").exists(), "a record", proc=proc)
+    finally:
+        _, err = stop(proc, signal.SIGINT)
+    assert record(root, "dog.jpg")["status"] == "SUCCEEDED", err
+    assert result_files(root, "dog.jpg") == ["dog.jpg", "dog.jpg.sha256"]
+    assert "the S3 server did not come back" in log.read_text()
+    assert err.count("the S3 server stopped unexpectedly: restarting it") == 1
+    assert_no_process(root)
+
+
+def hold(port: int) -> Trap | None:
+    """Listen on the port as soon as it is free, closing every connection unanswered."""
+    try:
+        return Trap(port=port)
+    except OSError:
+        return None
+
+
+def test_a_file_dropped_while_s3_is_down_waits_for_it(tmp_path: Path) -> None:
+    """The S3 server dies and, for a while, cannot start again (the test holds its port): a file
+    dropped meanwhile is not failed; its upload is retried and it is processed once S3 is back."""
+    root = tmp_path / "run"
+    (root / "inbox").mkdir(parents=True)
+    proc = start_local(root, "--model", "script", "--workers", "1", "--no-samples")
+    log = root / "logs" / "conveyor.log"
+    try:
+        [pid] = wait_for(lambda: s3_settings(root) and weed_pids(root), "the S3 server", proc=proc)
+        port = int(s3_settings(root)["endpoint"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while (holder := hold(port)) is None:  # take the port before the loop restarts S3 on it
+            assert time.monotonic() < deadline, f"port {port} stayed taken after its server died"
+            time.sleep(0.001)
+        try:
+            shutil.copy(SAMPLES_DIR / "dog.jpg", root / "inbox" / "dog.jpg")
+            wait_for(lambda: "dog.jpg" in log.read_text() and "trying again" in log.read_text(),
+                     "a retried upload", proc=proc)
+        finally:
+            holder.close()
+        wait_for(lambda: local_path(root / "status", "dog.jpg", ".json").exists(), "a record", proc=proc)
+    finally:
+        _, err = stop(proc, signal.SIGINT)
+    assert record(root, "dog.jpg")["status"] == "SUCCEEDED", err
+    assert "did not come back" in log.read_text()  # the held port made a start fail
+    assert_no_process(root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,9 +19,13 @@ import pytest
 from runtime.config import IOSpec, ProviderRef
 from runtime.outputs import safe_file_name
 from runtime.records import ResultRecord, Status, status_key
+from tests.conftest import unique_bucket_name
+from tests.support.lossy import LostAnswers, Trap
 from tests.support.pipeline import (
+    COPY_SCRIPT,
     DARKNET_STYLE,
     PNG,
+    Deployment,
     assert_no_process,
     body,
     keys,
@@ -187,7 +192,7 @@ def test_unreachable_storage_at_download(deploy, bucket, closed_port) -> None:
 
 
 def test_unreachable_storage_at_upload(deploy, s3_client, bucket, closed_port) -> None:
-    d = deploy()
+    d = deploy(withdraw_timeout=1)
     d.definition["storage_providers"]["minio"]["down"] = {
         "endpoint": f"http://127.0.0.1:{closed_port}",
         "access_key": "k",
@@ -205,7 +210,77 @@ def test_unreachable_storage_at_upload(deploy, s3_client, bucket, closed_port) -
     assert record["outputs"] == []
     assert keys(s3_client, bucket, "out/") == []  # what reached the first destination was withdrawn
     assert "withdrew" in proc.stderr.decode()
+    # The failed upload's own target cannot be checked (its store is down): the record says so.
+    assert record["extra"]["not_withdrawn"] == [f"{bucket}/elsewhere/key.txt"]
     assert keys(s3_client, bucket, "in/") == ["in/x.bin"]
+
+
+def test_an_upload_whose_answer_was_lost_is_withdrawn(deploy, s3_client, bucket) -> None:
+    """The server stored the object, but its answer never came (it died, or the network did): the
+    record fails, and the object the client never saw confirmed is removed with the others."""
+    d = deploy()
+    proxy = LostAnswers(d.server.endpoint, method="PUT", path_part=f"/{bucket}/out/x.bin")
+    minio = d.definition["storage_providers"]["minio"]
+    minio["lossy"] = {**minio["default"], "endpoint": proxy.endpoint}
+    d.definition["output"] = [{"storage_provider": "minio.lossy", "path": f"{bucket}/out"}]
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    try:
+        proc = d.run(oscar_event(bucket, "in/x.bin"))
+    finally:
+        proxy.close()
+    assert proc.returncode == 74, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
+    assert record["outputs"] == [] and "not_withdrawn" not in record["extra"]
+    assert proxy.dropped, proxy.errors  # the PUT of out/x.bin reached the server ...
+    assert all(b" 200 " in status for _, status in proxy.dropped), proxy.dropped  # ... which stored it
+    assert keys(s3_client, bucket, "out/") == []  # out/key.txt and the unconfirmed out/x.bin: withdrawn
+    stderr = proc.stderr.decode()
+    assert f"withdrew {bucket}/out/key.txt" in stderr and f"withdrew {bucket}/out/x.bin" in stderr
+
+
+def test_withdrawal_waits_for_a_store_that_comes_back(tmp_path, s3_server_factory) -> None:
+    """The store goes down in the middle of a record's uploads and is back a few seconds later
+    (restarted): the uploads that had succeeded are withdrawn once it answers again. A target that
+    never answers is named in the record after `withdraw_timeout`."""
+    server = s3_server_factory()
+    client = server.client()
+    bucket = unique_bucket_name("back")
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    d = Deployment(tmp_path, server, bucket, COPY_SCRIPT, withdraw_timeout=20)
+    back = threading.Event()
+
+    def restart_later() -> None:
+        time.sleep(2)
+        server.start()
+        back.set()
+
+    def store_goes_down() -> None:  # at the first upload to the second destination
+        server.stop()
+        threading.Thread(target=restart_later, daemon=True).start()
+
+    trap = Trap(store_goes_down)
+    minio = d.definition["storage_providers"]["minio"]
+    minio["trap"] = {**minio["default"], "endpoint": trap.endpoint}
+    d.definition["output"] = [
+        {"storage_provider": "minio.default", "path": f"{bucket}/out"},
+        {"storage_provider": "minio.trap", "path": f"{bucket}/elsewhere"},
+    ]
+    try:
+        proc = d.run(oscar_event(bucket, "in/x.bin"))
+    finally:
+        trap.close()
+    assert back.wait(60), "the store was not restarted"
+    assert proc.returncode == 74, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "storage"
+    assert record["outputs"] == []
+    assert record["extra"]["not_withdrawn"] == [f"{bucket}/elsewhere/key.txt"]
+    stderr = proc.stderr.decode()
+    assert "cannot withdraw" in stderr and "retrying" in stderr  # the store was down at first
+    assert keys(client, bucket, "out/") == []  # both were uploaded before it went down
+    assert keys(client, bucket, "in/") == ["in/x.bin"]
 
 
 def test_missing_credentials(deploy, bucket) -> None:

@@ -34,9 +34,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from runtime.errors import ConveyorError, StorageError
 from runtime.local import definition as defs
@@ -56,9 +57,10 @@ from runtime.local.webhook import WebhookReceiver, minio_event, notification_tom
 from runtime.outputs import safe_file_name
 
 log = logging.getLogger("conveyor.local")
+T = TypeVar("T")
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
-RESULT_COPY_ATTEMPTS = 5  # tries to copy a record's outputs into DIR/results (1+2+4+8 s apart)
+STORAGE_ATTEMPTS = 5  # tries of the loop's own S3 steps (drop folder upload, results copy), 1+2+4+8 s apart
 MAX_RESTARTS = 5  # S3 server restarts allowed within RESTART_WINDOW seconds
 RESTART_WINDOW = 60.0
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -372,7 +374,9 @@ class LocalRun:
         with self._lock:
             self._uploads[key] = (started, None)
         try:
-            self.client.upload_file(str(path), defs.INPUT_BUCKET, key)
+            # The file stays in the inbox whatever happens; a restarting S3 server is waited for.
+            self._patiently(lambda: self.client.upload_file(str(path), defs.INPUT_BUCKET, key),
+                            retry=lambda exc: not isinstance(exc, OSError))
         except Exception as exc:  # boto3's errors, or the file vanished
             log.warning("upload of %s failed: %s", path, exc)
             self._synthetic_failure(key, path.stat().st_size if path.exists() else 0,
@@ -444,15 +448,11 @@ class LocalRun:
         if state is TaskState.SUCCEEDED:
             # The outputs are published: the local copy is a convenience. It waits a little for a
             # restarting S3 server, and failing it never turns the platform's SUCCEEDED into FAILED.
-            for attempt in range(RESULT_COPY_ATTEMPTS):
-                try:
-                    task.results = self._download(record.get("outputs") or [], results_dir)
-                    results_error = None
-                    break
-                except (StorageError, OSError) as exc:
-                    results_error = f"could not copy the results to {results_dir}: {exc}"
-                    if attempt + 1 < RESULT_COPY_ATTEMPTS and not self._stopping.is_set():
-                        time.sleep(min(2.0 ** attempt, 8.0))
+            try:
+                task.results = self._patiently(lambda: self._download(record.get("outputs") or [], results_dir),
+                                               retry=lambda exc: isinstance(exc, (StorageError, OSError)))
+            except (StorageError, OSError) as exc:
+                results_error = f"could not copy the results to {results_dir}: {exc}"
             if results_error:
                 self.progress.say(f"conveyor local: warning: {task.key}: {results_error}")
         shared = self._shared_outputs(task, record.get("outputs") or [])
@@ -507,7 +507,7 @@ class LocalRun:
         ended = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
         reason = outcome.error or f"the job {ended} before writing a result record"
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
-        return {
+        record = {
             "status": "FAILED",
             "input": {"bucket": task.bucket, "key": task.key, "size": task.size},
             "platform": self.opts.platform,
@@ -518,6 +518,26 @@ class LocalRun:
             "outputs": [],
             "timings": {},
         }
+        # A job killed between its uploads and its record published outputs that no record will
+        # claim: a FAILED input keeps none, so remove what its log says it uploaded.
+        withdrawn, left = self._withdraw(_uploads_in_log(task.log_path, task.id))
+        record["extra"] = {**({"withdrawn": withdrawn} if withdrawn else {}), **({"not_withdrawn": left} if left else {})}
+        return record
+
+    def _withdraw(self, targets: list[str]) -> tuple[list[str], list[str]]:
+        """Delete these "bucket/key" objects (waiting for a restarting S3 server). Returns (removed, left)."""
+        removed, left = [], []
+        for target in targets:
+            bucket, _, key = target.partition("/")
+            try:
+                self._patiently(lambda b=bucket, k=key: self.client.delete_object(Bucket=b, Key=k),
+                                retry=lambda exc: True)
+                removed.append(target)
+                log.warning("withdrew %s: its job died before it recorded a result", target)
+            except Exception as exc:
+                left.append(target)
+                log.error("could not withdraw %s after its job died: %s", target, exc)
+        return removed, left
 
     def _shared_outputs(self, task: Task, outputs: list[str]) -> dict[str, str]:
         """Outputs of this task that another input's task wrote too: {output: the other input's key}."""
@@ -529,6 +549,20 @@ class LocalRun:
                     shared[output] = owner
                     self._output_owners[output] = task.key
         return shared
+
+    def _patiently(self, step: Callable[[], T], retry: Callable[[Exception], bool]) -> T:
+        """Run one of the loop's own S3 steps; while it fails in a way `retry` accepts (the S3 server
+        is restarting, say), try again, up to STORAGE_ATTEMPTS times in all, unless the loop is stopping."""
+        for attempt in range(1, STORAGE_ATTEMPTS + 1):
+            try:
+                return step()
+            except Exception as exc:
+                if attempt == STORAGE_ATTEMPTS or self._stopping.is_set() or not retry(exc):
+                    raise
+                log.info("%s; trying again (%d of %d)", " ".join(str(exc).split())[:200], attempt + 1,
+                         STORAGE_ATTEMPTS)
+                self._stopping.wait(min(2.0 ** (attempt - 1), 8.0))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _download(self, outputs: list[str], target: Path) -> list[Path]:
         files = []
@@ -565,8 +599,10 @@ class LocalRun:
 
     def _restart_server(self, restarts: list[float]) -> None:
         """The S3 server died: start it again on the same ports and data, as a platform's storage
-        comes back. Jobs in flight meanwhile fail with a storage error and are recorded. Gives up
-        (LocalRunError) after MAX_RESTARTS within RESTART_WINDOW seconds, or when it won't start."""
+        comes back. Jobs in flight meanwhile fail with a storage error and are recorded; drop-folder
+        uploads wait for it. A start that fails (the server dies again while starting, a port is
+        taken) is tried again, 0.5, 1, 2 ... s later. Every start counts: more than MAX_RESTARTS
+        within RESTART_WINDOW seconds and the loop gives up (LocalRunError)."""
         now = time.monotonic()
         restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
         tail = self.server.log_tail(20)
@@ -575,12 +611,22 @@ class LocalRun:
                                 f"{self.server.log_path}:\n{tail}")
         restarts.append(now)
         self.progress.say("conveyor local: the S3 server stopped unexpectedly: restarting it")
-        try:
-            self.server.start()
-        except ConveyorError as exc:
-            raise LocalRunError(f"the S3 server stopped and could not be restarted: {exc.message}; "
-                                f"{self.server.log_path}:\n{tail}") from exc
-        log.warning("S3 server restarted (pid %s)", self.server.pid)
+        pause = 0.5
+        while True:
+            try:
+                self.server.start()
+                break
+            except ConveyorError as exc:  # it would not start, or died (was killed) while starting
+                restarts.append(time.monotonic())
+                if len(restarts) > MAX_RESTARTS or self._signal is not None:
+                    raise LocalRunError(f"the S3 server stopped and could not be restarted: {exc.message}; "
+                                        f"{self.server.log_path}:\n{tail}") from exc
+                log.warning("the S3 server did not come back (%s): starting it again in %.1f s", exc.message, pause)
+                until = time.monotonic() + pause
+                while self._signal is None and time.monotonic() < until:
+                    time.sleep(0.1)
+                pause *= 2
+        log.warning("S3 server restarted (pid %s)", self.server.pid)  # bench/drill.py waits for this line
 
     def _once_finished(self) -> bool:
         """--once: every drop-folder file has a finished task, and nothing else is queued or running."""
@@ -734,6 +780,15 @@ def _records_in_log(path: Path | None) -> list[dict[str, Any]]:
                 except ValueError:
                     continue
     return found
+
+
+def _uploads_in_log(path: Path | None, request_id: str) -> list[str]:
+    """The "bucket/key" targets a job logged as uploaded ("... [<request id>] conveyor: uploaded b/k")."""
+    if path is None or not path.is_file():
+        return []
+    tag, marker = f"[{request_id}]", " conveyor: uploaded "
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return [line.split(marker, 1)[1].rstrip("\n") for line in fh if tag in line and marker in line]
 
 
 def _tail(path: Path, limit: int = 4096) -> str:
