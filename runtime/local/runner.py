@@ -521,7 +521,8 @@ class LocalRun:
         # A job killed between its uploads and its record published outputs that no record will
         # claim: a FAILED input keeps none, so remove what its log says it uploaded.
         withdrawn, left = self._withdraw(_uploads_in_log(task.log_path, task.id))
-        record["extra"] = {**({"withdrawn": withdrawn} if withdrawn else {}), **({"not_withdrawn": left} if left else {})}
+        record["extra"] = {name: targets for name, targets in (("withdrawn", withdrawn), ("not_withdrawn", left))
+                           if targets}
         return record
 
     def _withdraw(self, targets: list[str]) -> tuple[list[str], list[str]]:
