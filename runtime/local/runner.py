@@ -768,28 +768,28 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _records_in_log(path: Path | None) -> list[dict[str, Any]]:
+def _logged(path: Path | None, marker: str, request_id: str | None = None) -> list[str]:
+    """What follows `marker` on each line of a job's log (only lines tagged "[<request_id>]" if given)."""
     if path is None or not path.is_file():
         return []
-    found = []
-    marker = " conveyor: result "
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if marker in line:
-                try:
-                    found.append(json.loads(line.split(marker, 1)[1]))
-                except ValueError:
-                    continue
+        return [line.split(marker, 1)[1].rstrip("\n") for line in fh
+                if marker in line and (request_id is None or f"[{request_id}]" in line)]
+
+
+def _records_in_log(path: Path | None) -> list[dict[str, Any]]:
+    found = []
+    for text in _logged(path, " conveyor: result "):
+        try:
+            found.append(json.loads(text))
+        except ValueError:
+            continue
     return found
 
 
 def _uploads_in_log(path: Path | None, request_id: str) -> list[str]:
     """The "bucket/key" targets a job logged as uploaded ("... [<request id>] conveyor: uploaded b/k")."""
-    if path is None or not path.is_file():
-        return []
-    tag, marker = f"[{request_id}]", " conveyor: uploaded "
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return [line.split(marker, 1)[1].rstrip("\n") for line in fh if tag in line and marker in line]
+    return _logged(path, " conveyor: uploaded ", request_id)
 
 
 def _tail(path: Path, limit: int = 4096) -> str:
