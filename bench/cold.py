@@ -96,8 +96,8 @@ _MINIO_WITHOUT_INIT = (
 )
 BREAKDOWN = {
     "interpreter (python -c pass)": "pass",
-    "Conveyor modules (runtime.cli, runtime.process, handlers.script)":
-        "import runtime.cli, runtime.process, handlers.script",
+    "Conveyor modules (conveyor.cli, conveyor.process, conveyor.handlers.script)":
+        "import conveyor.cli, conveyor.process, conveyor.handlers.script",
     "minio SDK (import minio)": "import minio",
     "minio SDK without minio/__init__ (minio.api only)": _MINIO_WITHOUT_INIT,
     "boto3 S3 client": "import boto3; boto3.session.Session().client('s3', region_name='us-east-1', "

@@ -260,7 +260,7 @@ def make_inputs(inbox: Path, events: int, kinds: dict[str, tuple[float, int, str
 
 def list_outputs(root: Path) -> tuple[dict[str, bytes] | None, str | None]:
     """The loop's output bucket after the run: its S3 data reopened with its own keys."""
-    from runtime.s3server import SeaweedServer
+    from conveyor.s3server import SeaweedServer
 
     creds_path = root / ".conveyor" / "credentials.json"
     if not (root / ".s3" / "data").is_dir() or not creds_path.is_file():

@@ -2,11 +2,11 @@
 
 DEEPaaS, with the demo plugin the tests ship (tests/plugins/conveyor-demo-model, installed in the
 venv), on a 160 KiB JPEG:
-    warm              handlers.deepaas in warm mode: the model loaded once, handle() per file
+    warm              conveyor.handlers.deepaas in warm mode: the model loaded once, handle() per file
     deepaas-cli       `deepaas-cli --deepaas_method_output OUT predict --image FILE`, a process per file
     deepaas-predict   `deepaas-predict -i FILE -o DIR/ -ct application/json --model-name conveyor-demo`
 Darknet, YOLOv3-tiny on Darknet's dog.jpg:
-    opencv            handlers.darknet with the opencv backend: the network loaded once, handle() per image
+    opencv            conveyor.handlers.darknet with the opencv backend: the network loaded once, handle() per image
     darknet cli       `darknet detect yolov3-tiny.cfg yolov3-tiny.weights dog.jpg -out PREFIX`, a
                       process per image (the command line SCAR's Darknet example runs)
 
@@ -52,7 +52,7 @@ def _deepaas_missing() -> str | None:
 
 
 def _darknet_missing() -> tuple[str | None, Path | None]:
-    from handlers.darknet_weights import WEIGHTS_NAME, WeightsError, default_weights_dir, verify_weights
+    from conveyor.handlers.darknet_weights import WEIGHTS_NAME, WeightsError, default_weights_dir, verify_weights
 
     if shutil.which("darknet") is None or not CFG.is_file() or not DOG.is_file():
         return "the darknet package is not installed (apt-get install darknet; .ci/run does)", None

@@ -1,6 +1,6 @@
 """The one S3 server every peer talks to, and the objects, events and definitions they share.
 
-One SeaweedFS `weed mini` on 127.0.0.1 (runtime.s3server.SeaweedServer) serves the whole run, so
+One SeaweedFS `weed mini` on 127.0.0.1 (conveyor.s3server.SeaweedServer) serves the whole run, so
 Conveyor, faas-supervisor and the bare boto3 script fetch and store the same bytes through the
 same server. Peers are told apart by their output prefix, never by their input.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from runtime.s3server import SeaweedServer
+from conveyor.s3server import SeaweedServer
 
 BUCKET = "bench"
 ACCESS_KEY = "benchaccess"

@@ -6,7 +6,7 @@ answers one JSON line on stdout; `quit` (or EOF) closes the handler and exits. L
 Specs
   {"mode": "pipeline", "config": PATH, "event": {...}, "scratch": DIR}
       Conveyor's warm path without a platform around it: one Job (config, handler, stores) built
-      once, then `runtime.process.run_event(job, event)` per `run`, as a warm Lambda environment or
+      once, then `conveyor.process.run_event(job, event)` per `run`, as a warm Lambda environment or
       a `conveyor local` worker calls it. Answer: {"wall": s, "records": [record dicts]}, wall
       measured around run_event.
   {"mode": "handler", "handler": NAME, "options": {...}, "input": PATH, "scratch": DIR}
@@ -30,12 +30,12 @@ from typing import Any
 
 
 def _pipeline(spec: dict[str, Any]):
-    from handlers.base import create_handler
-    from runtime.config import load_config
-    from runtime.events import load_event
-    from runtime.logs import setup_logging
-    from runtime.platform import Platform
-    from runtime.process import Job, Stores, run_event
+    from conveyor.handler import create_handler
+    from conveyor.config import load_config
+    from conveyor.events import load_event
+    from conveyor.logs import setup_logging
+    from conveyor.platform import Platform
+    from conveyor.process import Job, Stores, run_event
 
     environ = dict(os.environ)
     config = load_config(environ, Platform.OSCAR, path=spec["config"])
@@ -62,11 +62,11 @@ def _pipeline(spec: dict[str, Any]):
 
 
 def _handler(spec: dict[str, Any]):
-    from handlers.base import Invocation, create_handler
-    from runtime.config import ConveyorSettings, FunctionConfig, HandlerSpec
-    from runtime.deadline import Deadline
-    from runtime.events import ObjectRef
-    from runtime.logs import setup_logging
+    from conveyor.handler import Invocation, create_handler
+    from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
+    from conveyor.deadline import Deadline
+    from conveyor.events import ObjectRef
+    from conveyor.logs import setup_logging
 
     setup_logging("INFO")
     options = spec.get("options") or {}

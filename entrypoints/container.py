@@ -9,7 +9,7 @@ argument that is not an option is run as that command instead. A Conveyor subcom
 import os
 import sys
 
-from runtime.cli import cli, main
+from conveyor.cli import cli, main
 
 
 def run() -> None:

@@ -1,1 +1,1 @@
-"""Model handlers: script (any user script), deepaas, darknet. See handlers.base for the interface."""
+"""Model handlers: script (any user script), deepaas, darknet. See conveyor.handler for the interface."""

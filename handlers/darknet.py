@@ -33,7 +33,7 @@ Backends
           checked before decoding and before inference; one inference is not interruptible
           (about 60 ms for yolov3-tiny, the first one about 0.5 s).
   cli     `darknet detector test DATA CFG WEIGHTS IMAGE -thresh T -out PREFIX` through
-          runtime.child.run_child (deadline, SIGTERM/SIGKILL of the process group, log capture),
+          conveyor.child.run_child (deadline, SIGTERM/SIGKILL of the process group, log capture),
           with a DATA file written to the work dir naming the `names` file (the plain `detect`
           command hard-codes Debian's coco.data). Its `<class>: <pct>%` lines are parsed; the
           annotated image is darknet's own drawing. darknet's nms is fixed at 0.45.
@@ -65,8 +65,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import Handler, HandlerResult, Invocation
-from handlers.darknet_weights import (
+from conveyor.handler import Handler, HandlerResult, Invocation
+from conveyor.handlers.darknet_weights import (
     WEIGHTS_NAME,
     WeightsError,
     default_weights_dir,
@@ -74,13 +74,13 @@ from handlers.darknet_weights import (
     locate_names,
     verify_weights,
 )
-from runtime.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image as PILImage
 
-    from runtime.config import FunctionConfig
+    from conveyor.config import FunctionConfig
 
 logger = logging.getLogger(__name__)
 

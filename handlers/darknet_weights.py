@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runtime.errors import HandlerError
+from conveyor.errors import HandlerError
 
 WEIGHTS_NAME = "yolov3-tiny.weights"
 WEIGHTS_SIZE = 35_434_956

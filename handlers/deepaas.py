@@ -24,7 +24,7 @@ Modes
            deepaas's own ModelWrapper is not used: it needs an asyncio loop and runs every call in a
            pool of spawned processes (CONF.workers), i.e. not in-process at all.
   cli      `deepaas-cli --deepaas_method_output FILE predict --<file_arg> COPY [--accept TYPE] [--ARG V ...]`
-           per record, through runtime.child.run_child: own process group, deadline, SIGTERM grace,
+           per record, through conveyor.child.run_child: own process group, deadline, SIGTERM grace,
            output to inv.log_file. DEEPAAS_V2_MODEL selects the model (the only selector deepaas-cli
            honours: it picks its model at import time, before --model-name is parsed). Unless
            `file_arg` is set, the first record also runs a short probe (about as long as one call)
@@ -98,11 +98,11 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import Handler, HandlerResult, Invocation
-from runtime.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted, NoOutputError
+from conveyor.handler import Handler, HandlerResult, Invocation
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted, NoOutputError
 
 if TYPE_CHECKING:
-    from runtime.config import FunctionConfig
+    from conveyor.config import FunctionConfig
 
 logger = logging.getLogger(__name__)
 

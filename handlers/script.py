@@ -29,11 +29,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handlers.base import Handler, HandlerResult, Invocation
-from runtime.errors import ConfigError, HandlerError
+from conveyor.handler import Handler, HandlerResult, Invocation
+from conveyor.errors import ConfigError, HandlerError
 
 if TYPE_CHECKING:
-    from runtime.config import FunctionConfig
+    from conveyor.config import FunctionConfig
 
 logger = logging.getLogger(__name__)
 

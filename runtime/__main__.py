@@ -1,3 +1,3 @@
-from runtime.cli import main
+from conveyor.cli import main
 
 main()

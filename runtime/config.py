@@ -42,8 +42,8 @@ from typing import Any
 
 import yaml
 
-from runtime.errors import ConfigError, CredentialsError
-from runtime.platform import Platform
+from conveyor.errors import ConfigError, CredentialsError
+from conveyor.platform import Platform
 
 log = logging.getLogger("conveyor")
 

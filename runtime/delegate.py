@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.config import FunctionConfig
-from runtime.errors import DelegationError
-from runtime.events import Event, Input, ObjectRef
+from conveyor.config import FunctionConfig
+from conveyor.errors import DelegationError
+from conveyor.events import Event, Input, ObjectRef
 
 log = logging.getLogger("conveyor")
 

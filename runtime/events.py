@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Union
 from urllib.parse import unquote_plus
 
-from runtime.errors import EventError
+from conveyor.errors import EventError
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from handlers.base import Handler, create_handler
-from runtime.config import FunctionConfig
-from runtime.deadline import Deadline
-from runtime.delegate import LambdaContextInfo, batch_client, reason_to_delegate, submit_job
-from runtime.errors import error_for
-from runtime.events import Event, load_event
-from runtime.logs import LOG_FORMAT, bound_request_id
-from runtime.platform import Platform
-from runtime.process import Job, Stores, responds_inline, run_event
-from runtime.records import ResultRecord, Status
+from conveyor.handler import Handler, create_handler
+from conveyor.config import FunctionConfig
+from conveyor.deadline import Deadline
+from conveyor.delegate import LambdaContextInfo, batch_client, reason_to_delegate, submit_job
+from conveyor.errors import error_for
+from conveyor.events import Event, load_event
+from conveyor.logs import LOG_FORMAT, bound_request_id
+from conveyor.platform import Platform
+from conveyor.process import Job, Stores, responds_inline, run_event
+from conveyor.records import ResultRecord, Status
 
 log = logging.getLogger("conveyor")
 
@@ -157,7 +157,7 @@ _APP: LambdaApp | None = None
 
 
 def handle(event: Any, context: Any) -> dict[str, Any]:
-    """The function awslambdaric calls (named as `runtime.lambda_runtime.handle`)."""
+    """The function awslambdaric calls (named as `conveyor.lambda_runtime.handle`)."""
     if _APP is None:
         raise RuntimeError("conveyor's Lambda app is not initialised: start it with `conveyor run`")
     if _APP.invocations == 0:

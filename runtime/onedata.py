@@ -18,9 +18,9 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from runtime.config import StorageProvider
-from runtime.errors import ConfigError
-from runtime.storage import HttpStore, TransferOptions, http_base_url
+from conveyor.config import StorageProvider
+from conveyor.errors import ConfigError
+from conveyor.storage import HttpStore, TransferOptions, http_base_url
 
 CDMI_VERSION = "1.1.1"
 CDMI_OBJECT = "application/cdmi-object"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runtime.config import FunctionConfig, IOSpec, ProviderRef
+from conveyor.config import FunctionConfig, IOSpec, ProviderRef
 
 MAX_NAME_BYTES = 255
 

@@ -6,7 +6,7 @@ import enum
 import os
 from collections.abc import Callable, Mapping
 
-from runtime.errors import ConfigError
+from conveyor.errors import ConfigError
 
 OSCAR_CONFIG_PATH = "/oscar/config/function_config.yaml"
 

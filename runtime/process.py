@@ -20,17 +20,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from handlers.base import Handler, Invocation
-from runtime.child import tail
-from runtime.config import FunctionConfig, ProviderRef
-from runtime.deadline import Deadline
-from runtime.errors import ConveyorError, Interrupted, NoOutputError, StorageError
-from runtime.events import Event, InlineInput, Input, ObjectRef
-from runtime.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
-from runtime.platform import Platform
-from runtime.records import ResultRecord, Status, status_key
-from runtime.response import write_sync_response
-from runtime.storage import ObjectStore, open_store
+from conveyor.handler import Handler, Invocation
+from conveyor.child import tail
+from conveyor.config import FunctionConfig, ProviderRef
+from conveyor.deadline import Deadline
+from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
+from conveyor.events import Event, InlineInput, Input, ObjectRef
+from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
+from conveyor.platform import Platform
+from conveyor.records import ResultRecord, Status, status_key
+from conveyor.response import write_sync_response
+from conveyor.storage import ObjectStore, open_store
 
 log = logging.getLogger("conveyor")
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runtime.config import IOSpec
+from conveyor.config import IOSpec
 
 
 class Status(enum.StrEnum):

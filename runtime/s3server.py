@@ -52,7 +52,7 @@ from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
-from runtime.errors import StorageError
+from conveyor.errors import StorageError
 
 GRPC_OFFSET = 10000  # SeaweedFS convention: grpc port = http port + 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # each gets -<c>.port and -<c>.port.grpc

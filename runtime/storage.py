@@ -37,8 +37,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
-from runtime.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
-from runtime.errors import ConfigError, CredentialsError, StorageError
+from conveyor.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
+from conveyor.errors import ConfigError, CredentialsError, StorageError
 
 MiB = 1024 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -106,11 +106,11 @@ def open_store(provider: StorageProvider, options: TransferOptions | None = None
     if kind == "local":
         return LocalStore(provider, options)
     if kind == "webdav":
-        from runtime.webdav import WebDavStore
+        from conveyor.webdav import WebDavStore
 
         return WebDavStore(provider, options)
     if kind == "onedata":
-        from runtime.onedata import OnedataStore
+        from conveyor.onedata import OnedataStore
 
         return OnedataStore(provider, options)
     raise ConfigError(

@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 from xml.etree import ElementTree
 
-from runtime.config import StorageProvider
-from runtime.errors import ConfigError
-from runtime.storage import HttpStore, TransferOptions, http_base_url
+from conveyor.config import StorageProvider
+from conveyor.errors import ConfigError
+from conveyor.storage import HttpStore, TransferOptions, http_base_url
 
 DAV = "{DAV:}"
 PROPFIND_BODY = (

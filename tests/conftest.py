@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from runtime.config import ProviderRef, StorageProvider
-from runtime.s3server import SeaweedServer
+from conveyor.config import ProviderRef, StorageProvider
+from conveyor.s3server import SeaweedServer
 from tests.support.pipeline import COPY_SCRIPT, Deployment
 
 # client and images: a Docker engine and Conveyor's images (tests/images, tests/models).

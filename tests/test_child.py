@@ -1,4 +1,4 @@
-"""runtime.child with real processes: exit codes, deadlines, shutdown, process groups, logs."""
+"""conveyor.child with real processes: exit codes, deadlines, shutdown, process groups, logs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.child import CHUNK, run_child, tail
-from runtime.deadline import Deadline
-from runtime.errors import HandlerError, HandlerTimeout, Interrupted
-from runtime.logs import bound_request_id, request_id
+from conveyor.child import CHUNK, run_child, tail
+from conveyor.deadline import Deadline
+from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
+from conveyor.logs import bound_request_id, request_id
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.child"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime import __version__
-from runtime.cli import choose_payload
-from runtime.errors import EventError
+from conveyor import __version__
+from conveyor.cli import choose_payload
+from conveyor.errors import EventError
 
 EVENTS = Path(__file__).parent / "events"
 BIN = Path(sys.executable).parent

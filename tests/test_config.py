@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import (
+from conveyor.config import (
     LAMBDA_CONFIG_PATH,
     MINIO_DEFAULT_ENDPOINT,
     OSCAR_CONFIG_PATH,
@@ -29,8 +29,8 @@ from runtime.config import (
     StorageProvider,
     load_config,
 )
-from runtime.errors import ConfigError, CredentialsError
-from runtime.platform import Platform
+from conveyor.errors import ConfigError, CredentialsError
+from conveyor.platform import Platform
 
 CONFIGS = Path(__file__).parent / "configs"
 

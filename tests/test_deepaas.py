@@ -1,4 +1,4 @@
-"""handlers.deepaas with the real deepaas 2.6 package and small model plugins the tests ship.
+"""conveyor.handlers.deepaas with the real deepaas 2.6 package and small model plugins the tests ship.
 
 The plugins live in tests/plugins/ and are installed (editable) by `make install`:
     conveyor-demo      JSON / text / PNG / ZIP results, PNG and ZIP as BytesIO or as an open file
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from handlers.base import Invocation, handler_class
-from handlers.deepaas import DeepaasHandler, script_interpreter, sniff_extension, write_result
-from runtime.config import ConveyorSettings, FunctionConfig, HandlerSpec
-from runtime.deadline import Deadline
-from runtime.errors import ConfigError, HandlerError, HandlerTimeout, NoOutputError
-from runtime.events import ObjectRef
+from conveyor.handler import Invocation, handler_class
+from conveyor.handlers.deepaas import DeepaasHandler, script_interpreter, sniff_extension, write_result
+from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
+from conveyor.deadline import Deadline
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, NoOutputError
+from conveyor.events import ObjectRef
 
 pytest.importorskip("deepaas", reason="the deepaas extra is not installed (pip install -e '.[deepaas]')")
 pytestmark = [
@@ -285,7 +285,7 @@ def test_warm_deadline_abandons_the_call_then_sets_up_again(make_handler, invoca
 
 
 def test_warm_shutdown_interrupts_the_wait(make_handler, invocation):
-    from runtime.errors import Interrupted
+    from conveyor.errors import Interrupted
 
     handler = make_handler(mode="warm", model="conveyor-sleeper", args={"seconds": 0.8})
     inv = invocation()
@@ -444,7 +444,7 @@ def test_warm_mode_without_deepaas_is_a_config_error(no_deepaas_here, make_handl
 
 
 def test_model_choice():
-    from handlers.deepaas import _choose_model
+    from conveyor.handlers.deepaas import _choose_model
 
     assert _choose_model(["only-one"], None) == "only-one"
     assert _choose_model(["a", "b"], "b") == "b"
@@ -520,7 +520,7 @@ def test_accept_defaults_like_the_deepaas_api():
     """deepaas's API sends the first of `accept`'s choices when the model gives the field no default."""
     from marshmallow import fields, validate
 
-    from handlers.deepaas import _api_default_accept
+    from conveyor.handlers.deepaas import _api_default_accept
 
     assert _api_default_accept(fields.Str(validate=validate.OneOf(["image/png", "application/json"]))) == "image/png"
     assert _api_default_accept(fields.Str(load_default="application/json", validate=validate.OneOf(["x/y"]))) is None

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from runtime.errors import EventError
-from runtime.events import (
+from conveyor.errors import EventError
+from conveyor.events import (
     Event,
     InlineInput,
     ObjectRef,

@@ -112,7 +112,7 @@ class LambdaFunction:
         return env
 
     def emulator(self, timeout: int = 30, **env: str) -> LambdaEmulator:
-        command = [sys.executable, "-m", "runtime", "run", "--config", str(self.config_path())]
+        command = [sys.executable, "-m", "conveyor", "run", "--config", str(self.config_path())]
         return LambdaEmulator(command, self.env(**env), timeout=timeout, log_path=self.tmp / "rie.log",
                               function_name=FUNCTION)
 
@@ -309,9 +309,9 @@ def test_unreachable_batch_fails_the_invocation(function, bucket, closed_port) -
 
 
 def test_multi_node_parallel_uses_node_overrides() -> None:
-    from runtime.config import FunctionConfig
-    from runtime.delegate import LambdaContextInfo, submit_job
-    from runtime.events import load_event
+    from conveyor.config import FunctionConfig
+    from conveyor.delegate import LambdaContextInfo, submit_job
+    from conveyor.events import load_event
 
     sent: dict[str, Any] = {}
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from runtime.events import ObjectRef, load_event
-from runtime.local.runner import SAMPLES_DIR, local_path
-from runtime.local.webhook import (
+from conveyor.events import ObjectRef, load_event
+from conveyor.local.runner import SAMPLES_DIR, local_path
+from conveyor.local.webhook import (
     WebhookReceiver,
     minio_event,
     notification_toml,
@@ -558,8 +558,8 @@ def test_default_darknet_model_once(tmp_path: Path, platform: str) -> None:
 
 def test_darknet_files_fall_back_to_the_bundled_cfg_and_names(tmp_path: Path, monkeypatch) -> None:
     """Without Debian's darknet package the default model still runs: cfg and names from samples/yolo."""
-    import handlers.darknet_weights as weights
-    from runtime.local.runner import LocalOptions, LocalRun
+    import conveyor.handlers.darknet_weights as weights
+    from conveyor.local.runner import LocalOptions, LocalRun
 
     monkeypatch.setattr(weights, "DEFAULT_CFG", tmp_path / "absent" / "yolov3-tiny.cfg")
     monkeypatch.setattr(weights, "DEFAULT_NAMES", tmp_path / "absent" / "coco.names")
@@ -600,7 +600,7 @@ def test_a_job_killed_hard_leaves_no_model_behind(tmp_path: Path) -> None:
 
 def output_keys(root: Path) -> list[str]:
     """The keys in a finished run's output bucket (its S3 data reopened with its own credentials)."""
-    from runtime.s3server import SeaweedServer
+    from conveyor.s3server import SeaweedServer
 
     creds = json.loads((root / ".conveyor" / "credentials.json").read_text())
     with SeaweedServer(root / ".s3", access_key=creds["access_key"], secret_key=creds["secret_key"]) as server:

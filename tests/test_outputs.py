@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import FunctionConfig, IOSpec, ProviderRef
-from runtime.outputs import collect_outputs, plan_uploads, safe_file_name
-from runtime.response import write_sync_response
+from conveyor.config import FunctionConfig, IOSpec, ProviderRef
+from conveyor.outputs import collect_outputs, plan_uploads, safe_file_name
+from conveyor.response import write_sync_response
 
 MINIO = ProviderRef("minio", "default")
 

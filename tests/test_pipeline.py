@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import IOSpec, ProviderRef
-from runtime.outputs import safe_file_name
-from runtime.records import ResultRecord, Status, status_key
+from conveyor.config import IOSpec, ProviderRef
+from conveyor.outputs import safe_file_name
+from conveyor.records import ResultRecord, Status, status_key
 from tests.conftest import unique_bucket_name
 from tests.support.lossy import LostAnswers, Trap
 from tests.support.pipeline import (

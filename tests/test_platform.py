@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import ConfigError
-from runtime.platform import OSCAR_CONFIG_PATH, Platform, detect_platform
+from conveyor.errors import ConfigError
+from conveyor.platform import OSCAR_CONFIG_PATH, Platform, detect_platform
 
 LAMBDA_ENV = {
     "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",

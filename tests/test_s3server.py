@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import ProviderRef, StorageProvider
-from runtime.errors import StorageError
-from runtime.s3server import GRPC_OFFSET, SeaweedError, SeaweedServer, find_weed
-from runtime.storage import open_store
+from conveyor.config import ProviderRef, StorageProvider
+from conveyor.errors import StorageError
+from conveyor.s3server import GRPC_OFFSET, SeaweedError, SeaweedServer, find_weed
+from conveyor.storage import open_store
 
 WEED_DEFAULT_PORTS = {8333, 9333, 8888, 9340, 7333, 8181, 9101, 23646, 18333, 19333, 18888, 19340, 33646, 6060}
 

@@ -1,4 +1,4 @@
-"""handlers.script with real processes and scripts written the way SCAR/OSCAR users write them."""
+"""conveyor.handlers.script with real processes and scripts written the way SCAR/OSCAR users write them."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from handlers.base import Invocation, create_handler, handler_class
-from handlers.script import ScriptHandler, _shebang
-from runtime.config import ConveyorSettings, FunctionConfig, HandlerSpec
-from runtime.deadline import Deadline
-from runtime.errors import ConfigError, HandlerError, HandlerTimeout
-from runtime.events import Event, ObjectRef
+from conveyor.handler import Invocation, create_handler, handler_class
+from conveyor.handlers.script import ScriptHandler, _shebang
+from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
+from conveyor.deadline import Deadline
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout
+from conveyor.events import Event, ObjectRef
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.script"

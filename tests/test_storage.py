@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import ProviderRef, StorageProvider
-from runtime.errors import ConfigError, CredentialsError, StorageError
-from runtime.storage import (
+from conveyor.config import ProviderRef, StorageProvider
+from conveyor.errors import ConfigError, CredentialsError, StorageError
+from conveyor.storage import (
     PART_SUFFIX,
     LocalStore,
     MinioStore,
@@ -299,8 +299,8 @@ def test_large_object_multipart_round_trip(
 MEMORY_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from runtime.config import ProviderRef, StorageProvider
-from runtime.storage import open_store
+from conveyor.config import ProviderRef, StorageProvider
+from conveyor.storage import open_store
 
 kind, endpoint, access_key, secret_key, bucket, src, dest = sys.argv[1:]
 provider = StorageProvider(ref=ProviderRef(kind), access_key=access_key, secret_key=secret_key, endpoint=endpoint)

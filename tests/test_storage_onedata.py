@@ -31,10 +31,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from runtime.config import ProviderRef, StorageProvider, load_config
-from runtime.errors import ConfigError, CredentialsError, StorageError
-from runtime.onedata import OnedataStore
-from runtime.storage import ObjectStore, open_store
+from conveyor.config import ProviderRef, StorageProvider, load_config
+from conveyor.errors import ConfigError, CredentialsError, StorageError
+from conveyor.onedata import OnedataStore
+from conveyor.storage import ObjectStore, open_store
 
 MiB = 1024 * 1024
 ODD_KEY = "in/dir with space/naïve café+plus 1 ümlaut.txt"

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from runtime.config import ProviderRef, StorageProvider, load_config
-from runtime.errors import ConfigError, CredentialsError, StorageError
-from runtime.s3server import SeaweedServer
-from runtime.storage import ObjectStore, http_base_url, open_store
-from runtime.webdav import WebDavStore
+from conveyor.config import ProviderRef, StorageProvider, load_config
+from conveyor.errors import ConfigError, CredentialsError, StorageError
+from conveyor.s3server import SeaweedServer
+from conveyor.storage import ObjectStore, http_base_url, open_store
+from conveyor.webdav import WebDavStore
 from tests.conftest import unique_bucket_name
 from tests.support.pipeline import PNG, keys, oscar_event, records
 

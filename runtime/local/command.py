@@ -48,7 +48,7 @@ def local(root: Path, platform: str, workers: int, model: str | None, config_pat
     platform would; outputs land in DIR/results/<file>/ and a result record in DIR/status/.
     Progress and the summary go to stderr. Ctrl-C or SIGTERM stops every job and the server.
     """
-    from runtime.local.runner import LocalOptions, LocalRun
+    from conveyor.local.runner import LocalOptions, LocalRun
 
     options = LocalOptions(
         root=root,

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from runtime.config import FunctionConfig, load_config
-from runtime.errors import ConfigError
-from runtime.platform import Platform
+from conveyor.config import FunctionConfig, load_config
+from conveyor.errors import ConfigError
+from conveyor.platform import Platform
 
 INPUT_BUCKET = "input"
 OUTPUT_BUCKET = "output"
@@ -99,7 +99,7 @@ def model_named(name: str) -> Model:
     """A preset, or any registered handler by name with its default options."""
     if name in MODELS:
         return MODELS[name]
-    from handlers.base import handler_class
+    from conveyor.handler import handler_class
 
     try:
         handler_class(name)

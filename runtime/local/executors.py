@@ -17,7 +17,7 @@
 Every executor returns an Outcome; the result record itself is fetched by the runner (from the
 status bucket, where Conveyor uploads it) when the executor does not hold it. `interrupt()` stops
 what runs (SIGTERM, then SIGKILL after the grace period); `interrupt(force=True)` kills at once,
-models included: they run in sessions of their own (runtime.child), so a kill walks the process
+models included: they run in sessions of their own (conveyor.child), so a kill walks the process
 tree (`kill_tree`) instead of trusting one process group. Both are safe from any thread. A job
 that outlives --timeout + grace + 30 s is killed the same way.
 """
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.config import FunctionConfig
-from runtime.errors import ConveyorError, exit_code_for
-from runtime.local.progress import Task
+from conveyor.config import FunctionConfig
+from conveyor.errors import ConveyorError, exit_code_for
+from conveyor.local.progress import Task
 
 log = logging.getLogger("conveyor.local")
 
@@ -134,7 +134,7 @@ def conveyor_argv() -> list[str]:
     script = Path(sys.executable).parent / "conveyor"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "runtime"]
+    return [sys.executable, "-m", "conveyor"]
 
 
 class ProcessExecutor(Executor):
@@ -279,7 +279,7 @@ def kill_marked(job_id: str) -> list[int]:
 def kill_tree(pid: int, spare: Collection[int] = ()) -> None:
     """SIGKILL the process group of `pid` and of each of its descendants (but `spare` and theirs).
 
-    A job's model runs in a session of its own (runtime.child), out of reach of a signal to the
+    A job's model runs in a session of its own (conveyor.child), out of reach of a signal to the
     job's group: killing the job alone would orphan it. Never signals our own group.
     """
     ours = os.getpgrp()
@@ -315,8 +315,8 @@ class LambdaEnvironment:
     """One warm execution environment: a handler whose setup (the model load) runs once."""
 
     def __init__(self, name: str, dep: Deployment, shutdown: threading.Event) -> None:
-        from handlers.base import create_handler
-        from runtime.process import Stores
+        from conveyor.handler import create_handler
+        from conveyor.process import Stores
 
         self.name = name
         self.dep = dep
@@ -348,11 +348,11 @@ class LambdaEnvironment:
         self.handler.ensure_setup()
 
     def invoke(self, task: Task) -> Outcome:
-        from runtime.deadline import Deadline
-        from runtime.events import load_event
-        from runtime.logs import bound_request_id
-        from runtime.platform import Platform
-        from runtime.process import Job, run_event
+        from conveyor.deadline import Deadline
+        from conveyor.events import load_event
+        from conveyor.logs import bound_request_id
+        from conveyor.platform import Platform
+        from conveyor.process import Job, run_event
 
         self.invocations += 1
         budget = max(1.0, self.dep.timeout - self.dep.config.timeout_threshold)

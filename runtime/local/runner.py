@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from runtime.errors import ConveyorError, StorageError
-from runtime.local import definition as defs
-from runtime.local.executors import (
+from conveyor.errors import ConveyorError, StorageError
+from conveyor.local import definition as defs
+from conveyor.local.executors import (
     Deployment,
     DockerExecutor,
     Executor,
@@ -52,9 +52,9 @@ from runtime.local.executors import (
     clean_environment,
     docker_client,
 )
-from runtime.local.progress import Progress, Task, TaskState
-from runtime.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
-from runtime.outputs import safe_file_name
+from conveyor.local.progress import Progress, Task, TaskState
+from conveyor.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
+from conveyor.outputs import safe_file_name
 
 log = logging.getLogger("conveyor.local")
 T = TypeVar("T")
@@ -208,8 +208,8 @@ class LocalRun:
         """The YOLOv3-tiny files for the darknet handler: the weights fetched (first use) and verified
         where the handler will look; the cfg and class names from Debian's darknet package, else the
         copies in samples/yolo/ (so a machine without that package runs the default model too)."""
-        from handlers.darknet import IMAGE_WEIGHTS_DIR
-        from handlers.darknet_weights import (
+        from conveyor.handlers.darknet import IMAGE_WEIGHTS_DIR
+        from conveyor.handlers.darknet_weights import (
             DEFAULT_CFG,
             DEFAULT_NAMES,
             WEIGHTS_NAME,
@@ -235,7 +235,7 @@ class LocalRun:
         options["weights_dir"] = str(where)
 
     def _setup_logging(self) -> None:
-        from runtime.logs import setup_logging
+        from conveyor.logs import setup_logging
 
         self._log_file = open(self.logs / "conveyor.log", "a", encoding="utf-8", buffering=1)
         if self.stdout is sys.stdout:
@@ -246,7 +246,7 @@ class LocalRun:
             os.dup2(self._log_file.fileno(), 1)
         setup_logging("INFO", stream=self._log_file)
         if self.opts.verbose:
-            from runtime.logs import LOG_FORMAT
+            from conveyor.logs import LOG_FORMAT
 
             echo = logging.StreamHandler(self.progress.stream)
             echo.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -268,9 +268,9 @@ class LocalRun:
         return keys
 
     def _start(self) -> None:
-        from runtime.config import load_config
-        from runtime.platform import Platform
-        from runtime.s3server import SeaweedServer
+        from conveyor.config import load_config
+        from conveyor.platform import Platform
+        from conveyor.s3server import SeaweedServer
 
         opts = self.opts
         access_key, secret_key = self._credentials()
@@ -322,7 +322,7 @@ class LocalRun:
             thread = threading.Thread(target=self._worker, name=f"worker-{n + 1}", daemon=True)
             thread.start()
             self.workers.append(thread)
-        from runtime.local.dropfolder import DropFolder
+        from conveyor.local.dropfolder import DropFolder
 
         self.dropfolder = DropFolder(self.inbox, self._upload).start()
 
@@ -731,7 +731,7 @@ class LocalRun:
 
 def _with_request_id(record: logging.LogRecord) -> bool:
     if not hasattr(record, "request_id"):
-        from runtime.logs import request_id
+        from conveyor.logs import request_id
 
         record.request_id = request_id.get()
     return True
@@ -739,7 +739,7 @@ def _with_request_id(record: logging.LogRecord) -> bool:
 
 def _check_model_loads(config: Any) -> None:
     """oscar/batch: load the model once here, so a broken setup fails now rather than once per file."""
-    from handlers.base import create_handler
+    from conveyor.handler import create_handler
 
     handler = create_handler(config)
     try:

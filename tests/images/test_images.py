@@ -126,7 +126,7 @@ def test_base_runs_as_lambda_does(client, images):
     out = sh(
         client,
         BASE,
-        'conveyor --version && python -c "import awslambdaric, runtime, handlers" '
+        'conveyor --version && python -c "import awslambdaric, conveyor, conveyor.handlers" '
         '&& touch /tmp/probe && ! touch /opt/conveyor/probe 2>/dev/null && printf %s "$EVENT" | conveyor parse-event -',
         environment={"EVENT": json.dumps(S3_EVENT)},
         user="993:990",
@@ -231,7 +231,7 @@ def test_yolo_entrypoint_user_and_baked_config(client, images):
 
 @pytest.mark.heavy
 def test_yolo_weights_are_the_original_file(client, images):
-    from handlers.darknet_weights import WEIGHTS_SHA256, WEIGHTS_SIZE
+    from conveyor.handlers.darknet_weights import WEIGHTS_SHA256, WEIGHTS_SIZE
 
     weights = image_file(client, YOLO, "/opt/conveyor/weights/yolov3-tiny.weights")
     assert len(weights) == WEIGHTS_SIZE

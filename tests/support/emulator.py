@@ -1,7 +1,7 @@
 """The real AWS Lambda Runtime Interface Emulator (RIE), taken from the aws-sam-cli wheel on PyPI,
 run on loopback in front of a command (here: Conveyor's single entrypoint).
 
-    with LambdaEmulator(["python", "-m", "runtime", "run", "--config", cfg], env=..., timeout=30) as rie:
+    with LambdaEmulator(["python", "-m", "conveyor", "run", "--config", cfg], env=..., timeout=30) as rie:
         status, headers, body = rie.invoke({"Records": [...]})
 """
 

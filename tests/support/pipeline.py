@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-CONVEYOR = [sys.executable, "-m", "runtime"]
+CONVEYOR = [sys.executable, "-m", "conveyor"]
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2a1d5d60000000049454e44ae426082"

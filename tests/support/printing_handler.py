@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from handlers.base import Handler, HandlerResult, Invocation
+from conveyor.handler import Handler, HandlerResult, Invocation
 
 
 class PrintingHandler(Handler):

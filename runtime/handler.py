@@ -1,7 +1,7 @@
 """The handler interface and its registry.
 
 A handler turns one local input file into files under an output directory. The pipeline
-(runtime.process) does everything around it: fetch, work directories, environment, deadline,
+(conveyor.process) does everything around it: fetch, work directories, environment, deadline,
 upload, result record. A handler instance lives as long as the process, so it may keep a
 loaded model across records and across warm Lambda invocations: `setup()` runs once, before
 the first record; `handle()` runs per record; `close()` at shutdown.
@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtime.child import run_child
-from runtime.deadline import Deadline
-from runtime.errors import ConfigError
+from conveyor.child import run_child
+from conveyor.deadline import Deadline
+from conveyor.errors import ConfigError
 
 if TYPE_CHECKING:
-    from runtime.config import FunctionConfig
-    from runtime.events import Event, Input
+    from conveyor.config import FunctionConfig
+    from conveyor.events import Event, Input
 
 ENTRY_POINT_GROUP = "conveyor.handlers"
 BUILTIN = {
-    "script": "handlers.script:ScriptHandler",
-    "deepaas": "handlers.deepaas:DeepaasHandler",
-    "darknet": "handlers.darknet:DarknetHandler",
+    "script": "conveyor.handlers.script:ScriptHandler",
+    "deepaas": "conveyor.handlers.deepaas:DeepaasHandler",
+    "darknet": "conveyor.handlers.darknet:DarknetHandler",
 }
 
 
@@ -70,7 +70,7 @@ class Invocation:
         prefix: str = "model",
     ) -> int:
         """Run a model process under this record's deadline, shutdown, log and environment
-        (runtime.child.run_child); returns its exit code."""
+        (conveyor.child.run_child); returns its exit code."""
         return run_child(
             argv,
             env=self.env if env is None else env,
@@ -94,7 +94,7 @@ class HandlerResult:
 
 
 class Handler(ABC):
-    """Base class for handlers. Raise runtime.errors.HandlerError (or a subclass) on failure."""
+    """Base class for handlers. Raise conveyor.errors.HandlerError (or a subclass) on failure."""
 
     name: ClassVar[str] = "handler"
 
@@ -148,7 +148,7 @@ def handler_class(name: str) -> type[Handler]:
             f"handler {name!r} cannot be loaded from {target}: {exc}", key="conveyor.handler.name"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
-        raise ConfigError(f"handler {name!r} ({target}) is not a handlers.base.Handler", key="conveyor.handler.name")
+        raise ConfigError(f"handler {name!r} ({target}) is not a conveyor.handler.Handler", key="conveyor.handler.name")
     return cls
 
 
