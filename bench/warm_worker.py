@@ -30,9 +30,9 @@ from typing import Any
 
 
 def _pipeline(spec: dict[str, Any]):
-    from conveyor.handler import create_handler
     from conveyor.config import load_config
     from conveyor.events import load_event
+    from conveyor.handler import create_handler
     from conveyor.logs import setup_logging
     from conveyor.platform import Platform
     from conveyor.process import Job, Stores, run_event
@@ -62,10 +62,10 @@ def _pipeline(spec: dict[str, Any]):
 
 
 def _handler(spec: dict[str, Any]):
-    from conveyor.handler import Invocation, create_handler
     from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
     from conveyor.deadline import Deadline
     from conveyor.events import ObjectRef
+    from conveyor.handler import Invocation, create_handler
     from conveyor.logs import setup_logging
 
     setup_logging("INFO")

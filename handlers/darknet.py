@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
 from conveyor.handler import Handler, HandlerResult, Invocation
 from conveyor.handlers.darknet_weights import (
     WEIGHTS_NAME,
@@ -74,7 +75,6 @@ from conveyor.handlers.darknet_weights import (
     locate_names,
     verify_weights,
 )
-from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
 
 if TYPE_CHECKING:
     import numpy as np

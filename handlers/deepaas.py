@@ -98,8 +98,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.handler import Handler, HandlerResult, Invocation
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted, NoOutputError
+from conveyor.handler import Handler, HandlerResult, Invocation
 
 if TYPE_CHECKING:
     from conveyor.config import FunctionConfig

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.handler import Handler, HandlerResult, Invocation
 from conveyor.errors import ConfigError, HandlerError
+from conveyor.handler import Handler, HandlerResult, Invocation
 
 if TYPE_CHECKING:
     from conveyor.config import FunctionConfig

@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from conveyor.handler import Handler, create_handler
 from conveyor.config import FunctionConfig
 from conveyor.deadline import Deadline
 from conveyor.delegate import LambdaContextInfo, batch_client, reason_to_delegate, submit_job
 from conveyor.errors import error_for
 from conveyor.events import Event, load_event
+from conveyor.handler import Handler, create_handler
 from conveyor.logs import LOG_FORMAT, bound_request_id
 from conveyor.platform import Platform
 from conveyor.process import Job, Stores, responds_inline, run_event

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from conveyor.handler import Handler, Invocation
 from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from conveyor.events import Event, InlineInput, Input, ObjectRef
+from conveyor.handler import Handler, Invocation
 from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, status_key

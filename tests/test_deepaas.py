@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.handler import Invocation, handler_class
-from conveyor.handlers.deepaas import DeepaasHandler, script_interpreter, sniff_extension, write_result
 from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, NoOutputError
 from conveyor.events import ObjectRef
+from conveyor.handler import Invocation, handler_class
+from conveyor.handlers.deepaas import DeepaasHandler, script_interpreter, sniff_extension, write_result
 
 pytest.importorskip("deepaas", reason="the deepaas extra is not installed (pip install -e '.[deepaas]')")
 pytestmark = [

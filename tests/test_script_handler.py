@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.handler import Invocation, create_handler, handler_class
-from conveyor.handlers.script import ScriptHandler, _shebang
 from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout
 from conveyor.events import Event, ObjectRef
+from conveyor.handler import Invocation, create_handler, handler_class
+from conveyor.handlers.script import ScriptHandler, _shebang
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.script"

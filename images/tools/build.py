@@ -281,8 +281,8 @@ def base_image(client: docker.DockerClient, requested: str | None) -> str:
 def yolo_weights() -> Path:
     """The verified yolov3-tiny.weights from the host's cache (fetched there once)."""
     try:
-        from conveyor.handlers.darknet_weights import default_weights_dir, ensure_weights
         from conveyor.errors import ConveyorError
+        from conveyor.handlers.darknet_weights import default_weights_dir, ensure_weights
     except ImportError as exc:
         raise BuildError(f"run build.py with the Python that has Conveyor installed (.venv/bin/python): {exc}") from exc
     try:
