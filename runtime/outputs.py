@@ -71,9 +71,7 @@ def _matches(rel: str, spec: IOSpec) -> bool:
 
 def destination(spec: IOSpec, rel: str) -> tuple[str, str]:
     """bucket = first segment of `path`; key = the rest of `path` + '/' + rel."""
-    parts = [p for p in spec.path.split("/") if p]
-    bucket, rest = parts[0], "/".join(parts[1:])
-    return bucket, f"{rest}/{rel}" if rest else rel
+    return spec.destination(rel)
 
 
 def plan_uploads(

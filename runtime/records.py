@@ -53,12 +53,9 @@ def status_key(spec: IOSpec, record: ResultRecord) -> tuple[str, str]:
     Stable per input, so a redelivered event overwrites its record instead of adding one.
     Inline payloads have no key: theirs is filed under the request id.
     """
-    parts = [p for p in spec.path.split("/") if p]
-    bucket, rest = parts[0], "/".join(parts[1:])
     ref = record.input
     if ref.get("inline"):
         name = f"inline/{record.request_id or 'request'}/{ref.get('file_name', 'input')}"
     else:
         name = f"{ref.get('bucket')}/{ref.get('key')}"
-    key = f"{rest}/{name}.json" if rest else f"{name}.json"
-    return bucket, key
+    return spec.destination(f"{name}.json")

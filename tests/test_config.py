@@ -28,6 +28,7 @@ from conveyor.config import (
     ProviderRef,
     StorageProvider,
     load_config,
+    read_text_file,
 )
 from conveyor.errors import ConfigError, CredentialsError
 from conveyor.platform import Platform
@@ -43,10 +44,21 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-def fs(files: Mapping[str, str] | None = None) -> Callable[[str], str | None]:
-    """A fake filesystem: read_file(path) -> text, None when absent."""
+def fs(files: Mapping[str, str] | None = None, real: Path | None = None) -> Callable[[str], str | None]:
+    """A fake filesystem: read_file(path) -> text, None when absent.
+
+    With `real`, paths under that folder (a test's secrets folder) are read from the disk.
+    """
     table = dict(files or {})
-    return table.get
+
+    def read(path: str) -> str | None:
+        if path in table:
+            return table[path]
+        if real is not None and Path(path).is_relative_to(real):
+            return read_text_file(path)
+        return None
+
+    return read
 
 
 @pytest.fixture
@@ -70,7 +82,8 @@ def load(
     path: str | None = None,
     secrets_dir: Path | None = None,
 ) -> FunctionConfig:
-    return load_config(environ or {}, platform, path=path, read_file=fs(files), secrets_dir=secrets_dir)
+    reader = fs(files, real=secrets_dir)
+    return load_config(environ or {}, platform, path=path, read_file=reader, secrets_dir=secrets_dir)
 
 
 def doc(text: str, **kw) -> FunctionConfig:
@@ -605,6 +618,21 @@ def test_provider_ref_str() -> None:
     assert str(ProviderRef("minio")) == "minio.default"
 
 
+@pytest.mark.parametrize(
+    ("path", "bucket", "key_prefix", "key"),
+    [
+        ("results", "results", "", "sub/r.json"),
+        ("results/json", "results", "json", "json/sub/r.json"),
+        ("/logs-bucket/a/b/", "logs-bucket", "a/b", "a/b/sub/r.json"),
+        ("b//deep///out", "b", "deep/out", "deep/out/sub/r.json"),
+    ],
+)
+def test_iospec_splits_path_into_bucket_and_key(path: str, bucket: str, key_prefix: str, key: str) -> None:
+    spec = IOSpec(ProviderRef("minio"), path)
+    assert (spec.bucket, spec.key_prefix) == (bucket, key_prefix)
+    assert spec.destination("sub/r.json") == (bucket, key)
+
+
 # --------------------------------------------------------------------------------------------
 # FunctionConfig.provider
 
@@ -680,6 +708,62 @@ def test_secret_files_are_read_at_load_time(secrets: Path) -> None:
     for name in ("accessKey", "secretKey"):
         (secrets / "minio.default" / name).unlink()
     assert config.provider("minio").secret_key == "files-5ecr3t"
+
+
+def test_minio_default_secret_files_go_through_read_file() -> None:
+    # No real files: the reader is a dict, so the secret files are read through the same seam as the rest.
+    files = {
+        "/run/secrets/minio.default/accessKey": "dict-access\n",
+        "/run/secrets/minio.default/secretKey": "dict-5ecr3t\n",
+    }
+    asked: list[str] = []
+
+    def reader(path: str) -> str | None:
+        asked.append(path)
+        return files.get(path)
+
+    config = load_config({}, Platform.OSCAR, read_file=reader, secrets_dir="/run/secrets")
+    provider = config.provider("minio.default")
+    assert (provider.access_key, provider.secret_key) == ("dict-access", "dict-5ecr3t")
+    assert provider.endpoint == MINIO_DEFAULT_ENDPOINT
+    assert provider.credentials_source == "/run/secrets/minio.default"
+    assert set(files) <= set(asked)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        None,  # absent
+        "  \n",  # empty
+        "undecodable-\udcff",  # not UTF-8 (read_text_file keeps such bytes as surrogates)
+        PermissionError(13, "Permission denied"),  # unreadable
+    ],
+)
+def test_minio_default_secret_file_unusable_counts_as_absent(secret: object) -> None:
+    def reader(path: str) -> str | None:
+        if path == "/run/secrets/minio.default/accessKey":
+            return "dict-access"
+        if path != "/run/secrets/minio.default/secretKey":
+            return None
+        if isinstance(secret, OSError):
+            raise secret
+        return secret if isinstance(secret, str) else None
+
+    config = load_config({}, Platform.OSCAR, read_file=reader, secrets_dir="/run/secrets")
+    assert "minio.default" not in config.providers
+    with pytest.raises(CredentialsError, match=re.escape("/run/secrets/minio.default/accessKey")):
+        config.provider("minio")
+
+
+def test_no_secrets_dir_reads_no_secret_files() -> None:
+    asked: list[str] = []
+
+    def reader(path: str) -> str | None:
+        asked.append(path)
+        return None
+
+    load_config({}, Platform.LOCAL, read_file=reader, secrets_dir=None)
+    assert asked and not [path for path in asked if "minio.default" in path]
 
 
 def test_hidden_keys_for_s3_mean_the_default_credential_chain() -> None:

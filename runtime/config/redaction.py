@@ -1,0 +1,41 @@
+"""What counts as a secret in a function definition, and how it is masked for `conveyor inspect`.
+
+The package's leaf: it imports nothing of conveyor.config (model.py uses it to draw its redacted views).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "***"
+
+# Environment variables and handler options whose names look like secrets are redacted.
+SECRET_NAME = re.compile(r"secret|token|passw|credential|private|api_?key|access_?key", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    """A name that looks like it holds a secret (`AWS_SECRET_ACCESS_KEY`, `api_key`, `db_password` ...)."""
+    return SECRET_NAME.search(name) is not None
+
+
+def redact_by_name(values: Mapping[str, str]) -> dict[str, str]:
+    """A flat mapping (environment variables) with the values of secret-looking names masked."""
+    return {k: REDACTED if is_secret_name(k) else v for k, v in values.items()}
+
+
+def redact_options(value: Any) -> Any:
+    """A nested YAML value (handler options) made JSON-ready, secret-looking keys masked at any depth."""
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if is_secret_name(str(k)) else redact_options(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_options(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)  # dates and other YAML scalars
+
+
+def mask_fields(obj: Any, names: tuple[str, ...]) -> dict[str, str]:
+    """The named attributes of `obj` that are set, each shown as '***'."""
+    return {name: REDACTED for name in names if getattr(obj, name) is not None}

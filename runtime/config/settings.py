@@ -1,0 +1,82 @@
+"""Conveyor's own `conveyor:` block (handler, timeouts, status, sizes) as ConveyorSettings.
+
+Sections merge key by key, later ones win: the image's defaults, the document's top level, the function's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from conveyor.config.model import ConveyorSettings, HandlerSpec, frozen_mapping
+from conveyor.config.values import Section, Values, join
+
+log = logging.getLogger(__name__)
+
+_KNOWN = {
+    "handler",
+    "timeout",
+    "grace_period",
+    "withdraw_timeout",
+    "status",
+    "expected_duration",
+    "lambda_max_size",
+    "log_tail_bytes",
+    "log_max_bytes",
+    "require_output",
+}
+
+
+def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
+    """(the settings, the key path of `status.storage_provider` for errors about it). Unknown keys warn."""
+    merged: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    for section, key in sections:
+        for name, value in values.mapping(section, key).items():
+            merged[str(name)] = value
+            paths[str(name)] = join(key, str(name))
+
+    def at(name: str) -> str:
+        return paths.get(name, f"conveyor.{name}")
+
+    for name in sorted(set(merged) - _KNOWN):
+        log.warning("ignoring unknown key %s in %s", at(name), values.source)
+    defaults = ConveyorSettings()
+    timeout = values.number(merged.get("timeout"), at("timeout"), None)
+    if timeout == 0:
+        raise values.fail(at("timeout"), "must be a positive number of seconds (omit it for no timeout)")
+    log_max = values.size(merged.get("log_max_bytes"), at("log_max_bytes"), defaults.log_max_bytes)
+    if log_max == 0:
+        raise values.fail(at("log_max_bytes"), "must be a positive size")
+    status = merged.get("status")
+    settings = ConveyorSettings(
+        handler=_handler(values, merged.get("handler"), at("handler")),
+        timeout=timeout,
+        grace_period=values.number(merged.get("grace_period"), at("grace_period"), defaults.grace_period) or 0.0,
+        withdraw_timeout=values.number(merged.get("withdraw_timeout"), at("withdraw_timeout"),
+                                       defaults.withdraw_timeout) or 0.0,
+        status=None if status is None else values.io_spec(status, at("status")),
+        expected_duration=values.number(merged.get("expected_duration"), at("expected_duration"), None),
+        lambda_max_size=values.size(merged.get("lambda_max_size"), at("lambda_max_size"), None),
+        log_tail_bytes=values.size(merged.get("log_tail_bytes"), at("log_tail_bytes"), defaults.log_tail_bytes) or 0,
+        log_max_bytes=log_max or defaults.log_max_bytes,
+        require_output=values.boolean(merged.get("require_output"), at("require_output"), None),
+    )
+    return settings, join(at("status"), "storage_provider")
+
+
+def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
+    """`handler: script` or `handler: {name: deepaas, <its options>...}`."""
+    if value is None:
+        return HandlerSpec()
+    if isinstance(value, Mapping):
+        name = values.string(value.get("name"), join(key, "name"))
+        if name is None or not name.strip():
+            raise values.fail(join(key, "name"), "is required (e.g. 'script', 'deepaas', 'darknet')")
+        options = {str(k): v for k, v in value.items() if k != "name"}
+        return HandlerSpec(name=name.strip(), options=frozen_mapping(options))
+    name = values.string(value, key)
+    if not name or not name.strip():
+        raise values.fail(key, "must name a handler (e.g. 'script')")
+    return HandlerSpec(name=name.strip())
