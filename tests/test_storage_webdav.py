@@ -25,9 +25,9 @@ import pytest
 
 from conveyor.config import ProviderRef, StorageProvider, load_config
 from conveyor.errors import ConfigError, CredentialsError, StorageError
-from conveyor.s3server import SeaweedServer
+from conveyor.local.s3server import SeaweedServer
 from conveyor.storage import ObjectStore, http_base_url, open_store
-from conveyor.webdav import WebDavStore
+from conveyor.storage.webdav import WebDavStore
 from tests.conftest import unique_bucket_name
 from tests.support.pipeline import PNG, keys, oscar_event, records
 
@@ -132,7 +132,7 @@ def start_wsgidav(root: Path, *, tls: tuple[Path, Path] | None = None) -> tuple[
 
 @pytest.fixture(scope="module")
 def seaweed_dav(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    with SeaweedServer(tmp_path_factory.mktemp("weed-webdav"), webdav=True) as server:
+    with SeaweedServer(tmp_path_factory.mktemp("weed-webdav"), environ=os.environ, webdav=True) as server:
         yield server
 
 
