@@ -342,6 +342,14 @@ def test_hostname_with_a_base_path(wsgidav: Dav, new_bucket: str) -> None:
     assert store.list_keys(new_bucket) == ["k/v.txt"]
 
 
+def test_retry_schedule_is_a_transfer_option() -> None:
+    provider = StorageProvider(ref=ProviderRef("webdav", "x"), host="http://127.0.0.1:9")
+    store = open_store(provider, max_attempts=4, backoff_factor=0.01, backoff_max=0.5)
+    assert isinstance(store, WebDavStore)
+    retry = store.session.get_adapter("http://127.0.0.1:9/").max_retries
+    assert (retry.total, retry.backoff_factor, retry.backoff_max) == (3, 0.01, 0.5)
+
+
 def test_5xx_is_retried_with_backoff(wsgidav: Dav, new_bucket: str, tmp_path: Path) -> None:
     store = wsgidav.store()
     store.ensure_bucket(new_bucket)
