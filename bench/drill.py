@@ -260,13 +260,15 @@ def make_inputs(inbox: Path, events: int, kinds: dict[str, tuple[float, int, str
 
 def list_outputs(root: Path) -> tuple[dict[str, bytes] | None, str | None]:
     """The loop's output bucket after the run: its S3 data reopened with its own keys."""
-    from conveyor.s3server import SeaweedServer
+    from conveyor.local.s3server import SeaweedServer
 
     creds_path = root / ".conveyor" / "credentials.json"
     if not (root / ".s3" / "data").is_dir() or not creds_path.is_file():
         return None, f"no S3 data or credentials under {root} (layout of conveyor local changed?)"
     creds = json.loads(creds_path.read_text())
-    server = SeaweedServer(root / ".s3", access_key=creds["access_key"], secret_key=creds["secret_key"])
+    server = SeaweedServer(
+        root / ".s3", environ=os.environ, access_key=creds["access_key"], secret_key=creds["secret_key"]
+    )
     try:
         server.start()
         client = server.client()

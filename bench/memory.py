@@ -3,8 +3,8 @@
 A streaming worker's memory must not depend on the object's size: the target is 1 GiB within
 30 MiB of 1 MiB. Each size is fetched and stored through both of Conveyor's S3 clients, since
 a deployment uses one or the other:
-    minio   a `minio.<id>` provider (OSCAR's minio.default): conveyor.storage.MinioStore, the minio SDK
-    s3      an `s3.<id>` provider (SCAR on Lambda/Batch): conveyor.storage.S3Store, boto3's transfer manager
+    minio   a `minio.<id>` provider (OSCAR's minio.default): conveyor.storage.minio.MinioStore, the minio SDK
+    s3      an `s3.<id>` provider (SCAR on Lambda/Batch): conveyor.storage.s3.S3Store, boto3's transfer manager
 Fresh process per run, peak RSS from wait4 (the largest process of the tree: Conveyor itself;
 the cp child is small), sizes interleaved. The objects are random bytes, uploaded once.
 

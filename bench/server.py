@@ -1,6 +1,6 @@
 """The one S3 server every peer talks to, and the objects, events and definitions they share.
 
-One SeaweedFS `weed mini` on 127.0.0.1 (conveyor.s3server.SeaweedServer) serves the whole run, so
+One SeaweedFS `weed mini` on 127.0.0.1 (conveyor.local.s3server.SeaweedServer) serves the whole run, so
 Conveyor, faas-supervisor and the bare boto3 script fetch and store the same bytes through the
 same server. Peers are told apart by their output prefix, never by their input.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from conveyor.s3server import SeaweedServer
+from conveyor.local.s3server import SeaweedServer
 
 BUCKET = "bench"
 ACCESS_KEY = "benchaccess"
@@ -64,7 +64,9 @@ class Bench:
     def start(cls, root: Path | None = None) -> Bench:
         root = Path(root or tempfile.mkdtemp(prefix="conveyor-bench-"))
         root.mkdir(parents=True, exist_ok=True)
-        server = SeaweedServer(root / "weed", access_key=ACCESS_KEY, secret_key=SECRET_KEY, buckets=[BUCKET])
+        server = SeaweedServer(
+            root / "weed", environ=os.environ, access_key=ACCESS_KEY, secret_key=SECRET_KEY, buckets=[BUCKET]
+        )
         server.start()
         return cls(server=server, root=root, client=server.client(read_timeout=300))
 

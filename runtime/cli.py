@@ -163,6 +163,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     """
     from conveyor.handler import create_handler
     from conveyor.process import Job, Stores, run_event
+    from conveyor.storage import TransferOptions
 
     environ = dict(os.environ)
     setup_logging(environ.get("LOG_LEVEL", "INFO"))
@@ -183,7 +184,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
             config=config,
             platform=platform,
             handler=create_handler(config),
-            stores=Stores(config),
+            stores=Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None)),
             base_env=environ,
             scratch_dir=_scratch_dir(environ),
             request_id=request_id,

@@ -34,6 +34,7 @@ from conveyor.logs import LOG_FORMAT, bound_request_id
 from conveyor.platform import Platform
 from conveyor.process import Job, Stores, responds_inline, run_event
 from conveyor.records import ResultRecord, Status
+from conveyor.storage import TransferOptions
 
 log = logging.getLogger("conveyor")
 
@@ -51,7 +52,7 @@ class LambdaApp:
         self.config = config
         self.base_env = dict(environ)
         self.handler = handler or create_handler(config)
-        self.stores = Stores(config)
+        self.stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
         self.scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or "/tmp")
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.batch_client_factory = batch_client_factory

@@ -30,7 +30,7 @@ from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_na
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, status_key
 from conveyor.response import write_sync_response
-from conveyor.storage import ObjectStore, open_store
+from conveyor.storage import ObjectStore, TransferOptions, open_store
 
 log = logging.getLogger("conveyor")
 
@@ -45,9 +45,15 @@ SOURCE_TYPES = {"minio:s3": "minio", "aws:s3": "s3", "aws.s3": "s3", "seaweedfs"
 class Stores:
     """One ObjectStore per provider, opened on first use and kept for the process."""
 
-    def __init__(self, config: FunctionConfig, opener: Callable[..., ObjectStore] = open_store) -> None:
+    def __init__(
+        self,
+        config: FunctionConfig,
+        opener: Callable[..., ObjectStore] = open_store,
+        options: TransferOptions | None = None,
+    ) -> None:
         self._config = config
         self._opener = opener
+        self._options = options  # retries, timeouts, CA bundle: built at the edge (cli, LambdaApp)
         self._open: dict[str, ObjectStore] = {}
         self._lock = threading.Lock()
 
@@ -55,7 +61,7 @@ class Stores:
         with self._lock:
             key = str(ref)
             if key not in self._open:
-                self._open[key] = self._opener(self._config.provider(ref))
+                self._open[key] = self._opener(self._config.provider(ref), self._options)
             return self._open[key]
 
 

@@ -14,6 +14,7 @@ Real S3-compatible server (SeaweedFS `weed mini`, bound to 127.0.0.1):
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import uuid
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from conveyor.config import ProviderRef, StorageProvider
-from conveyor.s3server import SeaweedServer
+from conveyor.local.s3server import SeaweedServer
 from tests.support.pipeline import COPY_SCRIPT, Deployment
 
 # client and images: a Docker engine and Conveyor's images (tests/images, tests/models).
@@ -52,7 +53,7 @@ def unique_bucket_name(hint: str = "") -> str:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    with SeaweedServer(tmp_path_factory.mktemp("s3server")) as server:
+    with SeaweedServer(tmp_path_factory.mktemp("s3server"), environ=os.environ) as server:
         yield server
 
 
@@ -81,7 +82,7 @@ def s3_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     servers: list[SeaweedServer] = []
 
     def start(**kwargs: Any) -> SeaweedServer:
-        server = SeaweedServer(tmp_path_factory.mktemp("s3server-private"), **kwargs)
+        server = SeaweedServer(tmp_path_factory.mktemp("s3server-private"), environ=os.environ, **kwargs)
         servers.append(server)
         return server.start()
 

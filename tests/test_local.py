@@ -600,10 +600,12 @@ def test_a_job_killed_hard_leaves_no_model_behind(tmp_path: Path) -> None:
 
 def output_keys(root: Path) -> list[str]:
     """The keys in a finished run's output bucket (its S3 data reopened with its own credentials)."""
-    from conveyor.s3server import SeaweedServer
+    from conveyor.local.s3server import SeaweedServer
 
     creds = json.loads((root / ".conveyor" / "credentials.json").read_text())
-    with SeaweedServer(root / ".s3", access_key=creds["access_key"], secret_key=creds["secret_key"]) as server:
+    with SeaweedServer(
+        root / ".s3", environ=os.environ, access_key=creds["access_key"], secret_key=creds["secret_key"]
+    ) as server:
         pages = server.client().get_paginator("list_objects_v2").paginate(Bucket="output")
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 

@@ -14,7 +14,7 @@ import pytest
 
 from conveyor.config import ProviderRef, StorageProvider
 from conveyor.errors import StorageError
-from conveyor.s3server import GRPC_OFFSET, SeaweedError, SeaweedServer, find_weed
+from conveyor.local.s3server import GRPC_OFFSET, SeaweedError, SeaweedServer, find_weed
 from conveyor.storage import open_store
 
 WEED_DEFAULT_PORTS = {8333, 9333, 8888, 9340, 7333, 8181, 9101, 23646, 18333, 19333, 18888, 19340, 33646, 6060}
@@ -165,7 +165,7 @@ def test_notification_toml_is_read_from_the_private_working_dir(s3_server_factor
 
 
 def test_startup_failure_reports_the_log(tmp_path: Path) -> None:
-    server = SeaweedServer(tmp_path / "bad", extra_args=["-no.such.flag=1"], startup_timeout=10)
+    server = SeaweedServer(tmp_path / "bad", environ=os.environ, extra_args=["-no.such.flag=1"], startup_timeout=10)
     started = time.monotonic()
     with pytest.raises(SeaweedError, match="exited with code") as info:
         server.start()
@@ -183,7 +183,7 @@ def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
 
 def test_not_started_has_no_endpoint(tmp_path: Path) -> None:
     with pytest.raises(SeaweedError, match="not been started"):
-        _ = SeaweedServer(tmp_path).endpoint
+        _ = SeaweedServer(tmp_path, environ=os.environ).endpoint
 
 
 def _provider(server: SeaweedServer) -> StorageProvider:

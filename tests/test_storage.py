@@ -249,6 +249,33 @@ def test_minio_endpoint_must_be_a_url(make_provider) -> None:
         open_store(make_provider("minio", endpoint="ftp://127.0.0.1:9"))
 
 
+def test_transfer_options_reach_the_minio_client(make_provider, monkeypatch, tmp_path: Path) -> None:
+    # The CA bundle and the retry schedule are passed in (the edges read SSL_CERT_FILE); the store
+    # reads no environment of its own.
+    import certifi
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ignored.pem"))
+    default = open_store(make_provider("minio")).client._http.connection_pool_kw
+    assert default["ca_certs"] == certifi.where()
+    assert (default["retries"].backoff_factor, default["retries"].backoff_max) == (0.2, 5.0)
+    bundle = str(tmp_path / "ca.pem")
+    store = open_store(make_provider("minio"), ca_bundle=bundle, backoff_factor=0.01, backoff_max=0.5)
+    pool = store.client._http.connection_pool_kw
+    assert pool["ca_certs"] == bundle
+    assert (pool["retries"].backoff_factor, pool["retries"].backoff_max) == (0.01, 0.5)
+
+
+def test_the_seam_loads_no_store_until_asked() -> None:
+    probe = (
+        "import sys, conveyor.storage as s\n"
+        "before = sorted(m for m in sys.modules if m.startswith('conveyor.storage.'))\n"
+        "s.S3Store\n"
+        "print(before, 'conveyor.storage.s3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['conveyor.storage.base'] True"
+
+
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 100 MB file of varied content, and its sha256."""

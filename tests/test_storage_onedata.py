@@ -33,8 +33,8 @@ import pytest
 
 from conveyor.config import ProviderRef, StorageProvider, load_config
 from conveyor.errors import ConfigError, CredentialsError, StorageError
-from conveyor.onedata import OnedataStore
 from conveyor.storage import ObjectStore, open_store
+from conveyor.storage.onedata import OnedataStore
 
 MiB = 1024 * 1024
 ODD_KEY = "in/dir with space/naïve café+plus 1 ümlaut.txt"

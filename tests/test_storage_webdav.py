@@ -25,9 +25,9 @@ import pytest
 
 from conveyor.config import ProviderRef, StorageProvider, load_config
 from conveyor.errors import ConfigError, CredentialsError, StorageError
-from conveyor.s3server import SeaweedServer
+from conveyor.local.s3server import SeaweedServer
 from conveyor.storage import ObjectStore, http_base_url, open_store
-from conveyor.webdav import WebDavStore
+from conveyor.storage.webdav import WebDavStore
 from tests.conftest import unique_bucket_name
 from tests.support.pipeline import PNG, keys, oscar_event, records
 
@@ -132,7 +132,7 @@ def start_wsgidav(root: Path, *, tls: tuple[Path, Path] | None = None) -> tuple[
 
 @pytest.fixture(scope="module")
 def seaweed_dav(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    with SeaweedServer(tmp_path_factory.mktemp("weed-webdav"), webdav=True) as server:
+    with SeaweedServer(tmp_path_factory.mktemp("weed-webdav"), environ=os.environ, webdav=True) as server:
         yield server
 
 
@@ -340,6 +340,14 @@ def test_hostname_with_a_base_path(wsgidav: Dav, new_bucket: str) -> None:
     store.put_bytes(b"deep", new_bucket, "k/v.txt")
     assert (wsgidav.extra["root"] / "pnfs" / "data" / new_bucket / "k" / "v.txt").read_bytes() == b"deep"
     assert store.list_keys(new_bucket) == ["k/v.txt"]
+
+
+def test_retry_schedule_is_a_transfer_option() -> None:
+    provider = StorageProvider(ref=ProviderRef("webdav", "x"), host="http://127.0.0.1:9")
+    store = open_store(provider, max_attempts=4, backoff_factor=0.01, backoff_max=0.5)
+    assert isinstance(store, WebDavStore)
+    retry = store.session.get_adapter("http://127.0.0.1:9/").max_retries
+    assert (retry.total, retry.backoff_factor, retry.backoff_max) == (3, 0.01, 0.5)
 
 
 def test_5xx_is_retried_with_backoff(wsgidav: Dav, new_bucket: str, tmp_path: Path) -> None:

@@ -269,8 +269,8 @@ class LocalRun:
 
     def _start(self) -> None:
         from conveyor.config import load_config
+        from conveyor.local.s3server import SeaweedServer
         from conveyor.platform import Platform
-        from conveyor.s3server import SeaweedServer
 
         opts = self.opts
         access_key, secret_key = self._credentials()
@@ -278,6 +278,7 @@ class LocalRun:
         self.receiver = WebhookReceiver(self._on_filer_event, token).start()
         self.server = SeaweedServer(
             self.root / ".s3",
+            environ=self.environ,
             access_key=access_key,
             secret_key=secret_key,
             notification_toml=notification_toml(self.receiver.url, token, defs.INPUT_BUCKET),

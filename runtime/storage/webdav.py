@@ -22,7 +22,8 @@ from xml.etree import ElementTree
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
-from conveyor.storage import HttpStore, TransferOptions, http_base_url
+from conveyor.storage.base import TransferOptions
+from conveyor.storage.http import HttpStore, http_base_url
 
 DAV = "{DAV:}"
 PROPFIND_BODY = (

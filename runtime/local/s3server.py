@@ -2,7 +2,7 @@
 
 Used by the test fixtures and by `conveyor local`:
 
-    with SeaweedServer(tmp_dir) as server:
+    with SeaweedServer(tmp_dir, environ=os.environ) as server:   # weed's environment, built from `environ`
         server.endpoint, server.access_key, server.secret_key   # for any S3 client
         server.stop(); server.start()                           # same ports, same data
 
@@ -17,7 +17,8 @@ What the launcher guarantees:
 - one S3 identity (the access/secret key given, or generated) allowed Admin/Read/Write/List/Tagging;
 - weed runs in its own session with a private working directory and HOME (it reads
   `notification.toml`, `security.toml`, `filer.toml` from ./, ~/.seaweedfs/, /etc/seaweedfs/),
-  where `notification_toml` is written when given; WEED_* variables are not inherited;
+  where `notification_toml` is written when given; its environment is the `environ` passed in
+  (the caller's, read at the edge) without WEED_* variables;
 - its output goes to `log_path`, never to our stdout;
 - `start()` returns once a signed ListBuckets succeeds (about a second), or raises SeaweedError
   with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace;
@@ -47,7 +48,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -70,12 +71,13 @@ class _PortTaken(SeaweedError):
     """A port chosen for weed is no longer free (another process took it meanwhile)."""
 
 
-def find_weed() -> str:
-    """The `weed` binary: next to the running interpreter (a venv's bin/), else on PATH."""
+def find_weed(search_path: str | None = None) -> str:
+    """The `weed` binary: next to the running interpreter (a venv's bin/), else on `search_path`
+    (a PATH value; None: shutil.which's default, the process's PATH)."""
     beside = Path(sys.executable).parent / "weed"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("weed")
+    found = shutil.which("weed", path=search_path)
     if found:
         return found
     raise SeaweedError(
@@ -160,6 +162,8 @@ class SeaweedServer:
 
     root: a folder owned by this server: data/ (the store), run/ (cwd and HOME of weed, with
     s3.json and notification.toml) and weed.log. Reusing a root keeps the data.
+    environ: the environment weed's is built from (the caller's; WEED_* and S3_* settings dropped,
+    HOME replaced); its PATH is where `weed` is looked for when not beside the interpreter.
     access_key, secret_key: the one S3 identity (generated when not given).
     notification_toml: written as run/notification.toml, e.g. a `[notification.webhook]`.
     buckets: created once the server answers, on every start (existing ones are kept).
@@ -175,6 +179,7 @@ class SeaweedServer:
         self,
         root: str | os.PathLike[str],
         *,
+        environ: Mapping[str, str],
         access_key: str | None = None,
         secret_key: str | None = None,
         notification_toml: str | None = None,
@@ -191,6 +196,7 @@ class SeaweedServer:
         webdav: bool = False,
     ) -> None:
         self.root = Path(root).resolve()
+        self.environ = dict(environ)
         self.data_dir = self.root / "data"
         self.run_dir = self.root / "run"
         self.log_path = self.root / "weed.log"
@@ -205,7 +211,7 @@ class SeaweedServer:
         self.shared_collection = shared_collection
         self.max_volumes = max_volumes
         self.volume_size_mb = volume_size_mb
-        self.weed = weed or find_weed()
+        self.weed = weed or find_weed(self.environ.get("PATH", os.defpath))
         self.extra_args = tuple(extra_args)
         self.webdav = webdav
         self.ports: dict[str, int] = {}  # component -> http port (grpc = + GRPC_OFFSET)
@@ -381,7 +387,7 @@ class SeaweedServer:
     def _environment(self) -> dict[str, str]:
         env = {
             name: value
-            for name, value in os.environ.items()
+            for name, value in self.environ.items()
             if not name.startswith("WEED_") and name not in ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
         }
         env["HOME"] = str(self.run_dir)  # no ~/.seaweedfs/*.toml from the developer's home

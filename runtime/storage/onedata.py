@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
-from conveyor.storage import HttpStore, TransferOptions, http_base_url
+from conveyor.storage.base import TransferOptions
+from conveyor.storage.http import HttpStore, http_base_url
 
 CDMI_VERSION = "1.1.1"
 CDMI_OBJECT = "application/cdmi-object"

@@ -1,0 +1,145 @@
+"""The ObjectStore seam: the protocol every store implements, its TransferOptions and the
+`open_store` factory. One module per store: s3 (boto3), minio (minio SDK), local (a folder),
+webdav and onedata (both on the shared HTTP base, http).
+
+    store = open_store(provider)                  # s3 -> S3Store, minio -> MinioStore, local -> LocalStore,
+                                                  # webdav -> WebDavStore, onedata -> OnedataStore
+    store.download(bucket, key, Path("in/x.jpg")) # bytes written
+    store.upload(Path("out/y.png"), bucket, key)  # bytes sent, Content-Type guessed from the key
+
+Every transfer streams between a local file and the store: memory does not grow with object
+size (multipart above `multipart_threshold`, in parts of `part_size`, a few in flight). A
+download goes to a temporary file next to `dest` and is renamed over it only when complete, so
+`dest` never holds a partial object. Transient failures are retried a bounded number of times
+with backoff (`max_attempts`, `backoff_factor`, `connect_timeout`, `read_timeout`: TransferOptions
+fields, also keyword arguments of `open_store`); what is left is raised as
+
+    StorageError        one line naming provider, operation, bucket/key and the cause
+    └── CredentialsError  no credentials, or the store refused them (InvalidAccessKeyId,
+                          SignatureDoesNotMatch, AccessDenied, HTTP 401/403)
+
+with `provider`, `operation`, `bucket`, `key` and `cause` in the error's context.
+
+The factory imports a store's module only when a provider of its type is opened, and so do the
+names re-exported here (S3Store, MinioStore, ...): the seam does not load every implementation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from conveyor.config import StorageProvider
+from conveyor.errors import ConfigError
+from conveyor.storage.base import DEFAULT_CONTENT_TYPE, PART_SUFFIX, TransferOptions, guess_content_type
+
+if TYPE_CHECKING:
+    from conveyor.storage.http import HttpStore, http_base_url
+    from conveyor.storage.local import LocalStore
+    from conveyor.storage.minio import MinioStore
+    from conveyor.storage.onedata import OnedataStore
+    from conveyor.storage.s3 import S3Store
+    from conveyor.storage.webdav import WebDavStore
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "PART_SUFFIX",
+    "HttpStore",
+    "LocalStore",
+    "MinioStore",
+    "ObjectStore",
+    "OnedataStore",
+    "S3Store",
+    "TransferOptions",
+    "WebDavStore",
+    "guess_content_type",
+    "http_base_url",
+    "open_store",
+]
+
+_LAZY = {  # re-exported name -> the module defining it
+    "S3Store": "s3",
+    "MinioStore": "minio",
+    "LocalStore": "local",
+    "HttpStore": "http",
+    "http_base_url": "http",
+    "WebDavStore": "webdav",
+    "OnedataStore": "onedata",
+}
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    provider: StorageProvider
+
+    def download(self, bucket: str, key: str, dest: Path) -> int:
+        """Stream the object into `dest` (created/overwritten). Returns bytes written."""
+
+    def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        """Stream `src` to bucket/key (multipart when large), with a Content-Type. Returns bytes sent."""
+
+    def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
+        """Small in-memory write (result records)."""
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist (local runs and tests)."""
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object (no error when it is already gone)."""
+
+    def exists(self, bucket: str, key: str) -> bool:
+        """Whether the object exists (False for a missing key or bucket)."""
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key under `prefix`, sorted."""
+
+
+def open_store(provider: StorageProvider, options: TransferOptions | None = None, **overrides: Any) -> ObjectStore:
+    """Build the store for a provider (s3 -> boto3, minio -> minio SDK, local -> folder,
+    webdav -> WebDAV over requests, onedata -> Onedata CDMI over requests).
+
+    `overrides` are TransferOptions fields, e.g. `open_store(p, max_attempts=1, connect_timeout=0.5)`.
+    """
+    options = replace(options or TransferOptions(), **overrides)
+    kind = provider.ref.type
+    if kind == "s3":
+        from conveyor.storage.s3 import S3Store
+
+        return S3Store(provider, options)
+    if kind == "minio":
+        from conveyor.storage.minio import MinioStore
+
+        return MinioStore(provider, options)
+    if kind == "local":
+        from conveyor.storage.local import LocalStore
+
+        return LocalStore(provider, options)
+    if kind == "webdav":
+        from conveyor.storage.webdav import WebDavStore
+
+        return WebDavStore(provider, options)
+    if kind == "onedata":
+        from conveyor.storage.onedata import OnedataStore
+
+        return OnedataStore(provider, options)
+    raise ConfigError(
+        f"storage provider '{provider.ref}' has type '{kind}', which Conveyor cannot read or write "
+        "(supported: s3, minio, webdav, onedata, local)",
+        key=f"storage_providers.{kind}",
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The stores re-exported here (`from conveyor.storage import S3Store`), imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,112 @@
+"""What every store shares: the transfer options, Content-Type guessing, the staging file that keeps
+a destination whole, and the one-line error wording (StorageError / CredentialsError)."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import NoReturn
+
+from conveyor.config import StorageProvider
+from conveyor.errors import CredentialsError, StorageError
+
+MiB = 1024 * 1024
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+PART_SUFFIX = ".conveyor-part"  # temporary download files, next to their destination
+
+CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403", "Forbidden"}
+)
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
+_ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """Retry, timeout, multipart and TLS settings shared by every store. The edges (cli, the Lambda
+    handler) build it from what they read; storage reads no environment of its own."""
+
+    max_attempts: int = 3  # total tries per request, first one included
+    connect_timeout: float = 2.0  # seconds
+    read_timeout: float = 60.0  # seconds without a byte
+    multipart_threshold: int = 64 * MiB  # larger uploads/downloads go in parts
+    part_size: int = 16 * MiB  # S3 minimum is 5 MiB
+    max_concurrency: int = 4  # parts in flight
+    # The MinIO and HTTP stores' retry schedule (urllib3): sleep backoff_factor * 2**(n - 1) seconds
+    # before the n-th retry (n >= 2; urllib3 does not sleep before the first), at most backoff_max.
+    # boto3 (the S3 store) keeps its own "standard" schedule.
+    backoff_factor: float = 0.2
+    backoff_max: float = 5.0
+    # CA certificates (a PEM file) the MinIO store checks TLS servers against; None: certifi's.
+    # The edges pass SSL_CERT_FILE. boto3 and requests find theirs themselves (AWS_CA_BUNDLE,
+    # REQUESTS_CA_BUNDLE).
+    ca_bundle: str | None = None
+
+
+def guess_content_type(key: str) -> str:
+    """Content-Type from the key's extension; application/octet-stream when unknown."""
+    kind, encoding = mimetypes.guess_type(PurePosixPath(key).name, strict=False)
+    if encoding:
+        return _ENCODING_TYPES.get(encoding, DEFAULT_CONTENT_TYPE)
+    return kind or DEFAULT_CONTENT_TYPE
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+@contextmanager
+def staging_file(dest: Path) -> Iterator[Path]:
+    """A temporary file next to `dest`, renamed over it on success, removed on failure."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:80]}.", suffix=PART_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp's 0600 is for the partial file only
+        os.replace(tmp, dest)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class BaseStore:
+    """What the stores share: the provider, the options and the error wording."""
+
+    def __init__(self, provider: StorageProvider, options: TransferOptions) -> None:
+        self.provider = provider
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.provider.ref}, endpoint={self.provider.endpoint or self.provider.root})"
+
+    def _raise(
+        self,
+        operation: str,
+        bucket: str,
+        key: str | None,
+        reason: str,
+        *,
+        credentials: bool = False,
+        cause: str | None = None,
+    ) -> NoReturn:
+        where = f"{bucket}/{key}" if key is not None else bucket
+        message = one_line(f"{self.provider.ref}: {operation} '{where}' failed: {reason}")
+        error_type = CredentialsError if credentials else StorageError
+        raise error_type(
+            message, provider=str(self.provider.ref), operation=operation, bucket=bucket, key=key, cause=cause
+        )
+
+    @contextmanager
+    def _local_file_errors(self, operation: str, bucket: str, key: str | None) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self._raise(operation, bucket, key, f"local file error: {exc}", cause=type(exc).__name__)
