@@ -33,7 +33,7 @@ import pytest
 from conveyor.config import ProviderRef, StorageProvider
 from conveyor.s3server import SeaweedServer
 from tests.support.pipeline import COPY_SCRIPT, Deployment
-from tests.support.requirements import check_marks
+from tests.support.requirements import apply_marks, check_marks
 
 # client and images: a Docker engine and Conveyor's images (tests/images, tests/models).
 pytest_plugins = ["tests.support.images"]
@@ -87,10 +87,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or path.parent.name in E2E_DIRS
         ):
             item.add_marker(pytest.mark.e2e)
+    apply_marks(items)  # requirement(reason) marks: skip locally ...
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    check_marks(item)  # requirement(reason) marks: skip, or fail under CI=true
+    check_marks(item)  # ... and fail under CI=true
 
 
 def provider_for(server: SeaweedServer, kind: str = "minio", id: str = "default", **fields: Any) -> StorageProvider:

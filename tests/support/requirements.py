@@ -30,6 +30,7 @@ def strict() -> bool:
 
 def missing(reason: str) -> NoReturn:
     """Skip for this reason, or (CI=true) fail for it."""
+    __tracebackhide__ = True  # pytest reports the caller's line, not this one
     if strict():
         pytest.fail(f"{reason} (CI=true: a missing requirement fails the test instead of skipping it)", pytrace=False)
     pytest.skip(reason)
@@ -37,12 +38,14 @@ def missing(reason: str) -> NoReturn:
 
 def need(condition: Any, reason: str) -> None:
     """Carry on when `condition` holds; else skip, or (CI=true) fail, with `reason`."""
+    __tracebackhide__ = True
     if not condition:
         missing(reason)
 
 
 def import_or_missing(module: str, reason: str | None = None) -> ModuleType:
     """pytest.importorskip that fails under CI=true (usable at module level)."""
+    __tracebackhide__ = True
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -54,13 +57,29 @@ def import_or_missing(module: str, reason: str | None = None) -> ModuleType:
 
 def requirement(reason: str | None) -> pytest.MarkDecorator:
     """A mark for a test or a module: `reason` None means the requirement is met. In place of
-    `pytest.mark.skipif(cond, reason=...)`; tests/conftest.py calls `missing(reason)` in setup."""
+    `pytest.mark.skipif(cond, reason=...)`; tests/conftest.py acts on it (see `apply_marks`)."""
     return getattr(pytest.mark, MARK)(reason)
 
 
-def check_marks(item: pytest.Item) -> None:
-    """For tests/conftest.py: act on every `requirement()` mark of a test before it runs."""
+def _unmet(item: pytest.Item) -> str | None:
     for mark in item.iter_markers(MARK):
-        reason = mark.args[0] if mark.args else None
-        if reason:
-            missing(reason)
+        if mark.args and mark.args[0]:
+            return str(mark.args[0])
+    return None
+
+
+def apply_marks(items: list[pytest.Item]) -> None:
+    """For tests/conftest.py at collection: locally, an unmet `requirement()` becomes a plain skip
+    mark (reported at the test's own line); under CI=true, `check_marks` fails the test instead."""
+    if strict():
+        return
+    for item in items:
+        if reason := _unmet(item):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def check_marks(item: pytest.Item) -> None:
+    """For tests/conftest.py before each test: fail (CI=true) for an unmet `requirement()`."""
+    __tracebackhide__ = True
+    if reason := _unmet(item):
+        missing(reason)
