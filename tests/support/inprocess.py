@@ -214,6 +214,7 @@ class Pipeline:
             "conveyor": {"handler": {"name": HANDLER_NAME}, "grace_period": 1, "withdraw_timeout": 1},
         }
         self._config: FunctionConfig | None = None
+        self._text = ""
         self._handler: RecordingHandler | None = None
 
     # -- the folder store
@@ -252,15 +253,20 @@ class Pipeline:
     # -- Conveyor's objects
     @property
     def config(self) -> FunctionConfig:
+        """The definition loaded as `conveyor run` loads it (through load_config's read_file seam)."""
+        text = yaml.safe_dump(self.definition)
         if self._config is None:
-            text = yaml.safe_dump(self.definition)
-            self._config = load_config(
-                {},
-                Platform.OSCAR,
-                path=DEFINITION_PATH,
-                read_file=lambda path: text if path == DEFINITION_PATH else None,
-                secrets_dir=None,
+            self._config, self._text = (
+                load_config(
+                    {},
+                    Platform.OSCAR,
+                    path=DEFINITION_PATH,
+                    read_file=lambda path: text if path == DEFINITION_PATH else None,
+                    secrets_dir=None,
+                ),
+                text,
             )
+        assert text == self._text, "the definition was changed after the config was built: change it first"
         return self._config
 
     @property
