@@ -7,7 +7,7 @@ EXTRAS  = test,lambda,local,darknet,deepaas,docker
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast run-local bench drill images images-test models weights clean
+.PHONY: help install lint test test-fast test-light run-local bench drill images images-test models weights clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +29,10 @@ lint: $(STAMP) ## Lint the code (ruff)
 test: $(STAMP) lint ## Lint, then run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## The suite without the heavy tests
+test-fast: $(STAMP) ## In seconds: the in-process pipeline and pure logic (no server, engine, model or process)
+	$(BIN)/pytest --fast $(PYTEST_ARGS)
+
+test-light: $(STAMP) ## The suite without the heavy tests
 	$(BIN)/pytest -m "not heavy" $(PYTEST_ARGS)
 
 LOCAL_DIR  ?= var/local

@@ -10,6 +10,12 @@ Real S3-compatible server (SeaweedFS `weed mini`, bound to 127.0.0.1):
     closed_port         a 127.0.0.1 port with nothing listening (unreachable-endpoint tests)
     deploy              deploy(script, **conveyor) -> tests.support.pipeline.Deployment: a function
                         definition for s3_server, run with `conveyor run` as a real process
+
+Markers (declared in setup.cfg): `heavy` is set by hand; `e2e` is set here, on every test that
+uses a real server, emulator or engine (by its fixtures) or runs real processes (by its module),
+so `pytest -m "not heavy and not e2e"` (make test-fast) is the in-process layer and pure logic.
+`requires` (tests.support.requirements.requirement) skips a test whose requirement is missing,
+or fails it when CI=true.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +34,65 @@ import pytest
 from conveyor.config import ProviderRef, StorageProvider
 from conveyor.local.s3server import SeaweedServer
 from tests.support.pipeline import COPY_SCRIPT, Deployment
+from tests.support.requirements import apply_marks, check_marks
 
 # client and images: a Docker engine and Conveyor's images (tests/images, tests/models).
 pytest_plugins = ["tests.support.images"]
+
+# e2e: fixtures that start a real server, emulator or engine ...
+E2E_FIXTURES = frozenset({
+    "s3_server", "s3_server_factory",  # SeaweedFS (and everything built on it: bucket, deploy ...)
+    "rie_binary", "rie", "moto_batch",  # the Lambda emulator, moto's Batch
+    "client", "images",  # a Docker engine and Conveyor's images
+    "cdmi", "dav", "wsgidav", "seaweed_dav", "tls_dav",  # Onedata and WebDAV servers
+})  # fmt: skip
+# ... and modules whose tests run `conveyor`, a real model or child process groups as processes.
+E2E_MODULES = frozenset({
+    "test_cli.py", "test_local.py", "test_s3server.py", "test_handlers_e2e.py",
+    "test_darknet.py", "test_deepaas.py", "test_child.py", "test_script_handler.py",
+})  # fmt: skip
+E2E_DIRS = ("images", "models")  # tests/images, tests/models: Docker engines and real models
+
+
+FAST = "not heavy and not e2e"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help=f"the in-process layer and pure logic only: -m '{FAST}', without importing the e2e-only modules",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("fast"):
+        config.option.markexpr = f"({config.option.markexpr}) and {FAST}" if config.option.markexpr else FAST
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("fast") and (
+        collection_path.name in E2E_MODULES or (collection_path.is_dir() and collection_path.name in E2E_DIRS)
+    ):
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path
+        if (
+            E2E_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or path.name in E2E_MODULES
+            or path.parent.name in E2E_DIRS
+        ):
+            item.add_marker(pytest.mark.e2e)
+    apply_marks(items)  # requirement(reason) marks: skip locally ...
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_marks(item)  # ... and fail under CI=true
 
 
 def provider_for(server: SeaweedServer, kind: str = "minio", id: str = "default", **fields: Any) -> StorageProvider:

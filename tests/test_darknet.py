@@ -49,6 +49,7 @@ from conveyor.handlers.darknet_weights import (
     verify_weights,
 )
 from conveyor.platform import Platform
+from tests.support.requirements import need, requirement
 
 SAMPLES = Path("/usr/share/darknet/data")
 DOG, PERSON = SAMPLES / "dog.jpg", SAMPLES / "person.jpg"
@@ -63,7 +64,7 @@ def darknet_missing() -> str | None:
     return None
 
 
-needs_darknet = pytest.mark.skipif(darknet_missing() is not None, reason=darknet_missing() or "")
+needs_darknet = requirement(darknet_missing())
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -88,8 +89,7 @@ def make_handler(weights_dir: Path, **options) -> DarknetHandler:
 
 @pytest.fixture(scope="module")
 def handlers(weights_dir: Path) -> dict[str, DarknetHandler]:
-    if darknet_missing():
-        pytest.skip(darknet_missing())
+    need(not darknet_missing(), darknet_missing() or "")
     made = {backend: make_handler(weights_dir, backend=backend) for backend in BACKENDS}
     yield made
     for handler in made.values():
@@ -347,8 +347,7 @@ HUGE_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def huge_dog(tmp_path_factory) -> Path:
     """dog.jpg scaled 13x onto a 10000x10000 canvas, as JPEG and PNG (made in a child: ~700 MB)."""
-    if darknet_missing():
-        pytest.skip(darknet_missing())
+    need(not darknet_missing(), darknet_missing() or "")
     stem = tmp_path_factory.mktemp("huge") / "hugedog"
     subprocess.run([sys.executable, "-c", HUGE_SCRIPT, str(DOG), str(stem)], check=True, timeout=300)
     return stem

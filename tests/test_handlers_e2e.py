@@ -12,6 +12,7 @@ import pytest
 
 from conveyor.handlers.darknet_weights import DEFAULT_CFG, default_weights_dir, ensure_weights
 from tests.support.pipeline import body, keys, oscar_event, records, s3_event
+from tests.support.requirements import missing
 
 SAMPLES = Path("/usr/share/darknet/data")
 
@@ -26,9 +27,9 @@ def weights_dir() -> Path:
 @pytest.mark.parametrize("backend", ["opencv", "cli"])
 def test_darknet_through_conveyor_run(deploy, s3_client, bucket, weights_dir, backend) -> None:
     if backend == "cli" and (shutil.which("darknet") is None or not DEFAULT_CFG.is_file()):
-        pytest.skip("the darknet package is not installed (apt-get install darknet; .ci/run installs it)")
+        missing("the darknet package is not installed (apt-get install darknet; .ci/run installs it)")
     if not (SAMPLES / "dog.jpg").is_file():
-        pytest.skip("the darknet package's sample images are not installed")
+        missing("the darknet package's sample images are not installed")
     d = deploy(None, handler={"name": "darknet", "backend": backend, "weights_dir": str(weights_dir)})
     d.definition["output"] = [
         {"storage_provider": "minio.default", "path": f"{bucket}/detections", "suffix": [".json", ".jpg"]}

@@ -22,6 +22,7 @@ import yaml
 
 from tests.support.emulator import LambdaEmulator, ensure_rie, free_port
 from tests.support.pipeline import PNG, keys, minio_event, records
+from tests.support.requirements import missing
 
 FUNCTION = "conveyor-test"
 
@@ -31,7 +32,7 @@ def rie_binary() -> Path:
     try:
         return ensure_rie()
     except Exception as exc:  # pragma: no cover - only without the registry
-        pytest.skip(f"the Lambda emulator could not be fetched from the aws-sam-cli wheel: {exc}")
+        missing(f"the Lambda emulator could not be fetched from the aws-sam-cli wheel: {exc}")
 
 
 @pytest.fixture(scope="session")

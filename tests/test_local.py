@@ -31,6 +31,7 @@ from conveyor.local.webhook import (
     oscar_event,
 )
 from tests.support.lossy import Trap
+from tests.support.requirements import missing, requirement
 
 CONVEYOR = [str(Path(sys.executable).parent / "conveyor")]
 SAMPLES = ["dog.jpg", "eagle.jpg", "horses.jpg", "person.jpg"]
@@ -499,7 +500,7 @@ def docker_image_missing(image: str) -> str | None:
 
 def test_docker_runs_the_image_per_event(tmp_path: Path) -> None:
     if reason := docker_image_missing("conveyor/base"):
-        pytest.skip(reason)
+        missing(reason)
     root = tmp_path / "run"
     fill_inbox(root, ["dog.jpg", "eagle.jpg"])
     env = {**local_env(), **{k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}}
@@ -523,7 +524,7 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.heavy
-@pytest.mark.skipif(not DARKNET_CFG.exists(), reason="needs Debian's darknet package (cfg and names)")
+@requirement(None if DARKNET_CFG.exists() else "needs Debian's darknet package (cfg and names)")
 @pytest.mark.parametrize("platform", ["oscar", "lambda"])
 def test_default_darknet_model_once(tmp_path: Path, platform: str) -> None:
     """The default run: YOLOv3-tiny on the samples (weights fetched on first use) plus a corrupt JPEG."""

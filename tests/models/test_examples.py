@@ -31,6 +31,7 @@ from tests.models.checks import (
     song,
     top5,
 )
+from tests.support.requirements import missing
 
 pytestmark = pytest.mark.heavy
 
@@ -41,7 +42,7 @@ BIRD_SOUNDS = Path(os.environ.get("CONVEYOR_TEST_BIRD_SOUNDS", "/usr/share/tuxpa
 def darknet_sample(name: str) -> Path:
     path = DARKNET / name
     if not path.is_file():
-        pytest.skip(f"{path} is missing: apt-get install darknet (.ci/run does)")
+        missing(f"{path} is missing: apt-get install darknet (.ci/run does)")
     return path
 
 

@@ -3,7 +3,7 @@ per session. A pytest plugin (tests/conftest.py loads it), so tests/images and t
 one build.
 
     client   a docker.DockerClient for the engine DOCKER_HOST (or /var/run/docker.sock) names;
-             every test that uses it is skipped, with the reason, when none answers
+             every test that uses it is skipped, with the reason, when none answers (failed when CI=true)
     images   runs images/tools/build.py (cached: seconds when nothing changed) and returns its
              summary: {"base_image", "sizes_mb", "seconds", ...}
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.requirements import import_or_missing, missing
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "images" / "tools" / "build.py"
 
@@ -32,12 +34,12 @@ EXAMPLES = {name: f"conveyor/{name}" for name in ("pose", "classify", "birds")}
 
 @pytest.fixture(scope="session")
 def client():
-    docker = pytest.importorskip("docker")
+    docker = import_or_missing("docker", "the docker SDK is not installed (pip install -e '.[docker]')")
     try:
         engine = docker.from_env(timeout=600)
         engine.ping()
     except Exception as exc:  # no socket, refused, wrong permissions: all mean "no engine"
-        pytest.skip(
+        missing(
             f"no Docker engine reachable via DOCKER_HOST or /var/run/docker.sock ({type(exc).__name__}); "
             "start one with: export DOCKER_HOST=$(images/tools/dockerd.sh start)"
         )
