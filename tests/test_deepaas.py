@@ -444,7 +444,7 @@ def test_warm_mode_without_deepaas_is_a_config_error(no_deepaas_here, make_handl
 
 
 def test_model_choice():
-    from conveyor.handlers.deepaas import _choose_model
+    from conveyor.handlers.deepaas.selection import choose_model as _choose_model
 
     assert _choose_model(["only-one"], None) == "only-one"
     assert _choose_model(["a", "b"], "b") == "b"
@@ -520,7 +520,7 @@ def test_accept_defaults_like_the_deepaas_api():
     """deepaas's API sends the first of `accept`'s choices when the model gives the field no default."""
     from marshmallow import fields, validate
 
-    from conveyor.handlers.deepaas import _api_default_accept
+    from conveyor.handlers.deepaas.selection import api_default_accept as _api_default_accept
 
     assert _api_default_accept(fields.Str(validate=validate.OneOf(["image/png", "application/json"]))) == "image/png"
     assert _api_default_accept(fields.Str(load_default="application/json", validate=validate.OneOf(["x/y"]))) is None
