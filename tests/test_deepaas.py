@@ -525,3 +525,16 @@ def test_accept_defaults_like_the_deepaas_api():
     assert _api_default_accept(fields.Str(validate=validate.OneOf(["image/png", "application/json"]))) == "image/png"
     assert _api_default_accept(fields.Str(load_default="application/json", validate=validate.OneOf(["x/y"]))) is None
     assert _api_default_accept(None) is None
+
+
+def test_the_child_scripts_import_nothing_of_conveyor():
+    """probe.py and shim.py run in the model's own Python, where Conveyor may not be installed."""
+    import ast
+
+    from conveyor.handlers.deepaas.cli import PROBE_SCRIPT, SHIM_SCRIPT
+
+    for script in (PROBE_SCRIPT, SHIM_SCRIPT):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert names and not [n for n in names if n.split(".")[0] == "conveyor"], (script, names)

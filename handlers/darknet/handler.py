@@ -112,7 +112,6 @@ class DarknetOptions:
         )
 
 
-
 class DarknetHandler(Handler):
     name = "darknet"
 
@@ -342,6 +341,7 @@ class DarknetHandler(Handler):
         data_file.write_text(f"classes = {len(self.names)}\nnames = {self._names_path}\n")
         prefix = work / "darknet-predictions"
         stdout_path = work / "darknet.stdout"
+        assert self._darknet is not None  # found by setup() for the cli backend
         argv = [self._darknet, "detector", "test", str(data_file), str(self.cfg), str(self.weights), str(image_in),
                 "-thresh", f"{self.opts.threshold:g}", "-out", str(prefix)]
         log_start = inv.log_offset()
@@ -378,7 +378,6 @@ def opencv_available() -> tuple[bool, str]:
         return False, (f"OpenCV {getattr(cv2, '__version__', '?')} has no cv2.dnn.readNetFromDarknet "
                        "(removed in OpenCV 5); pip install 'opencv-python-headless<5'")
     return True, ""
-
 
 
 def _located(locate: Any, override: str | None, option: str) -> Path:
@@ -427,7 +426,6 @@ def _read_cfg(path: Path) -> tuple[tuple[int, int] | None, int | None]:
             continue
     dims = (size["width"], size["height"]) if "width" in size and "height" in size else None
     return dims, (classes.pop() if len(classes) == 1 else None)
-
 
 
 def _last_line(text: str) -> str:

@@ -23,8 +23,6 @@ _TRANSPOSE = {  # EXIF orientation -> the PIL.Image.Transpose that makes the ima
 }
 
 
-
-
 @dataclass
 class Picture:
     """A decoded input: `image` is RGB, at most max_side on its longer side; `size` the input's own."""
@@ -36,7 +34,6 @@ class Picture:
     @property
     def scaled(self) -> bool:
         return self.image.size != self.size
-
 
 
 def load_picture(path: Path, *, max_pixels: int, max_side: int) -> Picture:
@@ -117,7 +114,6 @@ def _to_rgb(im: "PILImage.Image") -> "PILImage.Image":
     if im.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF: 0..65535 down to 0..255
         im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     return im.convert("RGB")
-
 
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),

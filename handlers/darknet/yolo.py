@@ -30,8 +30,6 @@ class Detection:
         return out
 
 
-
-
 @dataclass(frozen=True)
 class BoxMap:
     """How network-relative box coordinates map back to the image (darknet's correct_yolo_boxes)."""

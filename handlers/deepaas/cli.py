@@ -90,8 +90,10 @@ def predict(
     for key, value in args.items():
         if value is not None:
             tail += [f"--{key}", _cli_value(value)]
-    shimmed = shim and python is not None
-    argv = [python, str(SHIM_SCRIPT), str(drop), str(errors), *tail] if shimmed else [cli_path, *tail]
+    if shim and python is not None:
+        argv, shimmed = [python, str(SHIM_SCRIPT), str(drop), str(errors), *tail], True
+    else:
+        argv, shimmed = [cli_path, *tail], False
     offset = inv.log_offset()
     rc = inv.run_child(argv, cwd=work, env=env, prefix=CLI)
     if rc != 0:
