@@ -52,7 +52,7 @@ def _deepaas_missing() -> str | None:
 
 
 def _darknet_missing() -> tuple[str | None, Path | None]:
-    from conveyor.handlers.darknet_weights import WEIGHTS_NAME, WeightsError, default_weights_dir, verify_weights
+    from conveyor.handlers.darknet.weights import WEIGHTS_NAME, WeightsError, default_weights_dir, verify_weights
 
     if shutil.which("darknet") is None or not CFG.is_file() or not DOG.is_file():
         return "the darknet package is not installed (apt-get install darknet; .ci/run does)", None

@@ -32,7 +32,7 @@ from typing import Any
 def _pipeline(spec: dict[str, Any]):
     from conveyor.config import load_config
     from conveyor.events import load_event
-    from conveyor.handler import create_handler
+    from conveyor.handler import load_handler
     from conveyor.logs import setup_logging
     from conveyor.platform import Platform
     from conveyor.process import Job, Stores, run_event
@@ -43,7 +43,7 @@ def _pipeline(spec: dict[str, Any]):
     job = Job(
         config=config,
         platform=Platform.OSCAR,
-        handler=create_handler(config),
+        handler=load_handler(config),
         stores=Stores(config),
         base_env=environ,
         scratch_dir=Path(spec["scratch"]),
@@ -65,13 +65,13 @@ def _handler(spec: dict[str, Any]):
     from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
     from conveyor.deadline import Deadline
     from conveyor.events import ObjectRef
-    from conveyor.handler import Invocation, create_handler
+    from conveyor.handler import Invocation, load_handler
     from conveyor.logs import setup_logging
 
     setup_logging("INFO")
     options = spec.get("options") or {}
     config = FunctionConfig(conveyor=ConveyorSettings(handler=HandlerSpec(name=spec["handler"], options=options)))
-    handler = create_handler(config)
+    handler = load_handler(config)
     handler.ensure_setup()
     source = Path(spec["input"])
     scratch = Path(spec["scratch"])

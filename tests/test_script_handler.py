@@ -16,7 +16,7 @@ from conveyor.config import ConveyorSettings, FunctionConfig, HandlerSpec
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout
 from conveyor.events import Event, ObjectRef
-from conveyor.handler import Invocation, create_handler, handler_class
+from conveyor.handler import Invocation, handler_class, load_handler
 from conveyor.handlers.script import ScriptHandler, _shebang
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -92,7 +92,7 @@ def outputs(inv: Invocation) -> dict[str, str]:
 
 def test_registered_as_the_script_handler():
     assert handler_class("script") is ScriptHandler
-    assert isinstance(create_handler(config()), ScriptHandler)
+    assert isinstance(load_handler(config()), ScriptHandler)
 
 
 def test_scar_style_script_copies_the_input(invocation, caplog):

@@ -74,6 +74,6 @@ done
 # the predecessor's path: make it Conveyor's entrypoint.
 mkdir -p /opt/faas-supervisor/bin
 ln -sf "$scripts/conveyor-entrypoint" /opt/faas-supervisor/bin/supervisor
-"$py" -c 'import deepaas, runtime, handlers, awslambdaric' \
+"$py" -c 'import deepaas, conveyor, conveyor.handlers.deepaas, awslambdaric' \
     || { say "Conveyor and deepaas do not import side by side"; exit 1; }
 say "$(conveyor --version) next to deepaas in $py"

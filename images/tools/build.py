@@ -23,7 +23,7 @@ Steps, each cached so that a second run only redoes what changed:
    conveyor/debian-python:bookworm from debootstrap (images/tools/base-image.sh).
 5. conveyor/base                from images/base/Dockerfile;
    conveyor/yolo                from images/yolo/Dockerfile, with
-     - the yolov3-tiny weights from the host's cache (conveyor.handlers.darknet_weights.ensure_weights:
+     - the yolov3-tiny weights from the host's cache (conveyor.handlers.darknet.weights.ensure_weights:
        fetched once, size and sha256 checked) copied into the build context;
      - Debian's darknet package and its dependencies downloaded on the host by apt, resolved
        against the base image's own dpkg status (so exactly what the image lacks) into
@@ -282,7 +282,7 @@ def yolo_weights() -> Path:
     """The verified yolov3-tiny.weights from the host's cache (fetched there once)."""
     try:
         from conveyor.errors import ConveyorError
-        from conveyor.handlers.darknet_weights import default_weights_dir, ensure_weights
+        from conveyor.handlers.darknet.weights import default_weights_dir, ensure_weights
     except ImportError as exc:
         raise BuildError(f"run build.py with the Python that has Conveyor installed (.venv/bin/python): {exc}") from exc
     try:

@@ -67,7 +67,6 @@ class Model:
     description: str
     image: str  # for --docker
     script: str | None = None
-    needs_weights: bool = False  # the YOLOv3-tiny weights must be in the cache (fetched on first use)
     outputs_required: bool = True
 
 
@@ -77,7 +76,6 @@ MODELS: dict[str, Model] = {
         handler={"name": "darknet", "backend": "auto", "threshold": 0.25},
         description="YOLOv3-tiny object detection (80 COCO classes): <name>.json and the annotated image",
         image="conveyor/yolo",
-        needs_weights=True,
     ),
     "script": Model(
         name="script",
@@ -99,13 +97,13 @@ def model_named(name: str) -> Model:
     """A preset, or any registered handler by name with its default options."""
     if name in MODELS:
         return MODELS[name]
-    from conveyor.handler import handler_class
+    from conveyor.handler import handler_class, known_handlers
 
-    try:
+    if ":" in name:  # a direct `module:Class` reference: it must load
         handler_class(name)
-    except ConfigError as exc:
+    elif name not in (handlers := known_handlers()):
         raise ConfigError(f"unknown model {name!r}: not a preset ({', '.join(MODELS)}) nor a handler "
-                          f"({exc.message.split('(known: ', 1)[-1].rstrip(')')})", key="--model") from None
+                          f"({', '.join(handlers)})", key="--model")
     return Model(name=name, handler={"name": name}, description=f"the {name} handler", image="conveyor/base")
 
 

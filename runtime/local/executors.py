@@ -315,13 +315,13 @@ class LambdaEnvironment:
     """One warm execution environment: a handler whose setup (the model load) runs once."""
 
     def __init__(self, name: str, dep: Deployment, shutdown: threading.Event) -> None:
-        from conveyor.handler import create_handler
+        from conveyor.handler import load_handler
         from conveyor.process import Stores
 
         self.name = name
         self.dep = dep
         self.shutdown = shutdown
-        self.handler = create_handler(dep.config)
+        self.handler = load_handler(dep.config)
         self.stores = Stores(dep.config)
         self.scratch = dep.scratch / name  # this environment's /tmp
         self.scratch.mkdir(parents=True, exist_ok=True)

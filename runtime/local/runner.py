@@ -13,7 +13,7 @@ Layout of DIR (everything of a run lives there; delete it to start afresh):
     .s3/                 the S3 server's data, its weed.log and notification.toml
     .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/
 
-Order of start-up: directories and definition; model weights (darknet, first use); the webhook
+Order of start-up: directories and definition; the model's files (its handler's prepare()); the webhook
 receiver (its URL goes into notification.toml); the S3 server and its buckets; a check that the
 model loads (the first Lambda environment's init, or a throw-away handler for oscar/batch), so a
 broken model fails the start rather than every file; the workers; the drop folder. Shutdown runs
@@ -200,39 +200,23 @@ class LocalRun:
             if self.image is None:
                 raise LocalRunError("--docker with --config needs --image (the model image to run)")
             self._docker = docker_client(self.image)  # before anything starts: no engine, no run
-        if handler == "darknet" and not opts.docker:
-            self._darknet_files(doc)
+        if not opts.docker:  # a model image brings its own files
+            self._prepare_model(doc, handler)
         self._doc = doc
 
-    def _darknet_files(self, doc: dict[str, Any]) -> None:
-        """The YOLOv3-tiny files for the darknet handler: the weights fetched (first use) and verified
-        where the handler will look; the cfg and class names from Debian's darknet package, else the
-        copies in samples/yolo/ (so a machine without that package runs the default model too)."""
-        from conveyor.handlers.darknet import IMAGE_WEIGHTS_DIR
-        from conveyor.handlers.darknet_weights import (
-            DEFAULT_CFG,
-            DEFAULT_NAMES,
-            WEIGHTS_NAME,
-            default_weights_dir,
-            ensure_weights,
-        )
+    def _prepare_model(self, doc: dict[str, Any], handler: str) -> None:
+        """What the model needs on this machine (weights, files), readied by its handler before anything starts."""
+        from conveyor.handler import handler_class
 
-        options = doc["conveyor"]["handler"]
-        for option, default in (("cfg", DEFAULT_CFG), ("names", DEFAULT_NAMES)):
-            bundled = SAMPLES_DIR / "yolo" / default.name
-            if not options.get(option) and not default.is_file() and bundled.is_file():
-                options[option] = str(bundled)
-        if options.get("weights") or options.get("weights_dir") or (IMAGE_WEIGHTS_DIR / WEIGHTS_NAME).exists():
-            return
+        block = doc["conveyor"]["handler"]
         variables = (doc.get("environment") or {}).get("variables") or {}
-        where = default_weights_dir({**self.environ, **variables})
-        if not (where / WEIGHTS_NAME).exists():
-            self.progress.say(f"conveyor local: fetching the YOLOv3-tiny weights into {where} (first use, ~35 MB)")
-        started = time.monotonic()
-        path = ensure_weights(where)
-        if time.monotonic() - started > 1:
-            self.progress.say(f"conveyor local: weights ready ({path}, {time.monotonic() - started:.0f}s)")
-        options["weights_dir"] = str(where)
+        options = handler_class(handler).prepare(
+            {k: v for k, v in block.items() if k != "name"},
+            environ={**self.environ, **variables},
+            say=lambda text: self.progress.say(f"conveyor local: {text}"),
+            samples_dir=SAMPLES_DIR,
+        )
+        doc["conveyor"]["handler"] = {"name": block["name"], **options}
 
     def _setup_logging(self) -> None:
         from conveyor.logs import setup_logging
@@ -740,9 +724,9 @@ def _with_request_id(record: logging.LogRecord) -> bool:
 
 def _check_model_loads(config: Any) -> None:
     """oscar/batch: load the model once here, so a broken setup fails now rather than once per file."""
-    from conveyor.handler import create_handler
+    from conveyor.handler import load_handler
 
-    handler = create_handler(config)
+    handler = load_handler(config)
     try:
         handler.ensure_setup()
     finally:

@@ -182,7 +182,7 @@ def test_deepaas_entrypoint_and_model_environment_kept(client, images):
 
 @pytest.mark.heavy
 def test_deepaas_conveyor_shares_the_model_python(client, images):
-    modules = "deepaas, runtime, handlers, awslambdaric"
+    modules = "deepaas, conveyor, conveyor.handlers.deepaas, awslambdaric"
     if (REPO / "tests" / "plugins" / "conveyor-demo-model").is_dir():
         modules += ", conveyor_demo_model"
     out = sh(
@@ -232,7 +232,7 @@ def test_yolo_entrypoint_user_and_baked_config(client, images):
 
 @pytest.mark.heavy
 def test_yolo_weights_are_the_original_file(client, images):
-    from conveyor.handlers.darknet_weights import WEIGHTS_SHA256, WEIGHTS_SIZE
+    from conveyor.handlers.darknet.weights import WEIGHTS_SHA256, WEIGHTS_SIZE
 
     weights = image_file(client, YOLO, "/opt/conveyor/weights/yolov3-tiny.weights")
     assert len(weights) == WEIGHTS_SIZE
