@@ -30,6 +30,7 @@ from conveyor.local.webhook import (
     object_change,
     oscar_event,
 )
+from conveyor.records import uploads_in
 from tests.support.lossy import Trap
 
 CONVEYOR = [str(Path(sys.executable).parent / "conveyor")]
@@ -615,7 +616,7 @@ KILLED_MID_UPLOAD = """#!/bin/sh
 printf small > "$TMP_OUTPUT_DIR/a.txt"
 head -c 100000000 /dev/zero > "$TMP_OUTPUT_DIR/b.bin"
 setsid sh -c 'for i in $(seq 3000); do
-  if grep -qs "conveyor: uploaded output/a.txt" "$0"/logs/*.log; then kill -9 "$1"; exit 0; fi
+  if grep -qsF '"target": "output/a.txt"}' "$0"/logs/*.log; then kill -9 "$1"; exit 0; fi
   sleep 0.02
 done' "$RUN_ROOT" "$PPID" </dev/null >/dev/null 2>&1 &
 """
@@ -632,7 +633,7 @@ def test_a_job_killed_after_an_upload_leaves_no_output(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr.decode()
     rec = record(root, "dog.jpg")
     assert rec["status"] == "FAILED" and rec["exit_code"] == -9, rec
-    assert "uploaded output/a.txt" in rec["log_tail"]  # it did die after its first upload
+    assert uploads_in(rec["log_tail"], rec["request_id"]) == ["output/a.txt"]  # it did die after its first upload
     assert rec["extra"] == {"withdrawn": ["output/a.txt"]}
     assert output_keys(root) == []
     assert not local_path(root / "results", "dog.jpg").exists()
