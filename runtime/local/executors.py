@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.config import FunctionConfig
 from conveyor.errors import ConveyorError, exit_code_for
 from conveyor.local.progress import Task
 from conveyor.procgroup import signal_group
+
+if TYPE_CHECKING:
+    from conveyor.handler import Handler
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +371,7 @@ class LambdaEnvironment:
         self.function_timeout = max(dep.timeout, dep.config.timeout_threshold + 1.0)
 
     @property
-    def handler(self) -> Any:
+    def handler(self) -> Handler:
         return self.app.handler
 
     @property
