@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.server import BUCKET, CP_SCRIPT, Bench, b64, b64_yaml, s3_event
+from conveyor.records import MARKER
 from tests.support.pipeline import minio_event
 
 UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "k": 2**10, "m": 2**20, "g": 2**30, "": 1}
@@ -88,7 +89,7 @@ def trace(bench: Bench, size: int, provider: str, every: float, extra_env: dict[
     phase = "start-up"
     while proc.poll() is None:
         lines = [line for _, line in marks]
-        if any(" conveyor: uploaded " in line or " conveyor: result " in line for line in lines):
+        if any(MARKER in line for line in lines):  # an upload or the result record (conveyor.records)
             phase = "finish"
         elif has_children(proc.pid):
             phase = "handler"
@@ -113,7 +114,7 @@ def trace(bench: Bench, size: int, provider: str, every: float, extra_env: dict[
         "peak_mib": round(max((k for _, k, _ in samples), default=0) / 1024, 1),
         "phases": phases,
         "seconds": round(time.monotonic() - started, 2),
-        "log": [line for _, line in marks if " conveyor: " in line][-8:],
+        "log": [line for _, line in marks if " conveyor." in line][-8:],  # Conveyor's own loggers
     }
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
+from conveyor.procgroup import signal_group
 
 CHUNK = 64 * 1024  # read size, and the longest line logged as one record
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -138,7 +139,7 @@ def run_child(
 
 
 def tail(path: str | os.PathLike[str], n_bytes: int) -> str:
-    """The last n_bytes of a file as text ("" when absent), starting on a whole character."""
+    """The last n_bytes of a file as text ("" when absent or unreadable), starting on a whole character."""
     if n_bytes <= 0:
         return ""
     try:
@@ -146,7 +147,7 @@ def tail(path: str | os.PathLike[str], n_bytes: int) -> str:
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - n_bytes))
             data = fh.read(n_bytes)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except OSError:
         return ""
     if size > n_bytes:  # cut in the middle: skip UTF-8 continuation bytes at the start
         skip = 0
@@ -210,7 +211,7 @@ def _stop_group(proc: subprocess.Popen, pgid: int, grace: float, log: LogLike) -
 
     Returns the last signal sent: "SIGTERM", "SIGKILL", or "none" when nothing was left.
     """
-    sent = "SIGTERM" if _signal_group(pgid, signal.SIGTERM) else "none"
+    sent = "SIGTERM" if signal_group(pgid, signal.SIGTERM) else "none"
     end = time.monotonic() + max(0.0, grace)
     delay = 0.005
     while True:
@@ -221,7 +222,7 @@ def _stop_group(proc: subprocess.Popen, pgid: int, grace: float, log: LogLike) -
         left = end - time.monotonic()
         if left <= 0:
             log.warning("process group %d still running %.1f s after SIGTERM: sending SIGKILL", pgid, grace)
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             sent = "SIGKILL"
             break
         time.sleep(min(delay, left))
@@ -233,16 +234,6 @@ def _stop_group(proc: subprocess.Popen, pgid: int, grace: float, log: LogLike) -
         return sent
     _reap_group(pgid)
     return sent
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member runs as another user (setuid binary): nothing we may do
-        return False
 
 
 def _reap_group(pgid: int) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ from conveyor.local.command import local
 from conveyor.logs import bound_request_id, setup_logging
 from conveyor.platform import Platform, detect_platform
 
-log = logging.getLogger("conveyor")
+log = logging.getLogger(__name__)
 
 PLATFORMS = click.Choice([p.value for p in Platform])
 
@@ -98,12 +97,6 @@ def _stdin_if_piped() -> bytes | None:
         return None
 
 
-def _scratch_dir(environ: Mapping[str, str]) -> Path:
-    scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or tempfile.gettempdir())
-    scratch.mkdir(parents=True, exist_ok=True)
-    return scratch
-
-
 def _load(
     environ: Mapping[str, str], platform_opt: str | None, config_path: str | None
 ) -> tuple[Platform, FunctionConfig]:
@@ -138,13 +131,22 @@ def install_signal_handlers(shutdown: threading.Event) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="conveyor")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Conveyor: the event-driven worker that runs a model on every uploaded object.
 
     One entrypoint for AWS Lambda, AWS Batch, OSCAR and local runs: it detects the platform,
     reads the event, downloads each object, runs the model, uploads the outputs and writes a
     result record per input. Logs go to stderr; stdout carries only results and responses.
     """
+    ctx.obj = dict(os.environ)  # the environment, for subcommands defined elsewhere (`conveyor local`)
+
+
+@cli.result_callback()
+def _exit_with(code: Any) -> None:
+    """A subcommand that returns an exit code (`conveyor local`) exits with it here."""
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 @cli.command()
@@ -162,7 +164,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     it becomes the Lambda runtime loop instead and serves invocations until stopped.
     """
     from conveyor.handler import load_handler
-    from conveyor.process import Job, Stores, run_event
+    from conveyor.process import Job, Stores, run_event, scratch_dir
     from conveyor.storage import TransferOptions
 
     environ = dict(os.environ)
@@ -186,7 +188,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
             handler=load_handler(config),
             stores=Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None)),
             base_env=environ,
-            scratch_dir=_scratch_dir(environ),
+            scratch_dir=scratch_dir(environ),
             request_id=request_id,
             shutdown=shutdown,
             job_id=job_id,

@@ -72,6 +72,7 @@ from typing import Any, Union
 from urllib.parse import unquote_plus
 
 from conveyor.errors import EventError
+from conveyor.media import sniff
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class ObjectRef:
     event_time: str | None = None
     user: str | None = None
     provider: str | None = None  # "minio.default", "s3.default", "minio" ... as the event names it; None if unknown
-    source: str = "aws:s3"  # aws:s3 | minio:s3 | aws.s3 (EventBridge) | seaweedfs ...
+    source: str = "aws:s3"  # aws:s3 | minio:s3 | aws.s3 (EventBridge): see SOURCE_PROVIDER_TYPES
     endpoint: str | None = None  # x-minio-origin-endpoint when present
     record: Any = None  # the raw record this ref came from (for EVENT / debugging)
     event_name: str | None = None  # "ObjectCreated:Put", "s3:ObjectCreated:Put", "Object Created" ...
@@ -153,8 +154,10 @@ class Event:
 MAX_ENVELOPE_DEPTH = 8
 SCAR_EXTRAS = ("script", "cmd_args")
 INLINE_STEM = "input"
-# Provider type for a bare OSCAR provider id, by the record's source.
+# The provider type of the store an object comes from, by its record's source (the sources parse_event
+# produces; any other is taken for S3 when fetching, and leaves a bare OSCAR provider id untyped).
 SOURCE_PROVIDER_TYPES = {"aws:s3": "s3", "aws.s3": "s3", "minio:s3": "minio"}
+DEFAULT_PROVIDER_TYPE = "s3"
 
 
 def load_event(raw: bytes | str | dict | list) -> Event:
@@ -399,10 +402,14 @@ def _delegated(value: dict, where: str, depth: int) -> list[ObjectRef]:
 
 def qualify_provider(provider: str, source: str) -> str:
     """OSCAR's provider as `<type>.<id>`: kept when it has a type, else typed by the record's source."""
-    if "." in provider:
+    if "." in provider or source not in SOURCE_PROVIDER_TYPES:
         return provider
-    kind = SOURCE_PROVIDER_TYPES.get(source)
-    return f"{kind}.{provider}" if kind else provider
+    return f"{provider_type(source)}.{provider}"
+
+
+def provider_type(source: str) -> str:
+    """The provider type for an object of this source ("minio:s3" -> "minio"); S3 when unknown."""
+    return SOURCE_PROVIDER_TYPES.get(source, DEFAULT_PROVIDER_TYPE)
 
 
 # -- field checks ---------------------------------------------------------------------------
@@ -619,7 +626,7 @@ def _type_extension(media: str) -> str | None:
 
 def _sniff(data: bytes, content_type: str | None, is_json: bool | None) -> tuple[str, str]:
     """(extension, media type) for an inline payload."""
-    magic = _magic(data)
+    magic = sniff(data)
     if magic:
         return magic
     media = (content_type or "").split(";", 1)[0].strip().lower()
@@ -643,44 +650,3 @@ def _try_json_quietly(text: str) -> bool:
         return isinstance(json.loads(text.lstrip("\ufeff")), (dict, list))
     except (ValueError, RecursionError):
         return False
-
-
-_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
-
-
-def _magic(data: bytes) -> tuple[str, str] | None:
-    head = data[:32]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ".png", "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return ".jpg", "image/jpeg"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return ".gif", "image/gif"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return ".tiff", "image/tiff"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return ".webp", "image/webp"
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return ".wav", "audio/wav"
-    if head[:4] == b"fLaC":
-        return ".flac", "audio/flac"
-    if head[:4] == b"OggS":
-        return ".ogg", "audio/ogg"
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] in (0xFB, 0xFA, 0xF3, 0xF2)):
-        return ".mp3", "audio/mpeg"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"msf1"):
-            return ".heic", "image/heic"
-        if brand in (b"avif", b"avis"):
-            return ".avif", "image/avif"
-        return ".mp4", "video/mp4"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return ".zip", "application/zip"
-    if head[:2] == b"\x1f\x8b":
-        return ".gz", "application/gzip"
-    if head[:5] == b"%PDF-":
-        return ".pdf", "application/pdf"
-    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
-        return ".bmp", "image/bmp"
-    return None

@@ -21,6 +21,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,29 @@ from conveyor.events import Event, load_event
 from conveyor.handler import Handler, load_handler
 from conveyor.logs import LOG_FORMAT, bound_request_id
 from conveyor.platform import Platform
-from conveyor.process import Job, Stores, responds_inline, run_event
-from conveyor.records import ResultRecord, Status
+from conveyor.process import Job, Stores, responds_inline, run_event, scratch_dir
+from conveyor.records import ResultRecord, Status, log_result
 from conveyor.storage import TransferOptions
 
-log = logging.getLogger("conveyor")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Invoked:
+    """One invocation's work, before it becomes the response."""
+
+    event: Event
+    records: list[ResultRecord]
+    body: io.BytesIO | None  # the response body of an event answered inline; None otherwise
+    info: LambdaContextInfo
 
 
 class LambdaApp:
-    """The Lambda handler: `app(event, context) -> response`. One instance per process."""
+    """The Lambda handler: `app(event, context) -> response`. One instance per process.
+
+    `conveyor local --platform lambda` drives one per warm environment, with its own scratch
+    directory and the loop's shutdown event (under Lambda nothing sets it).
+    """
 
     def __init__(
         self,
@@ -48,17 +63,24 @@ class LambdaApp:
         environ: Mapping[str, str],
         handler: Handler | None = None,
         batch_client_factory: Callable[[], Any] = batch_client,
+        scratch: Path | None = None,
+        shutdown: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.base_env = dict(environ)
         self.handler = handler or load_handler(config)
         self.stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
-        self.scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or "/tmp")
+        self.scratch = scratch_dir(environ) if scratch is None else scratch
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.batch_client_factory = batch_client_factory
+        self.shutdown = shutdown or threading.Event()
         self.invocations = 0
 
     def __call__(self, raw_event: Any, context: Any) -> dict[str, Any]:
+        return self._respond(self.invoke(raw_event, context))
+
+    def invoke(self, raw_event: Any, context: Any) -> Invoked:
+        """Process one invocation (records logged and stored); what the scratch dir gained is removed."""
         self.invocations += 1
         request_id = str(getattr(context, "aws_request_id", "") or "-")
         before = set(self.scratch.iterdir())
@@ -72,7 +94,7 @@ class LambdaApp:
                     else:
                         leftover.unlink(missing_ok=True)
 
-    def _invoke(self, raw_event: Any, context: Any, request_id: str) -> dict[str, Any]:
+    def _invoke(self, raw_event: Any, context: Any, request_id: str) -> Invoked:
         event = load_event(raw_event)
         info = LambdaContextInfo.from_context(context)
         remaining_ms = context.get_remaining_time_in_millis()
@@ -86,7 +108,7 @@ class LambdaApp:
             scratch_dir=self.scratch,
             request_id=request_id,
             deadline=deadline,
-            shutdown=threading.Event(),
+            shutdown=self.shutdown,
             extra={"function_name": info.function_name, "memory_limit_in_mb": info.memory_limit_in_mb},
             # The killed child must be gone before Lambda's own deadline (ours + timeout_threshold).
             grace_period=min(self.config.conveyor.grace_period, self.config.timeout_threshold / 2),
@@ -107,10 +129,10 @@ class LambdaApp:
             for record in timed_out:
                 record.status, record.job_id = Status.DELEGATED, job_id
                 record.extra["delegation_reason"] = "the Lambda deadline came first; the run was killed"
-                log.info("result %s", record.to_json())
-        return self._respond(event, records, body, info)
+                log_result(record)
+        return Invoked(event, records, body, info)
 
-    def _delegate(self, job: Job, event: Event, info: LambdaContextInfo, reason: str) -> dict[str, Any]:
+    def _delegate(self, job: Job, event: Event, info: LambdaContextInfo, reason: str) -> Invoked:
         log.info("handing the event to AWS Batch: %s", reason)
         job_id = submit_job(self.config, event, info, self.batch_client_factory)
         records = []
@@ -124,13 +146,12 @@ class LambdaApp:
                 job_id=job_id,
                 extra={"delegation_reason": reason},
             )
-            log.info("result %s", record.to_json())
+            log_result(record)
             records.append(record)
-        return self._respond(event, records, None, info)
+        return Invoked(event, records, None, info)
 
-    def _respond(
-        self, event: Event, records: list[ResultRecord], body: io.BytesIO | None, info: LambdaContextInfo
-    ) -> dict[str, Any]:
+    def _respond(self, invoked: Invoked) -> dict[str, Any]:
+        event, records, body, info = invoked.event, invoked.records, invoked.body, invoked.info
         failed = [r for r in records if not r.ok]
         if failed and not event.wants_response:
             first = failed[0].error or {}

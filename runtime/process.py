@@ -24,22 +24,23 @@ from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
-from conveyor.events import Event, InlineInput, Input, ObjectRef
+from conveyor.events import Event, InlineInput, Input, ObjectRef, provider_type
 from conveyor.handler import Handler, Invocation
 from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from conveyor.platform import Platform
-from conveyor.records import ResultRecord, Status, status_key
+from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
 from conveyor.response import write_sync_response
 from conveyor.storage import ObjectStore, TransferOptions, open_store
 
-log = logging.getLogger("conveyor")
+log = logging.getLogger(__name__)
 
 # Linux refuses to exec a child when one environment string exceeds MAX_ARG_STRLEN (128 KiB).
 MAX_ENV_VALUE = 128 * 1024 - 1
 # Variables that carry Conveyor's own inputs; the child gets its own per-record values instead.
 PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
 WITHDRAW_MARGIN = 1.0  # seconds before the job's deadline at which a failed record stops withdrawing
-SOURCE_TYPES = {"minio:s3": "minio", "aws:s3": "s3", "aws.s3": "s3", "seaweedfs": "minio", "local": "local"}
+# A failed record's withdrawal retries after these pauses: the first, doubled each time up to the cap.
+WITHDRAW_BACKOFF = (0.5, 4.0)
 
 
 class Stores:
@@ -81,15 +82,24 @@ class Job:
     job_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # platform facts for the record (Lambda context, Batch attempt)
     grace_period: float | None = None  # SIGTERM -> SIGKILL for children; None: the config's
+    withdraw_backoff: tuple[float, float] = WITHDRAW_BACKOFF  # (first pause, cap) between withdrawal passes
 
     @property
     def grace(self) -> float:
         return self.config.conveyor.grace_period if self.grace_period is None else self.grace_period
 
 
+def scratch_dir(environ: Mapping[str, str]) -> Path:
+    """Where records get their work directories: CONVEYOR_SCRATCH, else TMPDIR, else the system's
+    temporary directory (/tmp under Lambda, where TMPDIR is unset). Created when missing."""
+    scratch = Path(environ.get("CONVEYOR_SCRATCH") or environ.get("TMPDIR") or tempfile.gettempdir())
+    scratch.mkdir(parents=True, exist_ok=True)
+    return scratch
+
+
 def input_provider(ref: ObjectRef) -> ProviderRef:
     """The provider that holds an object: as the event names it, else the default of its type."""
-    source_type = SOURCE_TYPES.get(ref.source, "s3")
+    source_type = provider_type(ref.source)
     if ref.provider:
         return ProviderRef.parse(ref.provider, default_type=source_type)
     return ProviderRef(source_type)
@@ -287,7 +297,7 @@ def _publish(
                     record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
                 finally:
                     done.append(upload)  # even a failed upload may have landed (its answer was lost)
-                log.info("uploaded %s", upload.target)  # conveyor local reads these lines of a job that died
+                log_upload(upload.target, job.request_id)  # conveyor local reads these of a job that died
         except BaseException:
             left = _withdraw(job, done)
             if left:
@@ -306,7 +316,8 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
     if remaining is not None:
         window = min(window, max(0.0, remaining - WITHDRAW_MARGIN))
     give_up = time.monotonic() + window
-    pending, pause = list(uploads), 0.5
+    pause, cap = job.withdraw_backoff
+    pending = list(uploads)
     while True:
         failures: dict[str, str] = {}
         for upload in pending:
@@ -320,7 +331,7 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
         log.warning("cannot withdraw %d output(s) yet, retrying in %.1f s: %s",
                     len(pending), pause, next(iter(failures.values())))
         job.shutdown.wait(pause)
-        pause = min(pause * 2, 4.0)
+        pause = min(pause * 2, cap)
     for upload in uploads:
         if upload.target in failures:
             log.error("could not withdraw %s after a failed upload: %s", upload.target, failures[upload.target])
@@ -330,7 +341,7 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
 
 
 def _store_record(job: Job, record: ResultRecord) -> None:
-    """Log the record as one line; upload it to the status location when the config names one."""
+    """Log the record (the record protocol's line); upload it to the status location when the config names one."""
     spec = job.config.conveyor.status
     if spec is not None:
         bucket, key = status_key(spec, record)
@@ -339,7 +350,7 @@ def _store_record(job: Job, record: ResultRecord) -> None:
         except ConveyorError as exc:
             log.error("could not upload the result record to %s/%s: %s", bucket, key, exc.message)
             record.extra["status_upload_error"] = exc.message
-    log.info("result %s", record.to_json())
+    log_result(record)
 
 
 def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[ResultRecord]:

@@ -1,13 +1,37 @@
-"""The result record: one JSON document per input, whatever happened to it."""
+"""The result record (one JSON document per input, whatever happened to it) and the record
+protocol: the log lines that carry records and uploads, written and read only here.
+
+A job logs every result record and every upload as one line holding MARKER, a kind and a JSON
+payload:
+
+    ... @conveyor-record result {"input": {...}, "request_id": "...", "status": "FAILED", ...}
+    ... @conveyor-record uploaded {"request_id": "...", "target": "bucket/key"}
+
+`conveyor local` reads them back from the log of a job that died before it could report
+(`results_in`, `uploads_in`). The marker does not depend on the logger's name or the log format,
+and the payload is JSON with every line separator escaped, so no key or message can start a line.
+"""
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from conveyor.config import IOSpec
+
+log = logging.getLogger(__name__)
+
+MARKER = "@conveyor-record"
+RESULT = "result"
+UPLOADED = "uploaded"
+
+# Characters str.splitlines() breaks on that JSON leaves unescaped (json.dumps escapes those below 0x20).
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 class Status(enum.StrEnum):
@@ -59,3 +83,75 @@ def status_key(spec: IOSpec, record: ResultRecord) -> tuple[str, str]:
     else:
         name = f"{ref.get('bucket')}/{ref.get('key')}"
     return spec.destination(f"{name}.json")
+
+
+# -- the protocol: writers --------------------------------------------------------------------------
+
+
+def log_result(record: ResultRecord) -> None:
+    """Log the record as one protocol line (the last line of its work)."""
+    log.info("%s", _line(RESULT, record.to_json()))
+
+
+def log_upload(target: str, request_id: str) -> None:
+    """Log that `target` ("bucket/key") was uploaded (or tried) by the job `request_id`."""
+    payload = json.dumps({"request_id": request_id, "target": target}, ensure_ascii=False, sort_keys=True)
+    log.info("%s", _line(UPLOADED, payload))
+
+
+def _line(kind: str, payload: str) -> str:
+    for char, escaped in _LINE_BREAKS.items():
+        payload = payload.replace(char, escaped)  # valid JSON: they can only occur inside strings
+    return f"{MARKER} {kind} {payload}"
+
+
+# -- the protocol: readers --------------------------------------------------------------------------
+
+LogSource = str | bytes | os.PathLike[str] | Iterable[str] | None
+"""A log to read: a file (a path object), its text (str or bytes), or its lines; None is empty."""
+
+
+def results_in(source: LogSource) -> list[dict[str, Any]]:
+    """Every result record logged in `source`, in order."""
+    return list(_payloads(source, RESULT))
+
+
+def uploads_in(source: LogSource, request_id: str) -> list[str]:
+    """The "bucket/key" targets the job `request_id` logged as uploaded in `source`, in order."""
+    return [
+        payload["target"]
+        for payload in _payloads(source, UPLOADED)
+        if payload.get("request_id") == request_id and isinstance(payload.get("target"), str)
+    ]
+
+
+def _payloads(source: LogSource, kind: str) -> Iterator[dict[str, Any]]:
+    head = f"{MARKER} {kind} "
+    for line in _lines(source):
+        _, found, payload = line.partition(head)
+        if not found:
+            continue
+        try:
+            value = json.loads(payload)
+        except ValueError:  # a line cut short (a log tail), or not ours
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def _lines(source: LogSource) -> Iterator[str]:
+    if source is None:
+        return
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", errors="replace")
+    if isinstance(source, str):
+        yield from source.split("\n")
+        return
+    if isinstance(source, os.PathLike):
+        try:
+            with open(source, encoding="utf-8", errors="replace", newline="\n") as fh:
+                yield from fh
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        return
+    yield from source

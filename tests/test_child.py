@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +17,7 @@ from conveyor.child import CHUNK, run_child, tail
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
 from conveyor.logs import bound_request_id, request_id
+from conveyor.procgroup import signal_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.child"
@@ -288,3 +291,15 @@ def test_tail(tmp_path):
     assert tail(path, 100) == "abc\u00e9\u00e9\n"
     assert tail(path, 4) == "\u00e9\n"  # the cut half character is skipped
     assert tail(path, 0) == ""
+
+
+def test_signal_group_says_whether_a_group_was_there(tmp_path):
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert signal_group(proc.pid, signal.SIGTERM) is True
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert signal_group(proc.pid, signal.SIGTERM) is False  # gone (and reaped): nothing to signal
+    assert tail(tmp_path, 10) == ""  # a directory is no log: nothing to show

@@ -25,6 +25,7 @@ from conveyor.events import (
     qualify_provider,
     refs_to_json,
 )
+from conveyor.media import sniff
 
 EVENTS = Path(__file__).parent / "events"
 FIXTURES = sorted(p.name for p in EVENTS.glob("*.json"))
@@ -744,3 +745,33 @@ def test_any_field_replaced_by_junk_parses_or_raises_event_error(name):
                 assert "\n" not in str(exc)
             tried += 1
     assert tried >= len(JUNK)
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [  # every signature the DEEPaaS handler's own sniffer knew (TIFF as .tiff), and what events.py knew
+        (b"\x89PNG\r\n\x1a\n\x00\x00", (".png", "image/png")),
+        (b"\xff\xd8\xff\xe0", (".jpg", "image/jpeg")),
+        (b"GIF87a", (".gif", "image/gif")),
+        (b"GIF89a", (".gif", "image/gif")),
+        (b"PK\x03\x04", (".zip", "application/zip")),
+        (b"PK\x05\x06", (".zip", "application/zip")),
+        (b"%PDF-1.4", (".pdf", "application/pdf")),
+        (b"\x1f\x8b\x08", (".gz", "application/gzip")),
+        (b"II*\x00", (".tiff", "image/tiff")),
+        (b"MM\x00*", (".tiff", "image/tiff")),
+        (b"OggS\x00", (".ogg", "audio/ogg")),
+        (b"fLaC\x00", (".flac", "audio/flac")),
+        (b"ID3\x03", (".mp3", "audio/mpeg")),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", (".wav", "audio/wav")),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", (".webp", "image/webp")),
+        (b"\x00\x00\x00\x18ftypmp42", (".mp4", "video/mp4")),
+        (b"\x00\x00\x00\x18ftypheic", (".heic", "image/heic")),
+        (b"\x00\x00\x00\x1cftypavif", (".avif", "image/avif")),
+        (b"BM" + bytes(12) + (40).to_bytes(4, "little"), (".bmp", "image/bmp")),
+        (b"", None),
+        (b'{"a": 1}', None),  # text is the caller's to judge
+    ],
+)
+def test_one_content_sniffer(head, expected):
+    assert sniff(head) == expected

@@ -1,9 +1,12 @@
-"""The `conveyor local` click command. Kept import-light: the loop is imported when it runs."""
+"""The `conveyor local` click command. Kept import-light: the loop is imported when it runs.
+
+It gets the environment from the CLI group (click's context object) and returns the exit code to
+it: reading os.environ and exiting stay in conveyor.cli.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -39,8 +42,10 @@ DEFAULT_DIR = ".conveyor/local"
               help="Copy the sample inputs into the drop folder when it is empty at start.")
 @click.option("--json", "json_summary", is_flag=True, help="Also print the summary as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Conveyor's own log on stderr too (always in logs/).")
-def local(root: Path, platform: str, workers: int, model: str | None, config_path: Path | None, once: bool,
-          docker: bool, image: str | None, timeout: float, samples: bool, json_summary: bool, verbose: bool) -> None:
+@click.pass_obj
+def local(environ: Mapping[str, str], root: Path, platform: str, workers: int, model: str | None,
+          config_path: Path | None, once: bool, docker: bool, image: str | None, timeout: float, samples: bool,
+          json_summary: bool, verbose: bool) -> int:
     """Run the whole event loop on this machine: an S3 server, a drop folder and a real model.
 
     Every file uploaded to the `input` bucket (from DIR/inbox, or any S3 client with the printed
@@ -64,4 +69,4 @@ def local(root: Path, platform: str, workers: int, model: str | None, config_pat
         json_summary=json_summary,
         verbose=verbose,
     )
-    sys.exit(LocalRun(options, dict(os.environ)).run())
+    return LocalRun(options, dict(environ)).run()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("conveyor.local")
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".swp", ".swx", "~")
 

@@ -7,9 +7,10 @@
                                     AWS_BATCH_JOB_ID/_ATTEMPT/_JQ_NAME/_CE_NAME (batch). Own session;
                                     stdout and stderr to DIR/logs/<job>.log.
     lambda         WarmExecutor     warm environments in this process, as Lambda keeps them: each
-                                    holds one handler (the model loaded once, in its init) and
-                                    serves one event at a time with a deadline (--timeout minus
-                                    timeout_threshold); up to --workers environments, the most
+                                    is the Lambda handler itself (conveyor.lambda_runtime.LambdaApp)
+                                    holding one handler (the model loaded once, in its init), and
+                                    serves one event at a time with a context whose function
+                                    timeout is --timeout; up to --workers environments, the most
                                     recently used one first. Logs to DIR/logs/conveyor.log.
     --docker       DockerExecutor   the model image per event (`docker run --network host`, the
                                     image's `conveyor run` entrypoint, EVENT and FUNCTION_CONFIG).
@@ -37,13 +38,17 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.config import FunctionConfig
 from conveyor.errors import ConveyorError, exit_code_for
 from conveyor.local.progress import Task
+from conveyor.procgroup import signal_group
 
-log = logging.getLogger("conveyor.local")
+if TYPE_CHECKING:
+    from conveyor.handler import Handler
+
+log = logging.getLogger(__name__)
 
 # Variables that would tell a child it runs somewhere else, or hand it another definition.
 FOREIGN_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONTEXT", "CONVEYOR_PLATFORM", "JOB_UUID",
@@ -190,17 +195,17 @@ class ProcessExecutor(Executor):
             now = time.monotonic()
             if not termed and now > limit:
                 error = f"the job outlived its deadline ({self.dep.timeout:.0f} s + {MARGIN:.0f} s) and was killed"
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
                 termed, limit = True, now + self.dep.grace
             elif termed and now > limit:
                 kill_tree(proc.pid)
             if self._stop_at is not None and not termed:
-                _signal_group(proc.pid, signal.SIGTERM)  # interrupt() sent it already; again is harmless
+                signal_group(proc.pid, signal.SIGTERM)  # interrupt() sent it already; again is harmless
                 termed, limit = True, self._stop_at + self.dep.grace + 5
             if self._force:
                 kill_tree(proc.pid)
             time.sleep(0.05)
-        _signal_group(proc.pid, signal.SIGKILL)  # the leader is gone but unreaped: sweep what it left
+        signal_group(proc.pid, signal.SIGKILL)  # the leader is gone but unreaped: sweep what it left
         return proc.wait(), error
 
     def interrupt(self, force: bool = False) -> None:
@@ -213,7 +218,7 @@ class ProcessExecutor(Executor):
             if force:
                 kill_tree(proc.pid)
             else:
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
 
 
 def _exited(pid: int) -> bool:
@@ -222,13 +227,6 @@ def _exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def descendants(pid: int) -> list[int]:
@@ -296,9 +294,9 @@ def kill_tree(pid: int, spare: Collection[int] = ()) -> None:
         if group == ours:
             _kill(child)
         else:
-            _signal_group(group, signal.SIGKILL)
+            signal_group(group, signal.SIGKILL)
     if pid != os.getpid():
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
 
 
 def _kill(pid: int) -> None:
@@ -311,83 +309,93 @@ def _kill(pid: int) -> None:
 # -- lambda: warm environments in this process ----------------------------------------------------
 
 
+MEMORY_MB = 1024  # what a local Lambda environment reports as its memory size
+
+
+@dataclass
+class LocalContext:
+    """The context object Lambda hands its handler, for one local invocation."""
+
+    aws_request_id: str
+    function_name: str
+    log_stream_name: str
+    timeout: float  # the function's timeout, seconds: get_remaining_time_in_millis counts it down
+    memory_limit_in_mb: str = str(MEMORY_MB)
+    function_version: str = "$LATEST"
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.started + self.timeout - time.monotonic()) * 1000))
+
+
+def _no_batch() -> Any:
+    raise LocalRunError("a local run has no AWS Batch to hand events to")
+
+
 class LambdaEnvironment:
-    """One warm execution environment: a handler whose setup (the model load) runs once."""
+    """One warm execution environment: the Lambda handler (LambdaApp) of one process, whose
+    model handler's setup (the model load) runs once."""
 
     def __init__(self, name: str, dep: Deployment, shutdown: threading.Event) -> None:
         from conveyor.handler import load_handler
-        from conveyor.process import Stores
+        from conveyor.lambda_runtime import LambdaApp
 
         self.name = name
         self.dep = dep
-        self.shutdown = shutdown
-        self.handler = load_handler(dep.config)
-        self.stores = Stores(dep.config)
-        self.scratch = dep.scratch / name  # this environment's /tmp
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        self.invocations = 0
         self.setups = 0
-        setup = self.handler.setup
+        handler = load_handler(dep.config)
+        setup = handler.setup
 
         def counted_setup() -> None:
             self.setups += 1
             setup()
 
-        self.handler.setup = counted_setup  # type: ignore[method-assign]
-        self.base_env = dict(dep.environ)
-        self.base_env.update(
+        handler.setup = counted_setup  # type: ignore[method-assign]
+        scratch = dep.scratch / name  # this environment's /tmp
+        scratch.mkdir(parents=True, exist_ok=True)
+        base_env = dict(dep.environ)
+        base_env.update(
             AWS_LAMBDA_FUNCTION_NAME=dep.config.name,
-            AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
+            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(MEMORY_MB),
             AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
             LAMBDA_TASK_ROOT=str(dep.cwd),
-            TMPDIR=str(self.scratch),
+            TMPDIR=str(scratch),
         )
+        self.app = LambdaApp(dep.config, base_env, handler=handler, batch_client_factory=_no_batch,
+                             scratch=scratch, shutdown=shutdown)
+        # The function's timeout is --timeout, but the model gets at least a second after timeout_threshold.
+        self.function_timeout = max(dep.timeout, dep.config.timeout_threshold + 1.0)
+
+    @property
+    def handler(self) -> Handler:
+        return self.app.handler
+
+    @property
+    def invocations(self) -> int:
+        return self.app.invocations
 
     def init(self) -> None:
         """Lambda's init phase: load the model before the first event."""
         self.handler.ensure_setup()
 
     def invoke(self, task: Task) -> Outcome:
-        from conveyor.deadline import Deadline
-        from conveyor.events import load_event
-        from conveyor.logs import bound_request_id
-        from conveyor.platform import Platform
-        from conveyor.process import Job, run_event
-
-        self.invocations += 1
-        budget = max(1.0, self.dep.timeout - self.dep.config.timeout_threshold)
-        job = Job(
-            config=self.dep.config,
-            platform=Platform.LAMBDA,
-            handler=self.handler,
-            stores=self.stores,
-            base_env=self.base_env,
-            scratch_dir=self.scratch,
-            request_id=task.id,
-            deadline=Deadline.after(budget),
-            shutdown=self.shutdown,
-            extra={"function_name": self.dep.config.name, "memory_limit_in_mb": 1024},
-        )
-        facts = {"environment": self.name, "invocation": self.invocations, "pid": os.getpid()}
-        before = set(self.scratch.iterdir())
+        context = LocalContext(aws_request_id=task.id, function_name=self.dep.config.name,
+                               log_stream_name=f"local/[$LATEST]{self.name}", timeout=self.function_timeout)
         try:
-            with bound_request_id(task.id):
-                event = load_event(task.event)
-                records = [r.to_dict() for r in run_event(job, event)]
+            invoked = self.app.invoke(task.event, context)
         except ConveyorError as exc:
-            return Outcome(exit_code=exc.exit_code, error=f"{exc.kind}: {exc.message}", facts=self._facts(facts))
-        finally:
-            for leftover in set(self.scratch.iterdir()) - before:  # what the invocation left in /tmp
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
+            return Outcome(exit_code=exc.exit_code, error=f"{exc.kind}: {exc.message}", facts=self._facts())
+        records = [r.to_dict() for r in invoked.records]
         failed = [r for r in records if r.get("status") == "FAILED"]
         code = exit_code_for((failed[0].get("error") or {}).get("kind")) if failed else 0
-        return Outcome(exit_code=code, records=records, facts=self._facts(facts))
+        return Outcome(exit_code=code, records=records, facts=self._facts())
 
-    def _facts(self, facts: dict[str, Any]) -> dict[str, Any]:
-        facts["setups"] = self.setups
+    def _facts(self) -> dict[str, Any]:
+        facts = {"environment": self.name, "invocation": self.invocations, "pid": os.getpid(), "setups": self.setups}
         loads = getattr(self.handler, "loads", None)
         if isinstance(loads, int):
             facts["model_loads"] = loads
@@ -450,16 +458,17 @@ class WarmExecutor(Executor):
 # -- --docker: the model image per event ----------------------------------------------------------
 
 
-def docker_client(image: str) -> Any:
-    """A client for a Docker engine that answers and holds `image`; LocalRunError (with the fix) if not."""
+def docker_client(image: str, environ: Mapping[str, str]) -> Any:
+    """A client for the Docker engine `environ` names (DOCKER_HOST, DOCKER_TLS_VERIFY ...) that answers
+    and holds `image`; LocalRunError (with the fix) if not."""
     try:
         import docker
         from docker.errors import DockerException, ImageNotFound
     except ImportError:
         raise LocalRunError("--docker needs the Docker SDK: pip install 'conveyor-runtime[docker]'") from None
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        client = docker.from_env(timeout=30)
+        client = docker.from_env(timeout=30, environment=dict(environ))
         client.ping()
     except DockerException as exc:
         raise LocalRunError(f"--docker: no Docker engine answers at {where} ({_short(exc)}); start one, "
@@ -488,7 +497,7 @@ class DockerExecutor(Executor):
 
     def start(self) -> None:
         if self.client is None:
-            self.client = docker_client(self.image)
+            self.client = docker_client(self.image, self.dep.environ)
 
     def run(self, task: Task, started: Callable[[str], None]) -> Outcome:
         from docker.errors import DockerException

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from conveyor.child import tail
 from conveyor.errors import ConveyorError, StorageError
 from conveyor.local import definition as defs
 from conveyor.local.executors import (
@@ -55,12 +56,16 @@ from conveyor.local.executors import (
 from conveyor.local.progress import Progress, Task, TaskState
 from conveyor.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
 from conveyor.outputs import safe_file_name
+from conveyor.records import results_in, uploads_in
 
-log = logging.getLogger("conveyor.local")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
-STORAGE_ATTEMPTS = 5  # tries of the loop's own S3 steps (drop folder upload, results copy), 1+2+4+8 s apart
+# Pauses between the tries of the loop's own S3 steps (drop folder upload, results copy, withdrawal):
+# 5 tries in all, 1+2+4+8 s apart.
+STORAGE_BACKOFF = (1.0, 2.0, 4.0, 8.0)
+JOB_LOG_TAIL = 4096  # bytes of a dead job's log kept in the record the loop writes for it
 MAX_RESTARTS = 5  # S3 server restarts allowed within RESTART_WINDOW seconds
 RESTART_WINDOW = 60.0
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -83,6 +88,7 @@ class LocalOptions:
     json_summary: bool = False
     verbose: bool = False
     event_wait: float = 30.0  # --once: how long an uploaded file may wait for its notification
+    storage_backoff: tuple[float, ...] = STORAGE_BACKOFF  # pauses between tries of the loop's own S3 steps
 
 
 class _Stop(BaseException):
@@ -199,7 +205,7 @@ class LocalRun:
         if opts.docker:
             if self.image is None:
                 raise LocalRunError("--docker with --config needs --image (the model image to run)")
-            self._docker = docker_client(self.image)  # before anything starts: no engine, no run
+            self._docker = docker_client(self.image, self.environ)  # before anything starts: no engine, no run
         if not opts.docker:  # a model image brings its own files
             self._prepare_model(doc, handler)
         self._doc = doc
@@ -484,14 +490,15 @@ class LocalRun:
                 return record
         except Exception as exc:  # absent (the job died before writing it), or unreadable
             log.debug("no record for job %s in %s/%s: %s", task.id, defs.STATUS_BUCKET, status_key, exc)
-        for record in _records_in_log(task.log_path):
+        for record in results_in(task.log_path):
             if record.get("request_id") == task.id and (record.get("input") or {}).get("key") == task.key:
                 return record
-        tail = _tail(task.log_path) if task.log_path and task.log_path.name != "conveyor.log" else ""
+        # The end of the dead job's own log (not of conveyor.log, which every lambda environment shares).
+        end = tail(task.log_path, JOB_LOG_TAIL) if task.log_path and task.log_path.name != "conveyor.log" else ""
         code = outcome.exit_code
         ended = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
         reason = outcome.error or f"the job {ended} before writing a result record"
-        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        last = next((line for line in reversed(end.splitlines()) if line.strip()), "")
         record = {
             "status": "FAILED",
             "input": {"bucket": task.bucket, "key": task.key, "size": task.size},
@@ -499,13 +506,13 @@ class LocalRun:
             "request_id": task.id,
             "exit_code": outcome.exit_code,
             "error": {"kind": "local", "message": f"{reason}: {last}" if last else reason},
-            "log_tail": tail,
+            "log_tail": end,
             "outputs": [],
             "timings": {},
         }
         # A job killed between its uploads and its record published outputs that no record will
         # claim: a FAILED input keeps none, so remove what its log says it uploaded.
-        withdrawn, left = self._withdraw(_uploads_in_log(task.log_path, task.id))
+        withdrawn, left = self._withdraw(uploads_in(task.log_path, task.id))
         record["extra"] = {name: targets for name, targets in (("withdrawn", withdrawn), ("not_withdrawn", left))
                            if targets}
         return record
@@ -538,16 +545,18 @@ class LocalRun:
 
     def _patiently(self, step: Callable[[], T], retry: Callable[[Exception], bool]) -> T:
         """Run one of the loop's own S3 steps; while it fails in a way `retry` accepts (the S3 server
-        is restarting, say), try again, up to STORAGE_ATTEMPTS times in all, unless the loop is stopping."""
-        for attempt in range(1, STORAGE_ATTEMPTS + 1):
+        is restarting, say), try again after each pause of `storage_backoff` (once more than it has
+        pauses in all), unless the loop is stopping."""
+        pauses = self.opts.storage_backoff
+        attempts = len(pauses) + 1
+        for attempt in range(1, attempts + 1):
             try:
                 return step()
             except Exception as exc:
-                if attempt == STORAGE_ATTEMPTS or self._stopping.is_set() or not retry(exc):
+                if attempt == attempts or self._stopping.is_set() or not retry(exc):
                     raise
-                log.info("%s; trying again (%d of %d)", " ".join(str(exc).split())[:200], attempt + 1,
-                         STORAGE_ATTEMPTS)
-                self._stopping.wait(min(2.0 ** (attempt - 1), 8.0))
+                log.info("%s; trying again (%d of %d)", " ".join(str(exc).split())[:200], attempt + 1, attempts)
+                self._stopping.wait(pauses[attempt - 1])
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _download(self, outputs: list[str], target: Path) -> list[Path]:
@@ -751,40 +760,6 @@ def _signal_name(number: int) -> str:
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _logged(path: Path | None, marker: str, request_id: str | None = None) -> list[str]:
-    """What follows `marker` on each line of a job's log (only lines tagged "[<request_id>]" if given)."""
-    if path is None or not path.is_file():
-        return []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return [line.split(marker, 1)[1].rstrip("\n") for line in fh
-                if marker in line and (request_id is None or f"[{request_id}]" in line)]
-
-
-def _records_in_log(path: Path | None) -> list[dict[str, Any]]:
-    found = []
-    for text in _logged(path, " conveyor: result "):
-        try:
-            found.append(json.loads(text))
-        except ValueError:
-            continue
-    return found
-
-
-def _uploads_in_log(path: Path | None, request_id: str) -> list[str]:
-    """The "bucket/key" targets a job logged as uploaded ("... [<request id>] conveyor: uploaded b/k")."""
-    return _logged(path, " conveyor: uploaded ", request_id)
-
-
-def _tail(path: Path, limit: int = 4096) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - limit))
-            return fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def _write_private(path: Path, text: str) -> None:

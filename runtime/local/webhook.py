@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote_plus
 
-log = logging.getLogger("conveyor.local")
+log = logging.getLogger(__name__)
 
 BUCKETS_ROOT = "/buckets/"
 MULTIPART_DIR = ".uploads"

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from conveyor.records import results_in
+
 CONVEYOR = [sys.executable, "-m", "conveyor"]
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -142,13 +144,8 @@ class Deployment:
 
 
 def records(stderr: bytes) -> list[dict[str, Any]]:
-    """The result records: the JSON after 'result ' on Conveyor's log lines."""
-    found = []
-    for line in stderr.decode(errors="replace").splitlines():
-        marker = " conveyor: result "
-        if marker in line:
-            found.append(json.loads(line.split(marker, 1)[1]))
-    return found
+    """The result records Conveyor logged (the record protocol's result lines)."""
+    return results_in(stderr)
 
 
 def keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
