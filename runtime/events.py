@@ -65,14 +65,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import mimetypes
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 from urllib.parse import unquote_plus
 
 from conveyor.errors import EventError
-from conveyor.media import sniff
+from conveyor.media import extension_for, sniff
 
 
 @dataclass(frozen=True)
@@ -595,33 +594,6 @@ def _inline(data: bytes, content_type: str | None = None, *, is_json: bool | Non
 
 # Content-Types that say nothing about the format.
 _GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "text/plain", "application/x-www-form-urlencoded"}
-_TYPE_EXTENSIONS = {
-    "image/jpeg": ".jpg",
-    "image/jpg": ".jpg",
-    "image/png": ".png",
-    "image/tiff": ".tiff",
-    "audio/mpeg": ".mp3",
-    "audio/wav": ".wav",
-    "audio/x-wav": ".wav",
-    "audio/wave": ".wav",
-    "audio/flac": ".flac",
-    "audio/ogg": ".ogg",
-    "video/mp4": ".mp4",
-    "application/gzip": ".gz",
-    "application/x-gzip": ".gz",
-    "application/json": ".json",
-    "text/csv": ".csv",
-    "text/yaml": ".yaml",
-    "application/x-yaml": ".yaml",
-}
-# Built-in table only (no /etc/mime.types), so names do not depend on the machine.
-_MIME = mimetypes.MimeTypes()
-_EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
-
-
-def _type_extension(media: str) -> str | None:
-    ext = _TYPE_EXTENSIONS.get(media) or _MIME.guess_extension(media, strict=False)
-    return ext if ext and _EXTENSION.fullmatch(ext) else None
 
 
 def _sniff(data: bytes, content_type: str | None, is_json: bool | None) -> tuple[str, str]:
@@ -631,7 +603,7 @@ def _sniff(data: bytes, content_type: str | None, is_json: bool | None) -> tuple
         return magic
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media and media not in _GENERIC_TYPES:
-        ext = _type_extension(media)
+        ext = extension_for(media)
         if ext:
             return ext, media
     try:

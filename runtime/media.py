@@ -1,6 +1,10 @@
-"""Content sniffing: what a file is, from its first bytes (magic numbers), as (extension, media type)."""
+"""What a file is: from its first bytes (magic numbers) as (extension, media type), and the file
+extension for a media type. The one place Conveyor knows formats."""
 
 from __future__ import annotations
+
+import mimetypes
+import re
 
 HEAD_BYTES = 32  # the most sniff() looks at
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
@@ -46,3 +50,46 @@ def sniff(head: bytes) -> tuple[str, str] | None:
     if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return ".bmp", "image/bmp"
     return None
+
+
+# mimetypes knows most, but not all, of what models and clients send; these win over it.
+_TYPE_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/png": ".png",
+    "image/tiff": ".tiff",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/ogg": ".ogg",
+    "video/mp4": ".mp4",
+    "application/zip": ".zip",
+    "application/x-zip-compressed": ".zip",
+    "application/gzip": ".gz",
+    "application/x-gzip": ".gz",
+    "application/pdf": ".pdf",
+    "application/json": ".json",
+    "text/plain": ".txt",
+    "text/csv": ".csv",
+    "text/yaml": ".yaml",
+    "application/x-yaml": ".yaml",
+}
+# Built-in table only (no /etc/mime.types), so names do not depend on the machine.
+_MIME = mimetypes.MimeTypes()
+_EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type value, lower case, without parameters ("" for None)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def extension_for(content_type: str | None) -> str | None:
+    """The file extension for a Content-Type (".jpg" for "image/jpeg; q=1"), or None when unknown."""
+    kind = media_type(content_type)
+    if not kind:
+        return None
+    ext = _TYPE_EXTENSIONS.get(kind) or _MIME.guess_extension(kind, strict=False)
+    return ext if ext and _EXTENSION.fullmatch(ext) else None

@@ -20,7 +20,7 @@ from conveyor.errors import ConveyorError, DelegationError, HandlerError, Handle
 from conveyor.events import load_event
 from conveyor.handler import Invocation
 from conveyor.platform import Platform
-from conveyor.records import Status
+from conveyor.records import Status, results_in
 from tests.support.inprocess import (
     FakeBatch,
     FakeContext,
@@ -138,9 +138,8 @@ def test_result_record_fields(pipe: Pipeline, caplog: pytest.LogCaptureFixture) 
     assert datetime.fromisoformat(first.started_at) <= datetime.fromisoformat(second.started_at)
     assert first.extra == {"attempt": 2, "warm_start": False, "model": "v1"}
     assert second.extra["warm_start"] is True and pipe.handler.setups == 1
-    # The record protocol: one log line per record, "result <json>", the same document.
-    lines = [r.getMessage() for r in caplog.records]
-    logged = [json.loads(line[len("result "):]) for line in lines if line.startswith("result ")]
+    # The record protocol (conveyor.records): one log line per record, the same document.
+    logged = results_in([r.getMessage() for r in caplog.records])
     assert logged == [json.loads(first.to_json()), json.loads(second.to_json())]
 
 

@@ -19,8 +19,9 @@ from conveyor.errors import ConfigError, HandlerError, NoOutputError
 from conveyor.handler import Invocation
 from conveyor.handlers.deepaas.child_modes import PREDICT, child_env
 from conveyor.handlers.deepaas.model_log import last_error
-from conveyor.handlers.deepaas.results import JSON_TYPES, close_quietly, media, write_result
+from conveyor.handlers.deepaas.results import JSON_TYPES, close_quietly, write_result
 from conveyor.handlers.deepaas.selection import KEY
+from conveyor.media import media_type
 
 
 def predict(inv: Invocation, copy: Path, stem: str, *, model_name: str | None, accept: str | None) -> tuple[Path, int]:
@@ -50,7 +51,7 @@ def predict(inv: Invocation, copy: Path, stem: str, *, model_name: str | None, a
     if not written:
         raise NoOutputError(f"{PREDICT} wrote no result")
     path = written[0]
-    if media(content_type) in JSON_TYPES or path.suffix == ".json":
+    if media_type(content_type) in JSON_TYPES or path.suffix == ".json":
         text = path.read_text(encoding="utf-8")
         try:
             result: Any = ast.literal_eval(text.strip())

@@ -18,47 +18,16 @@ import datetime
 import io
 import json
 import math
-import mimetypes
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from conveyor.errors import HandlerError, NoOutputError
+from conveyor.media import extension_for, media_type, sniff
 
 JSON_TYPES = {"application/json", "*/*", "text/json"}
 
-# mimetypes knows most, but not all, of what models answer with; these win over it.
-EXTENSIONS = {
-    "image/jpeg": ".jpg",
-    "image/png": ".png",
-    "image/tiff": ".tif",
-    "application/zip": ".zip",
-    "application/x-zip-compressed": ".zip",
-    "application/gzip": ".gz",
-    "application/pdf": ".pdf",
-    "text/plain": ".txt",
-    "text/csv": ".csv",
-    "audio/wav": ".wav",
-    "audio/x-wav": ".wav",
-    "audio/mpeg": ".mp3",
-    "video/mp4": ".mp4",
-}
-MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"GIF87a", ".gif"),
-    (b"GIF89a", ".gif"),
-    (b"PK\x03\x04", ".zip"),
-    (b"PK\x05\x06", ".zip"),
-    (b"%PDF-", ".pdf"),
-    (b"\x1f\x8b", ".gz"),
-    (b"II*\x00", ".tif"),
-    (b"MM\x00*", ".tif"),
-    (b"OggS", ".ogg"),
-    (b"fLaC", ".flac"),
-    (b"ID3", ".mp3"),
-)
 SNIFF_BYTES = 4096
 
 
@@ -71,7 +40,7 @@ def write_result(result: Any, output_dir: Path, stem: str, accept: str | None = 
         with open(result.filename, "rb") as fh:
             return write_result(fh, output_dir, stem, accept)
     if isinstance(result, str):
-        ext = accept_extension(accept) if media(accept).startswith("text/") else None
+        ext = accept_extension(accept) if media_type(accept).startswith("text/") else None
         if ext is None:
             ext = ".json" if _parses_as_json(result) else ".txt"
         target = output_dir / f"{stem}{ext}"
@@ -121,14 +90,11 @@ def _write_stream(stream: Any, output_dir: Path, stem: str, accept: str | None) 
 
 
 def sniff_extension(head: bytes) -> str | None:
-    """An extension from a file's first bytes, or None when they say nothing we know."""
-    for magic, ext in MAGIC:
-        if head.startswith(magic):
-            return ext
-    if head[:4] == b"RIFF" and head[8:12] in (b"WAVE", b"WEBP"):
-        return ".wav" if head[8:12] == b"WAVE" else ".webp"
-    if head[4:8] == b"ftyp":
-        return ".mp4"
+    """An extension from a file's first bytes (conveyor.media knows the binary formats; text is
+    .json or .txt), or None when they say nothing we know."""
+    known = sniff(head)
+    if known is not None:
+        return known[0]
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:  # (a multi-byte character cut at SNIFF_BYTES: too rare to matter)
@@ -140,17 +106,13 @@ def sniff_extension(head: bytes) -> str | None:
     return ".txt"
 
 
-def media(content_type: str | None) -> str:
-    """The media type of a content type, lower case, without parameters ("" for None)."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
 
 def accept_extension(accept: str | None) -> str | None:
     """The extension for a non-JSON accepted type; None for JSON, */* or nothing."""
-    kind = media(accept)
+    kind = media_type(accept)
     if not kind or kind in JSON_TYPES:
         return None
-    return EXTENSIONS.get(kind) or mimetypes.guess_extension(kind, strict=False)
+    return extension_for(kind)
 
 
 def _parses_as_json(text: str) -> bool:

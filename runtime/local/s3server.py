@@ -54,6 +54,7 @@ from pathlib import Path
 from types import TracebackType
 
 from conveyor.errors import StorageError
+from conveyor.procgroup import signal_group
 
 GRPC_OFFSET = 10000  # SeaweedFS convention: grpc port = http port + 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # each gets -<c>.port and -<c>.port.grpc
@@ -295,12 +296,12 @@ class SeaweedServer:
         grace = self.stop_grace if grace is None else grace
         try:
             if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
                 if not _wait_exited(proc.pid, grace):
-                    _signal_group(proc.pid, signal.SIGKILL)
+                    signal_group(proc.pid, signal.SIGKILL)
                     _wait_exited(proc.pid, 10)
                 # The unreaped leader still holds the group id: sweep any member it left behind.
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         finally:
             self._proc = None
@@ -566,9 +567,3 @@ def _wait_exited(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.02)
 
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
