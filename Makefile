@@ -33,7 +33,7 @@ lint: $(STAMP) ## Lint: ruff, the layering contracts (.importlinter) and mypy on
 	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)
 	cp -r runtime $(LINT_TREE)/conveyor && cp -r handlers $(LINT_TREE)/conveyor/handlers
 	cp -r entrypoints $(LINT_TREE)/conveyor/entrypoints
-	PYTHONPATH=$(LINT_TREE) $(BIN)/lint-imports --config .importlinter
+	PYTHONPATH=$(LINT_TREE) $(BIN)/lint-imports .importlinter
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../setup.cfg -p conveyor 2>&1 \
 	  | sed -e 's#^conveyor/handlers/#handlers/#; t' -e 's#^conveyor/entrypoints/#entrypoints/#; t' -e 's#^conveyor/#runtime/#'; \
 	  exit $${PIPESTATUS[0]}

@@ -183,7 +183,7 @@ def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: boo
         if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):
             message = f"cannot start {argv[0]!r}: working directory {os.fspath(cwd)!r}: {exc.strerror}"
         else:
-            message = f"cannot start {argv[0]!r}: {_SPAWN_REASONS.get(exc.errno, exc.strerror or str(exc))}"
+            message = f"cannot start {argv[0]!r}: {_SPAWN_REASONS.get(exc.errno or 0, exc.strerror or str(exc))}"
         raise HandlerError(message, command=argv[0], errno=exc.errno) from exc
     except (ValueError, TypeError) as exc:  # NUL bytes, non-str values in env or argv
         message = f"cannot start {argv[0]!r}: invalid argument or environment ({exc})"

@@ -47,7 +47,7 @@ BUILTIN = {
 class Invocation:
     """Everything a handler may use for one record. Built fresh by the pipeline per record."""
 
-    input: "Input"  # the ObjectRef or InlineInput being processed
+    input: "Input | None"  # the ObjectRef or InlineInput being processed; None: a run without input
     input_path: Path | None  # the local copy, original name kept; None with file_stage_in
     input_dir: Path  # TMP_INPUT_DIR
     output_dir: Path  # TMP_OUTPUT_DIR: everything written here is offered to the outputs

@@ -11,6 +11,7 @@ Conveyor's): it imports nothing of Conveyor's and keeps to the Python 3.6 langua
 import json
 import os
 import sys
+from typing import Any
 
 
 def _as_with_dash_c():
@@ -25,7 +26,7 @@ def main():
 
     want = sys.argv[1] if len(sys.argv) > 1 else ""
     models = loading.get_available_models("v2")
-    out = {"names": sorted(models), "model": None, "fields": None}
+    out: dict[str, Any] = {"names": sorted(models), "model": None, "fields": None}
     if not want and len(models) == 1:
         want = next(iter(models))
     if want in models:

@@ -7,6 +7,7 @@ ignored; a wrong type fails with the key path and the source named.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def load_config(
     environ: Mapping[str, str],
     platform: Platform | str,
-    path: str | Path | None = None,
+    path: str | os.PathLike[str] | None = None,
     read_file: ReadFile | None = None,
     secrets_dir: str | Path | None = MINIO_SECRETS_DIR,
 ) -> FunctionConfig:

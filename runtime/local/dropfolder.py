@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class DropFolder:
         self._uploading = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._observer = None
+        self._observer: Any = None  # a watchdog Observer once started
         self._thread: threading.Thread | None = None
 
     def start(self) -> DropFolder:

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -418,10 +419,12 @@ class LocalRun:
                 task.state = TaskState.RUNNING
                 self.progress.running(task)
 
+            executor = self.executor
+            assert executor is not None  # started before the workers
             try:
-                outcome = self.executor.run(task, started)
+                outcome = executor.run(task, started)
             except Exception as exc:
-                log.exception("the %s executor failed on %s", self.executor.name, task.key)
+                log.exception("the %s executor failed on %s", executor.name, task.key)
                 outcome = Outcome(error=f"{type(exc).__name__}: {exc}")
             if task.started_at is None:
                 task.started_at = time.monotonic()
@@ -523,8 +526,7 @@ class LocalRun:
         for target in targets:
             bucket, _, key = target.partition("/")
             try:
-                self._patiently(lambda b=bucket, k=key: self.client.delete_object(Bucket=b, Key=k),
-                                retry=lambda exc: True)
+                self._patiently(partial(self.client.delete_object, Bucket=bucket, Key=key), retry=lambda exc: True)
                 removed.append(target)
                 log.warning("withdrew %s: its job died before it recorded a result", target)
             except Exception as exc:

@@ -118,8 +118,8 @@ def object_change(payload: Any, bucket: str) -> ObjectChange | None:
         return None
     if event_type == "update" and _content(entry) == _content(message.get("old_entry")):
         return None
-    attributes = entry.get("attributes") if isinstance(entry.get("attributes"), Mapping) else {}
-    extended = entry.get("extended") if isinstance(entry.get("extended"), Mapping) else {}
+    attributes = _mapping(entry.get("attributes"))
+    extended = _mapping(entry.get("extended"))
     etag = _b64_text(extended.get("Seaweed-X-Amz-ETag")) or _md5_hex(attributes.get("md5"))
     size = attributes.get("file_size")
     mtime_ns = _mtime_ns(attributes)
@@ -136,15 +136,20 @@ def object_change(payload: Any, bucket: str) -> ObjectChange | None:
     )
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _content(entry: Any) -> Any:
     """What identifies an entry's bytes: its chunks' file ids and the size (and inode for empty files)."""
     if not isinstance(entry, Mapping):
         return None
-    chunks = entry.get("chunks") if isinstance(entry.get("chunks"), list) else []
+    chunks = entry.get("chunks")
+    chunks = chunks if isinstance(chunks, list) else []
     ids = [
         [c.get("fid") or c.get("file_id"), c.get("offset", 0), c.get("size")] for c in chunks if isinstance(c, Mapping)
     ]
-    attributes = entry.get("attributes") if isinstance(entry.get("attributes"), Mapping) else {}
+    attributes = _mapping(entry.get("attributes"))
     if ids:
         return [ids, attributes.get("file_size")]
     return [attributes.get("inode"), attributes.get("mtime"), attributes.get("mtime_ns"), attributes.get("md5")]
@@ -261,6 +266,7 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}/seaweedfs"
 
     def start(self) -> WebhookReceiver:
