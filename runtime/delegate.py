@@ -20,7 +20,7 @@ from conveyor.config import FunctionConfig
 from conveyor.errors import DelegationError
 from conveyor.events import Event, Input, ObjectRef
 
-log = logging.getLogger("conveyor")
+log = logging.getLogger(__name__)
 
 # Lambda scratch (/tmp) must also hold the outputs: keep a margin beside the input itself.
 SPACE_MARGIN = 0.9
