@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
@@ -27,6 +27,9 @@ from conveyor.events import load_event, refs_to_json
 from conveyor.local.command import local
 from conveyor.logs import bound_request_id, setup_logging
 from conveyor.platform import Platform, detect_platform
+
+if TYPE_CHECKING:
+    from conveyor.storage import TransferOptions
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,13 @@ def _load(
     return platform, config
 
 
+def transfer_options(environ: Mapping[str, str]) -> TransferOptions:
+    """The stores' settings that come from the environment: the CA bundle of SSL_CERT_FILE."""
+    from conveyor.storage import TransferOptions
+
+    return TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None)
+
+
 def reserve_stdout() -> BinaryIO:
     """Keep the real stdout for the response alone and point fd 1 at stderr.
 
@@ -165,7 +175,6 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     """
     from conveyor.handler import load_handler
     from conveyor.process import Job, Stores, run_event, scratch_dir
-    from conveyor.storage import TransferOptions
 
     environ = dict(os.environ)
     setup_logging(environ.get("LOG_LEVEL", "INFO"))
@@ -174,7 +183,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     if platform is Platform.LAMBDA and event_path is None:
         from conveyor.lambda_runtime import serve
 
-        serve(config, environ)
+        serve(config, environ, transfer_options(environ))
         return
     raw = read_source(event_path) if event_path else choose_payload(_stdin_if_piped(), environ)
     request_id, job_id, extra = _run_identity(platform, environ)
@@ -186,7 +195,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
             config=config,
             platform=platform,
             handler=load_handler(config),
-            stores=Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None)),
+            stores=Stores(config, options=transfer_options(environ)),
             base_env=environ,
             scratch_dir=scratch_dir(environ),
             request_id=request_id,

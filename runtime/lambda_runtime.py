@@ -65,11 +65,12 @@ class LambdaApp:
         batch_client_factory: Callable[[], Any] = batch_client,
         scratch: Path | None = None,
         shutdown: threading.Event | None = None,
+        transfer: TransferOptions | None = None,
     ) -> None:
         self.config = config
         self.base_env = dict(environ)
         self.handler = handler or load_handler(config)
-        self.stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
+        self.stores = Stores(config, options=transfer)
         self.scratch = scratch_dir(environ) if scratch is None else scratch
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.batch_client_factory = batch_client_factory
@@ -197,11 +198,11 @@ def _single_log_handler() -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
-def serve(config: FunctionConfig, environ: Mapping[str, str]) -> None:
+def serve(config: FunctionConfig, environ: Mapping[str, str], transfer: TransferOptions | None = None) -> None:
     """Run the Lambda Runtime API loop until the process is stopped."""
     global _APP
     from awslambdaric import bootstrap
     from awslambdaric.lambda_runtime_client import LambdaRuntimeClient
 
-    _APP = LambdaApp(config, environ)
+    _APP = LambdaApp(config, environ, transfer=transfer)
     bootstrap.run(f"{__name__}.handle", LambdaRuntimeClient(environ["AWS_LAMBDA_RUNTIME_API"]))
