@@ -38,8 +38,10 @@ lint: $(STAMP) ## Lint: ruff, the layering contracts (.importlinter) and mypy on
 	  | sed -e 's#^conveyor/handlers/#handlers/#; t' -e 's#^conveyor/entrypoints/#entrypoints/#; t' -e 's#^conveyor/#runtime/#'; \
 	  exit $${PIPESTATUS[0]}
 
-test: $(STAMP) lint ## Lint, then run the whole test suite
-	$(BIN)/pytest $(PYTEST_ARGS)
+TEST_WORKERS ?= 2
+
+test: $(STAMP) lint ## Lint, then run the whole test suite (TEST_WORKERS=2 processes; the images on one of them)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## In seconds: the in-process pipeline and pure logic (no server, engine, model or process)
 	$(BIN)/pytest --fast $(PYTEST_ARGS)

@@ -55,6 +55,7 @@ E2E_DIRS = ("images", "models")  # tests/images, tests/models: Docker engines an
 
 
 FAST = "not heavy and not e2e"
+IMAGE_FIXTURES = {"client", "images"}  # tests/support/images.py: the Docker engine and the built images
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,6 +89,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or path.parent.name in E2E_DIRS
         ):
             item.add_marker(pytest.mark.e2e)
+        if IMAGE_FIXTURES & set(getattr(item, "fixturenames", ())) or path.parent.name in ("images", "models"):
+            # `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): everything
+            # that needs the images goes to one of them, which builds them once while the other runs the rest.
+            item.add_marker(pytest.mark.xdist_group("images"))
     apply_marks(items)  # requirement(reason) marks: skip locally ...
 
 

@@ -516,7 +516,7 @@ def docker_image_missing(image: str) -> str | None:
     return None
 
 
-def test_docker_runs_the_image_per_event(tmp_path: Path) -> None:
+def test_docker_runs_the_image_per_event(tmp_path: Path, images: dict) -> None:
     if reason := docker_image_missing("conveyor/base"):
         missing(reason)
     root = tmp_path / "run"

@@ -46,7 +46,7 @@ def ensure_rie(cache: Path = CACHE) -> Path:
         )
         [wheel] = Path(tmp).glob("aws_sam_cli-*.whl")
         with zipfile.ZipFile(wheel) as zf, zf.open(WHEEL_MEMBER) as src:
-            partial = cache / (binary.name + ".part")
+            partial = Path(tmp) / binary.name  # private to this process: xdist workers may race here
             partial.write_bytes(src.read())
         partial.chmod(0o755)
         partial.replace(binary)
