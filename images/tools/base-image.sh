@@ -63,9 +63,22 @@ if [ "$force" = 1 ] || [ ! -s "$tarball" ]; then
     trap remove_rootfs EXIT
     log "debootstrap $suite minbase from $DEBIAN_MIRROR (+ $packages)"
     start=$(date +%s)
-    debootstrap --variant=minbase --include="$packages" --components=main \
-        --cache-dir="$cache/debs" "$suite" "$rootfs" "$DEBIAN_MIRROR" >"$cache/debootstrap.log" 2>&1 \
-        || { tail -20 "$cache/debootstrap.log" >&2; log "debootstrap failed (full log: $cache/debootstrap.log)"; exit 1; }
+    # A mirror caught mid-update answers with a Release file whose signature does not check out
+    # ("Invalid Release signature"): seen once in CI, gone a minute later. Try up to three times.
+    for attempt in 1 2 3; do
+        if debootstrap --variant=minbase --include="$packages" --components=main \
+            --cache-dir="$cache/debs" "$suite" "$rootfs" "$DEBIAN_MIRROR" >"$cache/debootstrap.log" 2>&1; then
+            break
+        fi
+        tail -20 "$cache/debootstrap.log" >&2
+        if [ "$attempt" = 3 ]; then
+            log "debootstrap failed (full log: $cache/debootstrap.log)"
+            exit 1
+        fi
+        log "debootstrap failed (attempt $attempt of 3): trying again in $(( attempt * 20 )) s"
+        remove_rootfs
+        sleep $(( attempt * 20 ))
+    done
     log "debootstrap took $(( $(date +%s) - start )) s"
     unmount_rootfs
     # apt inside the image uses the same mirror as this machine.

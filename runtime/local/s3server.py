@@ -418,7 +418,7 @@ class SeaweedServer:
             self._wait_ready(started)
             if self.webdav:
                 self._wait_webdav(started)
-            self._configure_filer()
+            self._configure_filer(started)
             self._create_buckets()
         except BaseException:
             self.stop(grace=2.0)
@@ -481,7 +481,7 @@ class SeaweedServer:
             return False
         return True
 
-    def _configure_filer(self) -> None:
+    def _configure_filer(self, started: float) -> None:
         """Every bucket writes into one collection (`shared_collection`) instead of one of its own:
         by default each new bucket costs a fresh volume (0.2 s on its first write, and the volume
         count is bounded), which a test suite creating a bucket per test soon exhausts. The filer
@@ -495,11 +495,17 @@ class SeaweedServer:
             method="PUT",
             headers={"Content-Type": "application/octet-stream"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=10):
-                pass
-        except (urllib.error.URLError, OSError) as exc:
-            raise SeaweedError(f"cannot write filer.conf to {self.filer_url}: {exc}") from exc
+        # A filer restarting on existing data (or on a loaded machine) may time out the first write:
+        # keep trying until the start-up deadline.
+        deadline = started + self.startup_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    return
+            except (urllib.error.URLError, OSError) as exc:
+                if time.monotonic() + 1 > deadline or (self._proc is not None and self._proc.poll() is not None):
+                    raise SeaweedError(f"cannot write filer.conf to {self.filer_url}: {exc}") from exc
+            time.sleep(0.5)
 
     def _create_buckets(self) -> None:
         """The `buckets` asked for (weed's own -bucket flag creates them asynchronously, after readiness)."""
