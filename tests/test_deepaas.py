@@ -509,6 +509,19 @@ def test_args_checks_shared_by_every_mode(make_handler, invocation, media, mode)
         assert caught.value.context["key"] == f"conveyor.handler.{key}"
 
 
+def test_an_accept_the_model_refuses_is_refused_alike(make_handler, invocation):
+    """`accept` is checked against the model's choices in cli mode too, even with file_arg set."""
+    messages = []
+    for mode in ("cli", "warm"):
+        handler = make_handler(mode=mode, model="conveyor-demo", file_arg="image", accept="audio/ogg")
+        with pytest.raises(ConfigError) as caught:
+            run(handler, invocation())
+        assert caught.value.context["key"] == "conveyor.handler.accept"
+        messages.append(caught.value.message)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("key 'conveyor.handler.accept': model 'conveyor-demo' rejects it: accept: Must be")
+
+
 def test_the_probe_checks_args_in_the_models_python(tmp_path):
     """cli mode's probe loads args through the model's schema itself (it may not import Conveyor)."""
     from conveyor.handlers.deepaas.cli import PROBE_SCRIPT

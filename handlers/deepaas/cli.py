@@ -3,7 +3,7 @@ per record, in a child process.
 
 The child runs through Invocation.run_child: own process group, deadline, SIGTERM grace, output to
 inv.log_file. DEEPAAS_V2_MODEL selects the model (the only selector deepaas-cli honours: it picks its
-model at import time, before --model-name is parsed). Unless `file_arg` is set and `args` is empty, the
+model at import time, before --model-name is parsed). Unless `file_arg` is set and `args`, `accept` unset, the
 first record also runs a short probe (probe.py, about as long as one call) with the same interpreter, to
 learn the model's name and file argument, check `args` and `accept` against the model's own schema (as
 warm mode does: deepaas-cli's argparse alone takes an int out of its range), and fail clearly when
@@ -69,7 +69,7 @@ def find_model(
     """The model deepaas-cli will run and its file argument: from the options when `file_arg` is set, else
     from the probe."""
     work, env, cli_path, python = _deepaas_cli(inv, model_name)
-    if file_arg and not args:  # nothing to find out or check: save the probe's second of imports
+    if file_arg and not args and not accept:  # nothing to find out or check: save the probe's second
         return Model(model_name or "", file_arg)
     if python is None:
         if file_arg:
