@@ -4,6 +4,7 @@ The plugins live in tests/plugins/ and are installed (editable) by `make install
     conveyor-demo      JSON / text / PNG / ZIP results, PNG and ZIP as BytesIO or as an open file
     conveyor-echo      echoes its arguments (file argument `audio`)
     conveyor-broken    raises; conveyor-deleter deletes its input; conveyor-sleeper sleeps
+    conveyor-triple    the ai4os demo app's shape: three required file arguments, a ranged int
 so "several models installed at once" is the normal state here: every handler names its model,
 except in the tests of the unnamed case. Child-process modes (cli, predict) cost about 0.7 s per
 call (deepaas's imports), so each is exercised a few times, not in every combination.
@@ -16,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,7 +47,8 @@ pytestmark = [
 
 PLUGINS = Path(__file__).parent / "plugins"
 PLUGIN_PROJECTS = [PLUGINS / "conveyor-demo-model", PLUGINS / "conveyor-test-models"]
-MODELS = {"conveyor-demo", "conveyor-echo", "conveyor-broken", "conveyor-deleter", "conveyor-sleeper"}
+MODELS = {"conveyor-demo", "conveyor-echo", "conveyor-broken", "conveyor-deleter", "conveyor-sleeper",
+          "conveyor-triple"}
 VENV_BIN = Path(sys.executable).parent
 PATH = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", os.defpath)])
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -402,6 +405,133 @@ def test_predict_several_models_by_name_and_unnamed(make_handler, invocation):
     assert facts["model"] == "conveyor-echo"
     with pytest.raises(HandlerError, match="several models available"):
         run(make_handler(mode="predict"), invocation())
+
+
+# --- several file arguments (the ai4os demo app's shape), and args checked alike in every mode ----------
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20
+MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 20
+
+
+@pytest.fixture
+def media(tmp_path, monkeypatch):
+    """An audio and a video file in the working directory, named relatively in args as a user would."""
+    folder = tmp_path / "cwd"
+    (folder / "media").mkdir(parents=True)
+    (folder / "media" / "song.wav").write_bytes(WAV)
+    (folder / "media" / "clip.mp4").write_bytes(MP4)
+    monkeypatch.chdir(folder)
+    return {"audio": "media/song.wav", "video": "media/clip.mp4"}
+
+
+def triple_facts(path: Path) -> dict:
+    import hashlib
+
+    facts = json.loads(path.read_text(encoding="utf-8"))
+    expected = {"image": ("cat.png", PNG + DATA, "image/png"), "audio": ("song.wav", WAV, "audio/x-wav"),
+                "video": ("clip.mp4", MP4, "video/mp4")}
+    for name, (file_name, data, content_type) in expected.items():
+        assert facts[name] == {"file_name": file_name, "size": len(data), "content_type": content_type,
+                               "sha256": hashlib.sha256(data).hexdigest()}, name
+    return facts
+
+
+@pytest.mark.parametrize("mode", ["warm", "cli"])
+def test_three_file_arguments_reach_the_model_as_uploads(make_handler, invocation, media, mode):
+    """The input goes to the one file argument args leaves out (image); audio and video are paths in args."""
+    handler = make_handler(mode=mode, model="conveyor-triple", args={**media, "intensity": 7})
+    out = run(handler, invocation(name="cat.png", data=PNG + DATA))
+    assert out.name == "cat.json"
+    facts = triple_facts(out)
+    assert (facts["intensity"], facts["flavour"]) == (7, "plain")
+    assert handler._model is not None and handler._model.file_arg == "image"
+    assert (Path("media/song.wav").read_bytes(), Path("media/clip.mp4").read_bytes()) == (WAV, MP4)
+
+
+def test_three_file_arguments_same_output_in_warm_and_cli(make_handler, invocation, media):
+    outputs = []
+    for mode in ("warm", "cli"):
+        handler = make_handler(mode=mode, model="conveyor-triple", file_arg="image", args=media)
+        outputs.append(run(handler, invocation(name="cat.png", data=PNG + DATA)).read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "said"),
+    [
+        ({"intensity": 500}, "intensity",
+         "intensity: Must be greater than or equal to 1 and less than or equal to 100."),
+        ({"intensity": "lots"}, "intensity", "intensity: Not a valid integer."),
+        ({"flavour": "sour"}, "flavour", "flavour: Must be one of: plain, spicy."),
+    ],
+)
+def test_args_are_refused_alike_in_every_mode(make_handler, invocation, media, extra, key, said):
+    """The model's own schema decides, before it runs, in warm and cli mode alike: one message, exit 78."""
+    messages = []
+    for mode in ("cli", "warm"):
+        handler = make_handler(mode=mode, model="conveyor-triple", file_arg="image", args={**media, **extra})
+        inv = invocation(name="cat.png", data=PNG + DATA)
+        with pytest.raises(ConfigError) as caught:
+            run(handler, inv)
+        assert caught.value.exit_code == 78
+        assert caught.value.context["key"] == f"conveyor.handler.args.{key}"
+        assert list(inv.output_dir.iterdir()) == []
+        messages.append(caught.value.message)
+    assert messages[0] == messages[1]
+    assert messages[0] == f"key 'conveyor.handler.args.{key}': model 'conveyor-triple' rejects it: {said}"
+    # deepaas-predict passes no predict arguments at all: refused as a configuration error too
+    with pytest.raises(ConfigError, match=r"conveyor\.handler\.args.*deepaas-predict cannot pass"):
+        make_handler(mode="predict", model="conveyor-triple", args={**media, **extra})
+
+
+@pytest.mark.parametrize("mode", ["warm", "cli"])
+def test_a_missing_file_argument_path_is_a_clear_error(make_handler, invocation, media, mode):
+    args = {**media, "video": "media/gone.mp4"}
+    handler = make_handler(mode=mode, model="conveyor-triple", file_arg="image", args=args)
+    with pytest.raises(ConfigError) as caught:
+        run(handler, invocation(name="cat.png", data=PNG + DATA))
+    assert caught.value.context["key"] == "conveyor.handler.args.video"
+    assert "file argument 'video' does not exist" in caught.value.message
+    assert str(Path.cwd() / "media" / "gone.mp4") in caught.value.message
+
+
+@pytest.mark.parametrize("mode", ["warm", "cli"])
+def test_args_checks_shared_by_every_mode(make_handler, invocation, media, mode):
+    options = {"mode": mode, "model": "conveyor-triple", "file_arg": "image"}
+    cases = [
+        ({**media, "image": "media/clip.mp4"}, "args.image", "gets the record's input file"),
+        ({**media, "volume": 3}, "args.volume", "no predict argument(s) volume"),
+        ({**media, "audio": 12}, "args.audio", "give it a file path"),
+    ]
+    for args, key, match in cases:
+        with pytest.raises(ConfigError, match=re.escape(match)) as caught:
+            run(make_handler(**options, args=args), invocation(name="cat.png", data=PNG + DATA))
+        assert caught.value.context["key"] == f"conveyor.handler.{key}"
+
+
+def test_an_accept_the_model_refuses_is_refused_alike(make_handler, invocation):
+    """`accept` is checked against the model's choices in cli mode too, even with file_arg set."""
+    messages = []
+    for mode in ("cli", "warm"):
+        handler = make_handler(mode=mode, model="conveyor-demo", file_arg="image", accept="audio/ogg")
+        with pytest.raises(ConfigError) as caught:
+            run(handler, invocation())
+        assert caught.value.context["key"] == "conveyor.handler.accept"
+        messages.append(caught.value.message)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("key 'conveyor.handler.accept': model 'conveyor-demo' rejects it: accept: Must be")
+
+
+def test_the_probe_checks_args_in_the_models_python(tmp_path):
+    """cli mode's probe loads args through the model's schema itself (it may not import Conveyor)."""
+    from conveyor.handlers.deepaas.cli import PROBE_SCRIPT
+
+    args = json.dumps({"intensity": 500, "flavour": "plain", "audio": "x.wav"})
+    done = subprocess.run([sys.executable, "-I", str(PROBE_SCRIPT), "conveyor-triple", args],
+                          cwd=tmp_path, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["errors"] == {"intensity": ["Must be greater than or equal to 1 and less than or equal to 100."]}
+    assert report["fields"]["video"] == {"file": True, "required": True}
 
 
 # --- auto ------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
         mode: auto        # warm | cli | predict | auto (default)
         model: NAME       # entry-point name in `deepaas.v2.model`; needed when several are installed
         accept: TYPE      # media type asked of the model (image/png, application/zip ...); default: the model's
-        args: {...}       # further predict arguments (e.g. {top_k: 3})
+        args: {...}       # further predict arguments (e.g. {top_k: 3}); a file-type argument takes a
+                          # path (relative: from Conveyor's working directory), handed to the model as an
+                          # uploaded file in every mode; checked against the model's schema before it runs
         file_arg: NAME    # which file argument gets the input, when the model declares several
         cli_shim: true    # cli mode: run deepaas-cli's own main() under a small patch (shim.py)
 
@@ -20,7 +22,10 @@ Modes (one module each)
 
 Whatever the mode, the model gets a private copy of the input in the record's work dir, under the
 input's original file name (catalog models delete their input); what it returns becomes one output
-file named after the input (results.py). A model exception is a HandlerError carrying the model's
+file named after the input (results.py). `args` is checked the same way in every mode before the model
+runs (warm: the model's schema here; cli: the same schema loaded by the probe in the model's Python;
+predict: takes none): a value it refuses is a ConfigError (78) naming `conveyor.handler.args.<name>`,
+worded the same (selection.args_rejected). A model exception is a HandlerError carrying the model's
 own message, in every mode (model_log.py reads it out of a child's log).
 """
 

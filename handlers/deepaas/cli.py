@@ -3,10 +3,12 @@ per record, in a child process.
 
 The child runs through Invocation.run_child: own process group, deadline, SIGTERM grace, output to
 inv.log_file. DEEPAAS_V2_MODEL selects the model (the only selector deepaas-cli honours: it picks its
-model at import time, before --model-name is parsed). Unless `file_arg` is set, the first record also
-runs a short probe (probe.py, about as long as one call) with the same interpreter, to learn the
-model's name and file argument, check `args` and `accept`, and fail clearly when several models exist
-and none is named.
+model at import time, before --model-name is parsed). Unless `file_arg` is set and `args`, `accept` unset, the
+first record also runs a short probe (probe.py, about as long as one call) with the same interpreter, to
+learn the model's name and file argument, check `args` and `accept` against the model's own schema (as
+warm mode does: deepaas-cli's argparse alone takes an int out of its range), and fail clearly when
+several models exist and none is named. Paths given in `args` to file-type arguments are passed
+absolute (deepaas-cli runs in its own work dir, and opens them itself).
 
 deepaas-cli (2.6.0; since 2.5.2 by the issue's account) writes only dicts/lists (as JSON) and BytesIO
 results: a returned open file, bytes or str is logged ("Output of type ...") and silently dropped, and
@@ -37,7 +39,17 @@ from conveyor.handlers.deepaas.child_modes import CLI, child_env
 from conveyor.handlers.deepaas.interpreter import script_interpreter
 from conveyor.handlers.deepaas.model_log import last_error
 from conveyor.handlers.deepaas.results import accept_extension, close_quietly, open_result, write_result
-from conveyor.handlers.deepaas.selection import KEY, Model, ModelMissing, choose_file_arg, choose_model
+from conveyor.handlers.deepaas.selection import (
+    KEY,
+    Model,
+    ModelMissing,
+    args_rejected,
+    check_args,
+    choose_file_arg,
+    choose_model,
+    file_arg_paths,
+    file_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +69,13 @@ def find_model(
     """The model deepaas-cli will run and its file argument: from the options when `file_arg` is set, else
     from the probe."""
     work, env, cli_path, python = _deepaas_cli(inv, model_name)
-    if file_arg:  # nothing to find out: save the probe's second of imports
+    if file_arg and not args and not accept:  # nothing to find out or check: save the probe's second
         return Model(model_name or "", file_arg)
     if python is None:
+        if file_arg:
+            log.warning("deepaas: %s is not a Python console script: %s cannot be checked against the "
+                        "model's arguments before it runs, and are passed as they are", cli_path, f"{KEY}.args")
+            return Model(model_name or "", file_arg)
         raise ConfigError(f"{cli_path} is not a Python console script, so the model's file argument "
                           "cannot be found out: set it", key=f"{KEY}.file_arg")
     return probe(inv, python, env, work, model_name=model_name, file_arg=file_arg, accept=accept, args=args)
@@ -87,9 +103,10 @@ def predict(
     tail = ["--deepaas_method_output", str(out_file), "predict", f"--{model.file_arg}", str(copy)]
     if accept:
         tail += ["--accept", accept]
+    paths = file_arg_paths(model.files, args)  # absolute: deepaas-cli runs in its own work dir
     for key, value in args.items():
         if value is not None:
-            tail += [f"--{key}", _cli_value(value)]
+            tail += [f"--{key}", str(paths[key]) if key in paths else _cli_value(value)]
     if shim and python is not None:
         argv, shimmed = [python, str(SHIM_SCRIPT), str(drop), str(errors), *tail], True
     else:
@@ -135,7 +152,8 @@ def probe(
     """Ask the model's own Python which model runs and what its predict arguments are (probe.py)."""
     out = work / "probe.json"
     offset = inv.log_offset()
-    argv = [python, str(PROBE_SCRIPT), model_name or ""]
+    given = {**args, "accept": accept} if accept else dict(args)
+    argv = [python, str(PROBE_SCRIPT), model_name or "", json.dumps(given, default=str)]
     rc = inv.run_child(argv, cwd=work, env=env, stdout_file=out, prefix="deepaas-probe")
     if rc != 0:
         raise HandlerError(f"the deepaas model probe failed (exit {rc}): {last_error(inv, offset)}", exit_code=rc)
@@ -148,14 +166,16 @@ def probe(
     except ModelMissing as exc:
         raise ConfigError(f"{exc}, for {python}", key=f"{KEY}.model") from exc
     fields = report["fields"] or {}
-    chosen_file_arg = choose_file_arg(name, fields, file_arg)
+    chosen_file_arg = choose_file_arg(name, fields, file_arg, given=args)
     if accept and "accept" not in fields:
         raise ConfigError(f"model {name!r} declares no 'accept' predict argument", key=f"{KEY}.accept")
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise ConfigError(f"model {name!r} has no predict argument(s) {', '.join(unknown)}", key=f"{KEY}.args")
+    check_args(name, fields, chosen_file_arg, args)
+    files = file_args(fields, chosen_file_arg, args)
+    file_arg_paths(files, args)  # each exists, before the model runs
+    if report.get("errors"):
+        raise args_rejected(name, report["errors"], args)
     log.info("deepaas: %s runs model %r (file argument %r)", CLI, name, chosen_file_arg)
-    return Model(name=name, file_arg=chosen_file_arg)
+    return Model(name=name, file_arg=chosen_file_arg, files=tuple(files))
 
 
 def _read_cli_output(raw: Path, shimmed: bool) -> Any:

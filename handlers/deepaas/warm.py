@@ -13,9 +13,11 @@ not used: it needs an asyncio loop and runs every call in a pool of spawned proc
 i.e. not in-process at all.
 
 The input is passed as deepaas's API passes an upload: UploadedFile(name=<file_arg>, filename=<copy>,
-content_type=<guessed from the name>, original_filename=<name>), with the other arguments loaded
-through the model's own get_predict_args() schema (defaults, conversion, validation; `accept` defaults
-to its first choice as in the API).
+content_type=<guessed from the name>, original_filename=<name>); so is every file `args` names for
+another file-type argument (the demo app's image, audio and video), each from a private copy, as
+deepaas-cli opens them. The other arguments are loaded through the model's own get_predict_args()
+schema (defaults, conversion, validation; `accept` defaults to its first choice as in the API); they
+are checked once at setup, worded as cli mode words its probe's check (selection.args_rejected).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout, Interrupted
 from conveyor.handler import Invocation
+from conveyor.handlers.deepaas.child_modes import private_copy
 from conveyor.handlers.deepaas.model_log import append_traceback, describe_exc
 from conveyor.handlers.deepaas.model_thread import ModelThread
 from conveyor.handlers.deepaas.results import close_quietly, write_result
@@ -41,11 +44,16 @@ from conveyor.handlers.deepaas.selection import (
     Model,
     ModelMissing,
     api_default_accept,
+    args_rejected,
+    check_args,
     choose_file_arg,
     choose_model,
+    file_arg_paths,
+    file_args,
     is_file_field,
     schema_for,
     validation_message,
+    validation_messages,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,7 @@ class WarmModel:
     default_accept: str | None  # what deepaas's API would send when nothing is asked
 
     def call_args(self, args: Mapping[str, Any], accept: str | None) -> dict[str, Any]:
-        given = dict(args)
+        given = {k: v for k, v in args.items() if k not in self.model.files}
         accept = accept or self.default_accept
         if accept:
             given["accept"] = accept
@@ -103,11 +111,14 @@ def load(model_name: str | None, file_arg: str | None, accept: str | None, args:
         raise HandlerError(f"model {name!r}: get_predict_args() failed: {describe_exc(exc)}") from exc
     info = {k: {"file": is_file_field(v), "required": bool(getattr(v, "required", False))}
             for k, v in fields.items()}
-    chosen_file_arg = choose_file_arg(name, info, file_arg)
+    chosen_file_arg = choose_file_arg(name, info, file_arg, given=args)
     if accept and "accept" not in fields:
         raise ConfigError(f"model {name!r} declares no 'accept' predict argument", key=f"{KEY}.accept")
+    check_args(name, info, chosen_file_arg, args)
+    files = file_args(info, chosen_file_arg, args)
+    file_arg_paths(files, args)  # each exists, now rather than at the first record
     warm = WarmModel(
-        model=Model(name=name, file_arg=chosen_file_arg, obj=plugin),
+        model=Model(name=name, file_arg=chosen_file_arg, obj=plugin, files=tuple(files)),
         schema=schema_for(fields),
         uploaded_file=UploadedFile,
         default_accept=None if accept else api_default_accept(fields.get("accept")),
@@ -115,7 +126,7 @@ def load(model_name: str | None, file_arg: str | None, accept: str | None, args:
     try:  # check the configured arguments now, not on every record
         warm.schema.load(warm.call_args(args, accept), partial=True)
     except Exception as exc:
-        raise ConfigError(f"model {name!r} rejects them: {validation_message(exc)}", key=f"{KEY}.args") from exc
+        raise args_rejected(name, validation_messages(exc), args) from exc
     log.info("deepaas: model %r loaded in-process (file argument %r)", name, chosen_file_arg)
     return warm
 
@@ -150,14 +161,11 @@ def predict(
     """One prediction on the model thread, its result written; `abandon` is called (with why) before a
     call left running past the deadline or a shutdown is given up."""
     model = warm.model
-    upload = warm.uploaded_file(
-        name=model.file_arg,
-        filename=str(copy),
-        content_type=mimetypes.guess_type(copy.name)[0] or "application/octet-stream",
-        original_filename=copy.name,
-    )
+    uploads = {model.file_arg: _upload(warm, model.file_arg, copy)}
+    for name, path in file_arg_paths(model.files, args).items():
+        uploads[name] = _upload(warm, name, private_copy(path, inv.work_dir / "deepaas-files" / name))
     try:
-        kwargs = warm.schema.load({**warm.call_args(args, accept), model.file_arg: upload})
+        kwargs = warm.schema.load({**warm.call_args(args, accept), **uploads})
     except Exception as exc:
         raise HandlerError(f"model {model.name!r} rejects its arguments: {validation_message(exc)}") from exc
     inv.check(f"running model {model.name!r}")
@@ -167,6 +175,16 @@ def predict(
         return write_result(result, inv.output_dir, stem, accept or warm.default_accept)
     finally:
         close_quietly(result)
+
+
+def _upload(warm: WarmModel, name: str, copy: Path) -> Any:
+    """A file as deepaas's API hands an upload to predict()."""
+    return warm.uploaded_file(
+        name=name,
+        filename=str(copy),
+        content_type=mimetypes.guess_type(copy.name)[0] or "application/octet-stream",
+        original_filename=copy.name,
+    )
 
 
 def _await(future: Future, inv: Invocation, name: str, abandon: Callable[[Invocation, str], None]) -> Any:

@@ -4,8 +4,10 @@
     conveyor-broken   raises RuntimeError with a recognisable message
     conveyor-deleter  deletes the input file it was given, as DEEP catalog models do
     conveyor-sleeper  sleeps `seconds` (default 30) before answering: a hung model
+    conveyor-triple   the ai4os demo app's shape: three required file arguments (image, audio, video),
+                      `intensity` an int in 1..100, `flavour` one of plain/spicy; v2 only
 
-Each module has `predict_data()` as well, the pre-v2 entry that deepaas-predict 2.6.0 calls.
+Each module but conveyor-triple has `predict_data()` as well, the pre-v2 entry that deepaas-predict 2.6.0 calls.
 """
 
 import hashlib
