@@ -6,7 +6,8 @@ streamed (never accumulated), a deadline and a shutdown event that kill the whol
 - The child starts in a new session (its own process group), stdin from /dev/null, with exactly
   `env` as its environment.
 - stdout and stderr are each read in 64 KiB chunks by a thread, logged line by line as
-  "<prefix>: <line>" at INFO, and appended to `log_file` up to `log_max_bytes` (after that the
+  "<prefix>: <line>" at INFO (shown whatever the level when the job's output is kept: see
+  conveyor.logs.log_model_line), and appended to `log_file` up to `log_max_bytes` (after that the
   file gets one note and the pipes are still drained, so the child never blocks on a full pipe).
   When `stdout_file` is given, stdout is also copied there whole (the sync response may be it).
 - Deadline passed or shutdown set: SIGTERM to the group, up to `grace` seconds, SIGKILL, then
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
+from conveyor.logs import log_model_line
 from conveyor.procgroup import signal_group
 
 CHUNK = 64 * 1024  # read size, and the longest line logged as one record
@@ -386,7 +388,7 @@ class _LogPump:
                 self._copy.close()
 
     def _emit(self, line: bytes) -> None:
-        self._log.info("%s: %s", self._prefix, line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        log_model_line(self._log, "%s: %s", self._prefix, line.rstrip(b"\r").decode("utf-8", errors="replace"))
 
     def _discard(self) -> None:
         while self._stop_at is None or time.monotonic() < self._stop_at:

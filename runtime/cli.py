@@ -25,8 +25,10 @@ from conveyor.config import FunctionConfig, load_config
 from conveyor.errors import ConveyorError, EventError, exit_code_for
 from conveyor.events import load_event, refs_to_json
 from conveyor.local.command import local
-from conveyor.logs import bound_request_id, setup_logging
+from conveyor.logs import bound_request_id, keep_job_output, setup_logging
 from conveyor.platform import Platform, detect_platform
+from conveyor.records import ResultRecord
+from conveyor.response import RESPONSE_END
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -189,6 +191,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):
         event = load_event(raw)
+        keep_job_output(not event.wants_response)  # a sync answer: the model's lines follow log_level
         shutdown = threading.Event()
         install_signal_handlers(shutdown)
         job = Job(
@@ -208,13 +211,25 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
         try:
             response = reserve_stdout()
             records = run_event(job, event, response=response)
+            if any("response" in r.extra for r in records):
+                response.write(RESPONSE_END)
             response.flush()
         finally:
             job.handler.close()
     failed = [r for r in records if not r.ok]
     if failed:
         log.error("%d of %d records failed", len(failed), len(records))
+        for record in failed:  # whatever log_level says: a failed run never ends in silence
+            click.echo(failure_line(record), err=True)
         sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
+
+
+def failure_line(record: ResultRecord) -> str:
+    """`conveyor: <kind> error: <message> (input <what>)`, the line fail() prints, for a FAILED record."""
+    error = record.error or {}
+    ref = record.input
+    what = (ref.get("file_name") or "payload") if ref.get("inline") else f"{ref.get('bucket')}/{ref.get('key')}"
+    return f"conveyor: {error.get('kind', 'internal')} error: {error.get('message', 'unknown error')} (input {what})"
 
 
 def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, str | None, dict[str, Any]]:

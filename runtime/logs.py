@@ -1,4 +1,16 @@
-"""Logging to stderr with the request/job id on every line; stdout stays for responses."""
+"""Logging to stderr with the request/job id on every line; stdout stays for responses.
+
+Two channels are the job's log rather than Conveyor's, so `log_level` does not decide alone
+whether they are shown:
+
+- the model's own output (MODEL_OUTPUT gates it: see log_model_line), and
+- the record protocol lines (conveyor.records: `conveyor local` reads them back from job logs).
+
+keep_job_output(True), what setup_logging sets, shows both whatever the level. A run that
+answers on stdout (a sync invocation) calls keep_job_output(False): both then follow log_level,
+because OSCAR's watchdog puts the process's stderr into the response body, and OSCAR's docs
+advise `log_level: CRITICAL` to keep that body clean.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,8 @@ from contextlib import contextmanager
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("conveyor_request_id", default="-")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+MODEL_OUTPUT = "conveyor.model"  # its level decides whether the model's own output lines are shown
+PROTOCOL = "conveyor.records"  # the logger of the record protocol lines (conveyor.records)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -39,6 +53,35 @@ def setup_logging(level: str | int = "INFO", stream=None) -> None:
     if root.level > logging.DEBUG:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    keep_job_output(True)
+
+
+def keep_job_output(always: bool) -> None:
+    """always: the model's output and the record protocol lines are shown whatever the level;
+    False: they follow the level like any other line (a run whose stderr may join a response)."""
+    level = logging.INFO if always else logging.NOTSET
+    logging.getLogger(MODEL_OUTPUT).setLevel(level)
+    logging.getLogger(PROTOCOL).setLevel(level)
+
+
+def log_model_line(log: logging.Logger | logging.LoggerAdapter, msg: str, *args: object) -> None:
+    """Log one line of a model's own output at INFO through `log` (its name, its request id,
+    the usual format), shown when `log` is enabled for INFO or when the MODEL_OUTPUT channel is."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(msg, *args)
+        return
+    if not logging.getLogger(MODEL_OUTPUT).isEnabledFor(logging.INFO):
+        return
+    if isinstance(log, logging.LoggerAdapter):
+        msg, kwargs = log.process(msg, {})
+        logger, extra = log.logger, kwargs.get("extra")
+    else:
+        logger, extra = log, None
+    while isinstance(logger, logging.LoggerAdapter):  # an adapter of an adapter
+        logger = logger.logger
+    # Logger.handle skips the logger's own level (that is the point) but keeps its filters,
+    # `disabled` and the handlers' locks: thread-safe as logger.info is.
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, "(model output)", 0, msg, args, None, extra=extra))
 
 
 @contextmanager

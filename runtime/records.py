@@ -24,6 +24,8 @@ from typing import Any
 
 from conveyor.config import IOSpec
 
+# The protocol's logger (conveyor.logs.PROTOCOL): a protocol, not a log, so its lines are shown
+# whatever log_level says, except in a run whose stderr may join a sync response (keep_job_output).
 log = logging.getLogger(__name__)
 
 MARKER = "@conveyor-record"

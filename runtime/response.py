@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+# What ends a sync response on stdout: faas-supervisor print()ed the body, so it ended with one
+# newline (after the model's own stdout too); byte-for-byte clients expect it, base64 decoders skip
+# it. Written by the CLI only: a Lambda response's body is a JSON field and gets none.
+RESPONSE_END = b"\n"
 CHUNK = 3 * 256 * 1024  # a multiple of 3, so base64 chunks concatenate into one valid encoding
 
 

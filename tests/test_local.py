@@ -642,13 +642,18 @@ done' "$RUN_ROOT" "$PPID" </dev/null >/dev/null 2>&1 &
 """
 
 
-def test_a_job_killed_after_an_upload_leaves_no_output(tmp_path: Path) -> None:
-    """A FAILED input keeps no output: what the dead job had published is withdrawn by the loop."""
+@pytest.mark.parametrize("log_level", [None, "WARNING"])
+def test_a_job_killed_after_an_upload_leaves_no_output(tmp_path: Path, log_level: str | None) -> None:
+    """A FAILED input keeps no output: what the dead job had published is withdrawn by the loop.
+    The job's record protocol lines do not depend on its log_level (WARNING hides INFO)."""
     root = tmp_path / "run"
     fill_inbox(root, ["dog.jpg"], corrupt=None)
     config = tmp_path / "fdl.yaml"
-    config.write_text(yaml.safe_dump({"name": "killed", "init_script": KILLED_MID_UPLOAD,
-                                      "environment": {"variables": {"RUN_ROOT": str(root)}}}))
+    definition = {"name": "killed", "init_script": KILLED_MID_UPLOAD,
+                  "environment": {"variables": {"RUN_ROOT": str(root)}}}
+    if log_level:
+        definition["log_level"] = log_level
+    config.write_text(yaml.safe_dump(definition))
     proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
     assert proc.returncode == 1, proc.stderr.decode()
     rec = record(root, "dog.jpg")
