@@ -21,11 +21,26 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import unique_bucket_name
 from tests.support.pipeline import CONVEYOR, Deployment, body, keys, minio_event, records
-from tests.test_storage_onedata import SPACE, TOKEN, CdmiServer, cdmi  # noqa: F401  (the CDMI stand-in)
-from tests.test_storage_webdav import Dav, dav, new_bucket, seaweed, seaweed_dav, wsgidav  # noqa: F401
+
+# The servers of the storage tests, as fixtures of this module too: the CDMI stand-in (Onedata), and
+# SeaweedFS's WebDAV gateway and WsgiDAV (basic authentication).
+from tests.test_storage_onedata import SPACE, TOKEN, CdmiServer, cdmi  # noqa: F401
+from tests.test_storage_webdav import Dav, seaweed, seaweed_dav, wsgidav  # noqa: F401
 
 EVENTS = Path(__file__).parent.parent / "events"
+
+
+@pytest.fixture(params=["seaweedfs", "wsgidav"])
+def dcache(request: pytest.FixtureRequest) -> Dav:
+    """A WebDAV server standing for dCache's WebDAV door."""
+    return request.getfixturevalue("seaweed" if request.param == "seaweedfs" else "wsgidav")
+
+
+@pytest.fixture
+def onedata(request: pytest.FixtureRequest) -> CdmiServer:
+    return request.getfixturevalue("cdmi")
 
 
 def oscar_job(d: Deployment, script: str, event: str, **env: str) -> subprocess.CompletedProcess:
@@ -81,15 +96,16 @@ def dcache_event(name: str) -> str:
     return json.dumps(event)
 
 
-def test_dcache_event_is_fetched_over_webdav(deploy, s3_client, bucket, dav: Dav, new_bucket: str, tmp_path) -> None:
+def test_dcache_event_is_fetched_over_webdav(deploy, s3_client, bucket, dcache: Dav, tmp_path: Path) -> None:
     # The service watches <new_bucket>/watched on the dCache (WebDAV) server; DCNiOS forwards the
     # inotify event, which names only the file: the folder is the definition's webdav.dcache input.
     source = tmp_path / "src.tif"
     source.write_bytes(b"II*\x00 a tiff from the beamline")
-    dav.store().upload(source, new_bucket, "watched/run 7.tif")
+    new_bucket = unique_bucket_name("dcache-watched")
+    dcache.store().upload(source, new_bucket, "watched/run 7.tif")
     d = deploy(script=None)
     d.definition["storage_providers"]["webdav"] = {
-        "dcache": {"hostname": dav.url, "login": dav.login or "anonymous", "password": dav.password or "x"}
+        "dcache": {"hostname": dcache.url, "login": dcache.login or "anon", "password": dcache.password or "x"}
     }
     d.definition["input"] = [{"storage_provider": "webdav.dcache", "path": f"{new_bucket}/watched"}]
     proc = oscar_job(d, DCACHE_SCRIPT, dcache_event("run 7.tif"))
@@ -103,13 +119,13 @@ def test_dcache_event_is_fetched_over_webdav(deploy, s3_client, bucket, dav: Dav
 
 
 # -- OneTrigger: the file fetched through the Onedata store (the CDMI stand-in) ---------------------
-def test_onetrigger_event_is_fetched_from_onedata(deploy, s3_client, bucket, cdmi: CdmiServer) -> None:  # noqa: F811
-    folder = cdmi.root / "incoming"
+def test_onetrigger_event_is_fetched_from_onedata(deploy, s3_client, bucket, onedata: CdmiServer) -> None:
+    folder = onedata.root / "incoming"
     folder.mkdir(exist_ok=True)
     (folder / "leaf 07.jpg").write_bytes(b"\xff\xd8\xff\xe0 leaf")
     d = deploy(script=None)
     d.definition["storage_providers"]["onedata"] = {
-        "egi": {"oneprovider_host": cdmi.host, "token": TOKEN, "space": SPACE}
+        "egi": {"oneprovider_host": onedata.host, "token": TOKEN, "space": SPACE}
     }
     d.definition["input"] = [{"storage_provider": "onedata.egi", "path": "incoming"}]
     event = (EVENTS / "onetrigger_put.json").read_text().replace("plants space", SPACE)
