@@ -172,3 +172,26 @@ def test_rucio_event_ends_with_a_clear_config_error(deploy, s3_client, bucket, e
     [record] = records(proc.stderr)
     assert record["status"] == "FAILED" and record["error"]["kind"] == "config"
     assert (record["input"]["source"], record["input"]["provider"]) == ("rucio", "rucio.rucio")
+
+
+# -- the in-process layer (no server, no subprocess) -----------------------------------------------
+def test_inprocess_rucio_event_fails_its_record_with_a_config_error(tmp_path: Path) -> None:
+    from tests.support.inprocess import Pipeline
+
+    pipe = Pipeline(tmp_path)
+    pipe.definition["input"] = [{"storage_provider": "rucio.rucio", "path": "rucio/input"}]
+    pipe.definition["storage_providers"]["rucio"] = {"rucio": {"host": "rucio.example.org", "account": "a"}}
+    [record] = pipe.run(json.loads((EVENTS / "rucio_close.json").read_text()))
+    assert record.status.value == "FAILED" and record.error is not None
+    assert record.error["kind"] == "config"
+    assert "rucio storage is not available in this build" in record.error["message"]
+    assert pipe.handler.calls == []
+
+
+def test_inprocess_dcache_folder_event_runs_nothing(tmp_path: Path) -> None:
+    from tests.support.inprocess import Pipeline
+
+    pipe = Pipeline(tmp_path)
+    event = json.loads((EVENTS / "dcache_inotify.json").read_text())
+    event["event"]["mask"] = ["IN_CREATE", "IN_ISDIR"]
+    assert pipe.run(event) == [] and pipe.handler.calls == []
