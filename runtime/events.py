@@ -19,6 +19,19 @@ Shapes understood (every record of every one, envelopes unwrapped recursively):
                            taken as written (the AWS documentation describes EventBridge keys as
                            plain, unlike notification records, so it is NOT unquote_plus-decoded)
     S3 test event          {"Event": "s3:TestEvent"}: a storage event without inputs
+    dCache (via DCNiOS)    {"event": {"name", "mask": [...]}, "subscription": <url>}: the file `name` in the
+                           folder the definition's webdav input watches (webdav.dcache, as faas-supervisor
+                           reads it): `bind_inputs` completes bucket and key from that input's path.
+                           Events on folders (IN_ISDIR) and removals (IN_DELETE, IN_MOVED_FROM ...) name
+                           no file to fetch: no input
+    Rucio                  {"event_type": "close", "payload": {"scope", "name", ...}, "created_at"} (what
+                           Rucio's messaging sends), or Records[].eventSource == "rucio" with the payload
+                           in the record or at the top: bucket = scope, key = name (the DID), provider
+                           type rucio (rucio.rucio unless the definition's input names another)
+    Onedata OneTrigger     {"Key": "/<space>/<folder>/<file>", "Records": [{"objectKey", "objectId",
+                           "eventTime", "eventSource": "OneTrigger"}]}: bucket = the first folder in the
+                           space, key = the rest; the onedata provider is the one whose `space` the Key
+                           names (`bind_inputs`, as faas-supervisor picks it)
     API Gateway v1 / v2    httpMethod, or version "2.0" + requestContext.http.method (also Lambda
     and Function URLs      Function URLs): kind "http"; a body holding a storage event yields its
                            refs, any other body becomes one InlineInput
@@ -67,11 +80,14 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote_plus
 
-from conveyor.errors import EventError
+from conveyor.errors import ConfigError, EventError
 from conveyor.media import extension_for, sniff
+
+if TYPE_CHECKING:
+    from conveyor.config import FunctionConfig
 
 
 @dataclass(frozen=True)
@@ -90,12 +106,20 @@ class ObjectRef:
     endpoint: str | None = None  # x-minio-origin-endpoint when present
     record: Any = None  # the raw record this ref came from (for EVENT / debugging)
     event_name: str | None = None  # "ObjectCreated:Put", "s3:ObjectCreated:Put", "Object Created" ...
+    space: str | None = None  # OneTrigger: the Onedata space the Key names (bucket/key are inside it)
 
     inline = False
 
+    @property
+    def storage_object_key(self) -> str:
+        """STORAGE_OBJECT_KEY as faas-supervisor sets it: the key, or a OneTrigger event's whole Key."""
+        if self.source == ONETRIGGER and self.space is not None:
+            return f"/{self.space}/{self.bucket}/{self.key}"
+        return self.key
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket,
+        out = {
+            "bucket": self.bucket or None,  # None: a dCache event not yet bound to its input folder
             "key": self.key,
             "size": self.size,
             "etag": self.etag,
@@ -108,6 +132,11 @@ class ObjectRef:
             "event_name": self.event_name,
             "inline": False,
         }
+        if self.source in ADDED_SOURCES:  # the shapes OSCAR added since faas-supervisor 1.5.8
+            out["provider_type"] = provider_type(self.source)
+            if self.space is not None:
+                out["space"] = self.space
+        return out
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,21 @@ class Event:
         """True when the caller waits for the output in the response (HTTP and inline payloads)."""
         return self.kind in ("http", "inline")
 
+    @property
+    def inner_event(self) -> Any:
+        """The event inside OSCAR's delegation wrapper (`{"storage_provider", "event"}`), decoded, or
+        None when the event is not such a wrapper. faas-supervisor gives the script this inner event
+        in EVENT (re-serialized with json.dumps), not the wrapper."""
+        value, depth = self.raw, 0
+        while _storage_shape(value) == "delegated" and depth <= MAX_ENVELOPE_DEPTH:
+            value, depth = value["event"], depth + 1
+            if isinstance(value, (str, bytes)):
+                text = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+                is_json, value = _try_json(text, "event")
+                if not is_json:
+                    return None
+        return value if depth else None
+
 
 # Envelopes (SQS, SNS, delegation, API Gateway body) nested deeper than this are refused.
 MAX_ENVELOPE_DEPTH = 8
@@ -155,8 +199,21 @@ SCAR_EXTRAS = ("script", "cmd_args")
 INLINE_STEM = "input"
 # The provider type of the store an object comes from, by its record's source (the sources parse_event
 # produces; any other is taken for S3 when fetching, and leaves a bare OSCAR provider id untyped).
-SOURCE_PROVIDER_TYPES = {"aws:s3": "s3", "aws.s3": "s3", "minio:s3": "minio"}
+ONETRIGGER, RUCIO, DCACHE = "OneTrigger", "rucio", "dcache"  # the sources of the shapes added since 1.5.8
+SOURCE_PROVIDER_TYPES = {
+    "aws:s3": "s3",
+    "aws.s3": "s3",
+    "minio:s3": "minio",
+    ONETRIGGER: "onedata",
+    RUCIO: "rucio",
+    DCACHE: "webdav",
+}
+ADDED_SOURCES = (ONETRIGGER, RUCIO, DCACHE)
 DEFAULT_PROVIDER_TYPE = "s3"
+# faas-supervisor's provider ids for these events: dCache is `webdav.dcache`, Rucio `rucio.rucio`.
+DCACHE_PROVIDER, RUCIO_PROVIDER = "webdav.dcache", "rucio.rucio"
+# inotify flags of a dCache event that name no file to fetch: a folder, or a file going away.
+DCACHE_NO_FILE = frozenset({"IN_ISDIR", "IN_DELETE", "IN_DELETE_SELF", "IN_MOVED_FROM", "IN_MOVE_SELF", "IN_IGNORED"})
 
 
 def load_event(raw: bytes | str | dict | list) -> Event:
@@ -256,8 +313,12 @@ def _storage_shape(value: Any) -> str | None:
     """Which storage shape a JSON value has, or None when it is not a storage event."""
     if not isinstance(value, dict):
         return None
+    if "event" in value and "subscription" in value:  # before "delegated", as faas-supervisor tests it
+        return "dcache"
     if "storage_provider" in value and "event" in value:
         return "delegated"
+    if "event_type" in value and isinstance(value.get("payload"), dict) and "scope" in value["payload"]:
+        return "rucio"
     if "Records" in value:
         return "records"
     if value.get("Event") == "s3:TestEvent":
@@ -293,7 +354,7 @@ def _storage_refs(value: Any, where: str, depth: int) -> list[ObjectRef]:
         raise EventError(f"{_at(where)}: envelopes nested more than {MAX_ENVELOPE_DEPTH} deep", where=where or None)
     shape = _storage_shape(value)
     if shape == "records":
-        return _records(value["Records"], _join(where, "Records"), depth)
+        return _records(value["Records"], _join(where, "Records"), depth, value)
     if shape == "delegated":
         return _delegated(value, where, depth)
     if shape == "eventbridge":
@@ -302,6 +363,10 @@ def _storage_refs(value: Any, where: str, depth: int) -> list[ObjectRef]:
         return _nested(value["Message"], _join(where, "Message"), depth)
     if shape == "test":
         return []
+    if shape == "dcache":
+        return _dcache(value, where)
+    if shape == "rucio":
+        return [_rucio(value, value, _at(where))]
     raise EventError(f"{_at(where)}: does not hold a storage event", where=where or None)
 
 
@@ -317,7 +382,7 @@ def _nested(value: Any, where: str, depth: int) -> list[ObjectRef]:
     return _storage_refs(value, where, depth + 1)
 
 
-def _records(records: Any, where: str, depth: int) -> list[ObjectRef]:
+def _records(records: Any, where: str, depth: int, event: dict) -> list[ObjectRef]:
     if not isinstance(records, list):
         raise EventError(f"{where}: not a list", where=where)
     if not records:
@@ -339,6 +404,10 @@ def _records(records: Any, where: str, depth: int) -> list[ObjectRef]:
             if not isinstance(sns, dict) or "Message" not in sns:
                 raise EventError(f"{at}: missing Sns.Message", where=at)
             refs.extend(_nested(sns["Message"], f"{at}.Sns.Message", depth))
+        elif source == ONETRIGGER:
+            refs.append(_onetrigger(record, event, at, len(records)))
+        elif source == RUCIO:
+            refs.append(_rucio(record if isinstance(record.get("payload"), dict) else event, record, at))
         elif source is None:
             raise EventError(f"{at}: missing eventSource", where=at)
         else:
@@ -391,6 +460,72 @@ def _eventbridge(event: dict, where: str) -> ObjectRef:
     )
 
 
+def _dcache(value: dict, where: str) -> list[ObjectRef]:
+    """A dCache inotify event as DCNiOS forwards it: a file name in the watched folder."""
+    at = _at(where)
+    inner = value["event"]
+    if not isinstance(inner, dict):
+        raise EventError(f"{at}: event is not an object: {_show(inner)}", where=at)
+    mask = inner.get("mask")
+    if mask is None:
+        mask = []
+    if not isinstance(mask, list) or not all(isinstance(flag, str) for flag in mask):
+        raise EventError(f"{at}: event.mask is not a list of inotify flags: {_show(mask)}", where=at)
+    if DCACHE_NO_FILE.intersection(mask):
+        return []
+    name = _key(inner.get("name"), at, "event.name", decode=False)
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise EventError(f"{at}: event.name is not a file name: {_show(name)}", where=at)
+    return [
+        ObjectRef(
+            bucket="",  # the watched folder is the definition's, not the event's: see bind_inputs
+            key=name,
+            source=DCACHE,
+            record=value,
+            event_name=",".join(mask) or None,
+        )
+    ]
+
+
+def _rucio(holder: dict, record: dict, at: str) -> ObjectRef:
+    """A Rucio message: the DID scope:name (a dataset when event_type is "close")."""
+    payload = holder.get("payload")
+    if not isinstance(payload, dict):
+        raise EventError(f"{at}: missing payload (a Rucio event names payload.scope and payload.name)", where=at)
+    scope = _bucket(payload.get("scope"), at, "payload.scope")
+    return ObjectRef(
+        bucket=scope,
+        key=_key(payload.get("name"), at, "payload.name", decode=False),
+        event_time=_opt_str(holder.get("created_at", record.get("eventTime")), at, "created_at"),
+        source=RUCIO,
+        record=record,
+        event_name=_opt_str(holder.get("event_type", record.get("eventName")), at, "event_type"),
+    )
+
+
+def _onetrigger(record: dict, event: dict, at: str, count: int) -> ObjectRef:
+    """A OneTrigger record: the file is the event's top-level Key, "/<space>/<folder>/.../<file>"."""
+    if count != 1:
+        raise EventError(f"{at}: a OneTrigger event names one file (its Key), not {count}", where=at)
+    path = _key(event.get("Key"), at, "Key", decode=False)
+    parts = path.strip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise EventError(f"{at}: Key is not a path in a Onedata space: {_show(path)}", where=at)
+    if len(parts) < 3:
+        raise EventError(
+            f"{at}: Key {_show(path)} names no file inside a folder of the space (expected /<space>/<folder>/<file>)",
+            where=at,
+        )
+    return ObjectRef(
+        bucket=parts[1],
+        key="/".join(parts[2:]),
+        event_time=_opt_str(record.get("eventTime"), at, "eventTime"),
+        source=ONETRIGGER,
+        record=record,
+        space=parts[0],
+    )
+
+
 def _delegated(value: dict, where: str, depth: int) -> list[ObjectRef]:
     provider = value["storage_provider"]
     if not isinstance(provider, str) or not provider.strip():
@@ -404,6 +539,66 @@ def qualify_provider(provider: str, source: str) -> str:
     if "." in provider or source not in SOURCE_PROVIDER_TYPES:
         return provider
     return f"{provider_type(source)}.{provider}"
+
+
+def bind_inputs(event: Event, config: FunctionConfig) -> Event:
+    """The event with the refs of the shapes added since faas-supervisor 1.5.8 tied to the definition,
+    as faas-supervisor ties them:
+
+    - dCache: the file is `name` in the folder of the definition's input on webdav.dcache (or on the
+      only webdav input, or on the provider a delegation wrapper names): bucket and key from its path;
+    - Rucio: the provider is the wrapper's, else the definition's rucio input (rucio.rucio first);
+    - OneTrigger: the provider is the wrapper's, else the onedata provider whose `space` is the one the
+      event's Key names (those of the input entries first, then any configured).
+
+    Raises ConfigError when the definition has no such input or provider. Other inputs are unchanged.
+    """
+    if not any(isinstance(inp, ObjectRef) and inp.source in ADDED_SOURCES for inp in event.inputs):
+        return event
+    return replace(event, inputs=tuple(_bind(inp, config) for inp in event.inputs))
+
+
+def _bind(inp: Input, config: FunctionConfig) -> Input:
+    if not isinstance(inp, ObjectRef) or inp.source not in ADDED_SOURCES:
+        return inp
+    if inp.source == RUCIO:
+        return replace(inp, provider=inp.provider or _input_provider(config, "rucio", "rucio") or RUCIO_PROVIDER)
+    if inp.source == DCACHE:
+        if inp.bucket:  # bound already
+            return inp
+        provider = inp.provider or _input_provider(config, "webdav", "dcache") or DCACHE_PROVIDER
+        spec = next((spec for spec in config.inputs if str(spec.provider) == provider), None)
+        if spec is None or not spec.bucket:
+            raise ConfigError(
+                f"a dCache event names the file {inp.key!r} in the folder that the input entry on {provider} "
+                f"watches, and the definition has {'no such input' if spec is None else 'an empty path there'}",
+                key="input",
+                source=config.source,
+            )
+        bucket, key = spec.destination(inp.key)
+        return replace(inp, bucket=bucket, key=key, provider=provider)
+    if inp.provider:  # OneTrigger, delegated with a named provider
+        return inp
+    named = [str(spec.provider) for spec in config.inputs if spec.provider.type == "onedata"]
+    for ref in [*named, *sorted(config.providers)]:
+        found = config.providers.get(ref)
+        if found is not None and found.ref.type == "onedata" and found.space == inp.space:
+            return replace(inp, provider=ref)
+    raise ConfigError(
+        f"the OneTrigger event names the Onedata space {inp.space!r}, and no onedata provider "
+        f"of the definition has space: {inp.space}",
+        key="storage_providers.onedata",
+        source=config.source,
+    )
+
+
+def _input_provider(config: FunctionConfig, type_: str, preferred_id: str) -> str | None:
+    """The definition's input provider of this type: the one with the preferred id, else the only one."""
+    refs = list(dict.fromkeys(spec.provider for spec in config.inputs if spec.provider.type == type_))
+    for ref in refs:
+        if ref.id == preferred_id:
+            return str(ref)
+    return str(refs[0]) if len(refs) == 1 else None
 
 
 def provider_type(source: str) -> str:

@@ -24,7 +24,7 @@ from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
-from conveyor.events import Event, InlineInput, Input, ObjectRef, provider_type
+from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
 from conveyor.handler import Handler, Invocation
 from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from conveyor.platform import Platform
@@ -117,7 +117,8 @@ def _env_value(text: str) -> str | None:
 
 
 def _event_json(event: Event | None, inp: Input | None) -> str | None:
-    """EVENT for the child: the event as received, else (too large) this record alone."""
+    """EVENT for the child: the event as received, else (too large) this record alone. An OSCAR
+    delegation wrapper gives the event inside it, re-serialized by json.dumps as faas-supervisor does."""
     if event is None:
         return None
     raw = event.raw
@@ -127,7 +128,8 @@ def _event_json(event: Event | None, inp: Input | None) -> str | None:
         except UnicodeDecodeError:
             return None
         return _env_value(text)
-    whole = _env_value(json.dumps(raw, ensure_ascii=False))
+    inner = event.inner_event
+    whole = _env_value(json.dumps(raw, ensure_ascii=False) if inner is None else json.dumps(inner))
     if whole is None and isinstance(inp, ObjectRef) and inp.record is not None:
         return _env_value(json.dumps({"Records": [inp.record]}, ensure_ascii=False))
     return whole
@@ -144,7 +146,7 @@ def child_env(
     if input_path is not None:
         env["INPUT_FILE_PATH"] = str(input_path)
     if isinstance(inp, ObjectRef):
-        env["STORAGE_OBJECT_KEY"] = inp.key
+        env["STORAGE_OBJECT_KEY"] = inp.storage_object_key
         if inp.event_time:
             env["EVENT_TIME"] = inp.event_time
     if (text := _event_json(event, inp)) is not None:
@@ -359,6 +361,7 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
     A storage event with no object (s3:TestEvent) does nothing; a payload with no input at all
     (SCAR's `{"script": ...}`, an empty body) runs the model once without an input file.
     """
+    event = bind_inputs(event, job.config)  # dCache, Rucio, OneTrigger refs: their folder and provider
     sink = response if responds_inline(event) else None
     inputs = [inp for inp in event.inputs if not _is_removal(inp)]
     if len(inputs) < len(event.inputs):

@@ -775,3 +775,217 @@ def test_any_field_replaced_by_junk_parses_or_raises_event_error(name):
 )
 def test_one_content_sniffer(head, expected):
     assert sniff(head) == expected
+
+
+# -- shapes OSCAR added since faas-supervisor 1.5.8: dCache, Rucio, OneTrigger ----------------------
+
+
+def definition(text: str):
+    from conveyor.config import load_config
+
+    return load_config({}, "local", path="/f.yaml", read_file=lambda path: text, secrets_dir=None)
+
+
+DCACHE_DEFINITION = """
+input:
+  - {storage_provider: webdav.dcache, path: dcache-in/watched}
+storage_providers:
+  webdav:
+    dcache: {hostname: dcache.example.org:2880, login: u, password: p}
+"""
+
+
+def test_dcache_event_names_a_file_of_the_watched_folder():
+    event = load("dcache_inotify.json")
+    (ref,) = event.inputs
+    assert event.kind == "storage"
+    assert (ref.bucket, ref.key, ref.source, ref.event_name, ref.provider) == (
+        "",
+        "sample 0042.tif",
+        "dcache",
+        "IN_CLOSE_WRITE",
+        None,
+    )
+    assert ref.record == fixture("dcache_inotify.json")
+    out = refs_to_json(event.inputs)[0]
+    assert (out["bucket"], out["key"], out["provider_type"]) == (None, "sample 0042.tif", "webdav")
+
+
+def test_dcache_event_is_bound_to_the_webdav_dcache_input():
+    from conveyor.events import bind_inputs
+
+    (ref,) = bind_inputs(load("dcache_inotify.json"), definition(DCACHE_DEFINITION)).inputs
+    assert (ref.provider, ref.bucket, ref.key) == ("webdav.dcache", "dcache-in", "watched/sample 0042.tif")
+    plain = load("s3_put_multi.json")
+    assert bind_inputs(plain, definition(DCACHE_DEFINITION)).inputs == plain.inputs
+
+
+def test_dcache_event_with_the_only_webdav_input_or_a_named_provider():
+    from conveyor.events import bind_inputs
+
+    other = DCACHE_DEFINITION.replace("webdav.dcache", "webdav.desy").replace("    dcache:", "    desy:")
+    (ref,) = bind_inputs(load("dcache_inotify.json"), definition(other)).inputs
+    assert (ref.provider, ref.bucket, ref.key) == ("webdav.desy", "dcache-in", "watched/sample 0042.tif")
+    wrapped = {"storage_provider": "desy", "event": fixture_bytes("dcache_inotify.json").decode()}
+    (ref,) = load_event(wrapped).inputs
+    assert ref.provider == "webdav.desy"  # a bare id is typed by the event's source
+    assert bind_inputs(load_event(wrapped), definition(other)).inputs[0].key == "watched/sample 0042.tif"
+
+
+def test_dcache_event_without_its_input_is_a_config_error():
+    from conveyor.errors import ConfigError
+    from conveyor.events import bind_inputs
+
+    with pytest.raises(ConfigError) as info:
+        bind_inputs(load("dcache_inotify.json"), definition("input: []\n"))
+    assert info.value.exit_code == 78
+    assert "webdav.dcache" in info.value.message and "sample 0042.tif" in info.value.message
+
+
+@pytest.mark.parametrize("mask", [["IN_CREATE", "IN_ISDIR"], ["IN_DELETE"], ["IN_MOVED_FROM"], ["IN_DELETE_SELF"]])
+def test_dcache_folder_and_removal_events_name_no_file(mask):
+    event = fixture("dcache_inotify.json")
+    event["event"]["mask"] = mask
+    loaded = load_event(event)
+    assert (loaded.kind, loaded.inputs) == ("storage", ())
+
+
+@pytest.mark.parametrize(
+    ("inner", "fragment"),
+    [
+        ("not an object", "event is not an object"),
+        ({"mask": ["IN_CLOSE_WRITE"]}, "missing event.name"),
+        ({"name": "../up.txt", "mask": ["IN_CLOSE_WRITE"]}, "not a file name"),
+        ({"name": "a.txt", "mask": "IN_CLOSE_WRITE"}, "not a list of inotify flags"),
+    ],
+)
+def test_dcache_malformed(inner, fragment):
+    assert_event_error({"event": inner, "subscription": "https://d/x"}, fragment)
+
+
+def test_rucio_close_event_names_the_did():
+    event = load("rucio_close.json")
+    (ref,) = event.inputs
+    assert event.kind == "storage"
+    assert (ref.bucket, ref.key, ref.source, ref.event_name, ref.event_time) == (
+        "user.fishwatch",
+        "sonar-run-2026-05-04",
+        "rucio",
+        "close",
+        "2026-05-04 10:22:31.402117",
+    )
+    assert refs_to_json(event.inputs)[0]["provider_type"] == "rucio"
+
+
+def test_rucio_records_event_with_the_payload_in_the_record_or_at_the_top():
+    (ref,) = refs("rucio_records.json")
+    assert (ref.bucket, ref.key, ref.source, ref.event_time) == (
+        "user.fishwatch",
+        "sonar-run-2026-05-05",
+        "rucio",
+        "2026-05-04T10:22:31Z",
+    )
+    top = {"payload": {"scope": "s", "name": "n"}, "Records": [{"eventSource": "rucio"}]}  # faas-supervisor's reading
+    (ref,) = parse_event(top)
+    assert (ref.bucket, ref.key) == ("s", "n")
+    assert_event_error({"Records": [{"eventSource": "rucio"}]}, "Records[0]: missing payload")
+
+
+def test_rucio_event_provider_is_rucio_rucio_or_the_definitions_input():
+    from conveyor.events import bind_inputs
+
+    (ref,) = bind_inputs(load("rucio_close.json"), definition("input: []\n")).inputs
+    assert ref.provider == "rucio.rucio"
+    text = "input: [{storage_provider: rucio.desy, path: rucio/input}]\nstorage_providers: {rucio: {desy: {host: h}}}\n"
+    (ref,) = bind_inputs(load("rucio_close.json"), definition(text)).inputs
+    assert ref.provider == "rucio.desy"
+
+
+def test_onetrigger_event_names_a_file_in_a_space():
+    event = load("onetrigger_put.json")
+    (ref,) = event.inputs
+    assert (ref.space, ref.bucket, ref.key, ref.event_time, ref.source) == (
+        "plants space",
+        "incoming",
+        "leaf 07.jpg",
+        "2026-03-18T14:05:09.381220",
+        "OneTrigger",
+    )
+    assert ref.storage_object_key == "/plants space/incoming/leaf 07.jpg"  # the Key, as faas-supervisor sets it
+    out = refs_to_json(event.inputs)[0]
+    assert (out["provider_type"], out["space"]) == ("onedata", "plants space")
+
+
+ONEDATA_DEFINITION = """
+input:
+  - {storage_provider: onedata.other, path: x/in}
+  - {storage_provider: onedata.egi, path: incoming}
+storage_providers:
+  onedata:
+    other: {oneprovider_host: op.example.org, token: t1, space: other space}
+    egi: {oneprovider_host: op.example.org, token: t2, space: plants space}
+"""
+
+
+def test_onetrigger_provider_is_the_one_whose_space_the_key_names():
+    from conveyor.errors import ConfigError
+    from conveyor.events import bind_inputs
+
+    (ref,) = bind_inputs(load("onetrigger_put.json"), definition(ONEDATA_DEFINITION)).inputs
+    assert (ref.provider, ref.bucket, ref.key) == ("onedata.egi", "incoming", "leaf 07.jpg")
+    with pytest.raises(ConfigError) as info:
+        bind_inputs(load("onetrigger_put.json"), definition(ONEDATA_DEFINITION.replace("plants space", "p2")))
+    assert "plants space" in info.value.message and info.value.exit_code == 78
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("/plants space/leaf.jpg", "names no file inside a folder of the space"),
+        ("/plants space/../etc/leaf.jpg", "not a path in a Onedata space"),
+        (None, "missing Key"),
+    ],
+)
+def test_onetrigger_malformed(key, fragment):
+    event = fixture("onetrigger_put.json")
+    event["Key"] = key
+    assert_event_error(event, fragment)
+
+
+def test_onetrigger_names_one_file():
+    event = fixture("onetrigger_put.json")
+    event["Records"].append(dict(event["Records"][0]))
+    assert_event_error(event, "a OneTrigger event names one file")
+
+
+# -- EVENT of a delegated event: the inner event ---------------------------------------------------
+
+
+def test_inner_event_of_an_oscar_delegation_wrapper():
+    inner = json.loads(fixture("oscar_delegated_string.json")["event"])
+    assert load("oscar_delegated_string.json").inner_event == inner
+    assert load("oscar_delegated_object.json").inner_event == fixture("oscar_delegated_object.json")["event"]
+    assert load("minio_put.json").inner_event is None
+    assert load("apigw_v1_minio_body.json").inner_event is None
+
+
+def test_event_variable_of_a_delegated_event_is_the_inner_event_as_faas_supervisor_gives_it():
+    from conveyor.process import _event_json
+
+    event = load("oscar_delegated_string.json")
+    inner = json.loads(fixture("oscar_delegated_string.json")["event"])
+    text = _event_json(event, event.inputs[0])
+    assert text == json.dumps(inner)  # faas-supervisor: json.dumps of the parsed inner event
+    assert json.loads(text)["Records"][0]["eventTime"] == "2024-06-12T08:02:11.004Z"
+    plain = load("minio_put.json")
+    assert json.loads(_event_json(plain, plain.inputs[0])) == fixture("minio_put.json")
+
+
+def test_event_variable_of_a_huge_delegated_event_falls_back_to_its_record():
+    from conveyor.process import MAX_ENV_VALUE, _event_json
+
+    inner = json.loads(fixture("oscar_delegated_string.json")["event"])
+    inner["padding"] = "x" * MAX_ENV_VALUE  # too large for one environment string
+    event = load_event({"storage_provider": "minio.default", "event": json.dumps(inner)})
+    text = _event_json(event, event.inputs[0])
+    assert text is not None and json.loads(text) == {"Records": [inner["Records"][0]]}

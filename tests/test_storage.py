@@ -479,3 +479,11 @@ def test_local_delete(local: LocalStore, tmp_path: Path) -> None:
     local.delete("inputs", ODD_KEY)
     with pytest.raises(StorageError):
         local.delete("inputs", "../escape")
+
+
+def test_rucio_is_a_clear_config_error_when_opened() -> None:
+    # OSCAR definitions name rucio providers; this build has no Rucio store: it says so, exit 78.
+    with pytest.raises(ConfigError) as info:
+        open_store(StorageProvider(ProviderRef("rucio", "rucio"), host="rucio.example.org"))
+    assert "rucio storage is not available in this build" in info.value.message
+    assert info.value.exit_code == 78

@@ -24,7 +24,8 @@ MINIO_DEFAULT_ENDPOINT = "http://minio-service.minio:9000"
 # `conveyor:` keys win over them. CONVEYOR_DEFAULTS names another file.
 IMAGE_DEFAULTS_PATH = "/etc/conveyor/defaults.yaml"
 
-PROVIDER_TYPES = ("s3", "minio", "onedata", "webdav", "local")
+# rucio: accepted in a definition (OSCAR writes it), but this build has no Rucio store (see open_store).
+PROVIDER_TYPES = ("s3", "minio", "onedata", "webdav", "rucio", "local")
 EXECUTION_MODES = ("lambda", "batch", "lambda-batch")
 LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ISOLATION_LEVELS = ("SERVICE", "USER")
@@ -93,10 +94,10 @@ class StorageProvider:
     endpoint: str | None = None  # minio (and s3 when an S3-compatible endpoint is given)
     verify: bool = True
     # onedata / webdav (parsed, not implemented as stores yet)
-    host: str | None = None  # onedata oneprovider_host, webdav hostname
+    host: str | None = None  # onedata oneprovider_host, webdav hostname, rucio host
     token: str | None = field(default=None, repr=False)
     space: str | None = None
-    login: str | None = None
+    login: str | None = None  # webdav login, rucio account
     password: str | None = field(default=None, repr=False)
     root: str | None = None  # local provider: the folder that stands for the buckets
     credentials_source: str | None = None  # where the keys came from: "<dir>/minio.default" or "<source>: <key path>"
@@ -251,6 +252,13 @@ class FunctionConfig:
         if found is None:
             if ref == S3_DEFAULT:
                 return StorageProvider(ref)
+            if ref.type == "rucio":
+                raise ConfigError(
+                    f"rucio storage is not available in this build, and storage provider '{ref}' is not "
+                    "configured either",
+                    key=f"storage_providers.{ref.type}.{ref.id}",
+                    source=self.source,
+                )
             if ref == MINIO_DEFAULT:
                 raise CredentialsError(self._missing_minio_keys(ref), provider=str(ref))
             raise ConfigError(

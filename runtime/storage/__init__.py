@@ -124,6 +124,12 @@ def open_store(provider: StorageProvider, options: TransferOptions | None = None
         from conveyor.storage.onedata import OnedataStore
 
         return OnedataStore(provider, options)
+    if kind == "rucio":
+        raise ConfigError(
+            f"rucio storage is not available in this build (storage provider '{provider.ref}'): Conveyor "
+            "cannot fetch Rucio data sets nor upload to Rucio",
+            key=f"storage_providers.rucio.{provider.ref.id}",
+        )
     raise ConfigError(
         f"storage provider '{provider.ref}' has type '{kind}', which Conveyor cannot read or write "
         "(supported: s3, minio, webdav, onedata, local)",
