@@ -79,6 +79,15 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """`make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): everything that
+    needs the images goes to one of them, which builds them once while the other runs the rest.
+    (Set as each test is collected, before any pytest_collection_modifyitems hook: xdist reads the
+    group in one.)"""
+    if IMAGE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.parent.name in ("images", "models"):
+        item.add_marker(pytest.mark.xdist_group("images"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -89,10 +98,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or path.parent.name in E2E_DIRS
         ):
             item.add_marker(pytest.mark.e2e)
-        if IMAGE_FIXTURES & set(getattr(item, "fixturenames", ())) or path.parent.name in ("images", "models"):
-            # `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): everything
-            # that needs the images goes to one of them, which builds them once while the other runs the rest.
-            item.add_marker(pytest.mark.xdist_group("images"))
     apply_marks(items)  # requirement(reason) marks: skip locally ...
 
 

@@ -10,6 +10,7 @@ one build.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import subprocess
@@ -23,6 +24,7 @@ from tests.support.requirements import import_or_missing, missing
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "images" / "tools" / "build.py"
+LOCK = REPO / ".cache" / "images.lock"
 
 BASE = "conveyor/base"
 YOLO = "conveyor/yolo"
@@ -48,10 +50,15 @@ def client():
 
 @pytest.fixture(scope="session")
 def images(client):
-    """Build every image from the working tree (a cached rebuild takes seconds)."""
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=2400, check=False
-    )
+    """Build every image from the working tree (a cached rebuild takes seconds). One build at a time
+    on this machine: two test processes that both need the images wait for each other (the second
+    build then finds everything cached)."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=2400, check=False
+        )
     if proc.returncode:
         pytest.fail(f"images/tools/build.py failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
