@@ -207,7 +207,10 @@ def test_oscar_variables_reach_the_script_and_the_token_is_never_shown(deploy, s
 
 
 def test_a_token_the_model_prints_stays_out_of_the_record(deploy, s3_client, bucket) -> None:
-    leaky = '#!/bin/sh\necho "calling the API with $OSCAR_SERVICE_TOKEN" >&2\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
+    leaky = (
+        '#!/bin/sh\necho "calling the API with $OSCAR_SERVICE_TOKEN" >&2\n'
+        'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
+    )
     d = oscar_service(deploy(script=None), leaky)
     proc = oscar_job(d, upload_text(s3_client, bucket), **oscar_pod_env())
     assert proc.returncode == 0, proc.stderr.decode()
