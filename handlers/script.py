@@ -193,9 +193,13 @@ def _program_name(interpreter: list[str]) -> str:
     """The program a `#!` line names: its interpreter's base name, or what `/usr/bin/env` runs."""
     name = os.path.basename(interpreter[0])
     if name == "env" and len(interpreter) > 1:
-        # `#!/usr/bin/env bash`, `#!/usr/bin/env -S bash -e`: the first word not an option or NAME=VALUE.
-        for word in interpreter[1].split():
-            if not word.startswith("-") and "=" not in word:
+        # `#!/usr/bin/env bash`, `#!/usr/bin/env -S bash -e`: the first word not an option (nor the
+        # argument of -u/-C), nor NAME=VALUE.
+        words = iter(interpreter[1].split())
+        for word in words:
+            if word in ("-u", "--unset", "-C", "--chdir"):
+                next(words, None)
+            elif not word.startswith("-") and "=" not in word:
                 return os.path.basename(word)
     return name
 

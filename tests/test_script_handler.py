@@ -378,6 +378,8 @@ def test_no_shebang_is_logged(invocation, caplog):
         (["/usr/bin/env", "bash"], "bash"),
         (["/usr/bin/env", "-S bash -e"], "bash"),
         (["/usr/bin/env", "-S LC_ALL=C sh"], "sh"),
+        (["/usr/bin/env", "-S -u bash python3"], None),
+        (["/usr/bin/env", "-S -C /tmp bash"], "bash"),
         (["/bin/bash", "-e"], "bash"),
         (["/usr/bin/env", "python3"], None),
         (["/usr/bin/Rscript"], None),
