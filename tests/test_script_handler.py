@@ -108,6 +108,9 @@ def test_scar_style_script_copies_the_input(invocation, caplog):
     assert "in/photo.jpg" in inv.log_file.read_text()  # stderr went to the log file ...
     assert any(r.getMessage().startswith("model: SCRIPT: Invoked") for r in caplog.records)  # ... and the log
     assert result.details["script_source"] == "env SCRIPT"
+    # its #!/bin/bash line: run as faas-supervisor runs it, by /bin/sh
+    assert any(r.getMessage().startswith("running script.sh (env SCRIPT) with /bin/sh (its #! names bash;")
+               for r in caplog.records)
 
 
 def test_script_file_is_private_to_the_record(invocation):
