@@ -8,9 +8,15 @@ What runs, per record (first match wins):
      resolved by the config loader), with the event's `cmd_args` as its arguments;
   4. the event's `cmd_args` alone, run as the command line itself.
 
-A script is written to the record's work dir (mode 0700). One that starts with `#!` is exec'd,
-so its interpreter is used; one without runs under /bin/sh. When the work dir does not allow
-exec (a noexec mount), the `#!` line is read and its interpreter run instead.
+A script is written to the record's work dir (mode 0700). Which program runs it:
+  - no `#!` line, or a `#!` naming a POSIX shell (sh, bash, dash, ash; directly or through
+    `/usr/bin/env`): `/bin/sh script`, exactly as faas-supervisor runs every script (dash on Debian
+    and Ubuntu images, so a `#!/bin/bash` script behaves as its author tested it on SCAR and OSCAR).
+    `conveyor: script_shell: shebang` honours the shell's `#!` line instead;
+  - a `#!` naming any other interpreter (python3, Rscript, perl ...): the script is exec'd, so that
+    interpreter runs it. When the work dir does not allow exec (a noexec mount), the `#!` line is
+    read and its interpreter run instead.
+Which one ran, and why, is logged once per record at INFO.
 
 The working directory is the worker's own (the image's WORKDIR, /var/task in Lambda), as under
 faas-supervisor, so scripts that call `./darknet` or read `cfg/...` keep working; `options: cwd:`
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHELL = "/bin/sh"
+# `#!` interpreters run as /bin/sh by default (conveyor.script_shell: sh), as under faas-supervisor.
+POSIX_SHELLS = frozenset({"sh", "bash", "dash", "ash"})
+SCRIPT_SHELL_KEY = "conveyor.script_shell"
 SCRIPT_NAME = "script.sh"
 STDOUT_NAME = "stdout"
 OPTIONS_KEY = "conveyor.handler.options"
@@ -63,9 +72,12 @@ class ScriptHandler(Handler):
             logger.warning("script handler: ignoring unknown options %s", ", ".join(unknown))
 
     def handle(self, inv: Invocation) -> HandlerResult:
-        argv, source, fallback = self._command_line(inv)
+        argv, source, fallback, why = self._command_line(inv)
         stdout_path = inv.work_dir / STDOUT_NAME
-        inv.log.info("running %s (%s)", _describe(argv), source)
+        if why is None:
+            inv.log.info("running %s (%s)", _describe(argv), source)
+        else:
+            inv.log.info("running %s (%s) %s", SCRIPT_NAME, source, why)
 
         def run(command: list[str]) -> int:
             return inv.run_child(command, cwd=self._cwd, stdout_file=stdout_path)
@@ -101,8 +113,8 @@ class ScriptHandler(Handler):
             )
         return HandlerResult(exit_code=0, stdout_path=stdout_path, details={"script_source": source})
 
-    def _command_line(self, inv: Invocation) -> tuple[list[str], str, list[str] | None]:
-        """(argv, where it came from, the #! interpreter fallback argv or None)."""
+    def _command_line(self, inv: Invocation) -> tuple[list[str], str, list[str] | None, str | None]:
+        """(argv, where it came from, the #! interpreter fallback argv or None, why this program runs it)."""
         event = inv.event
         event_script = getattr(event, "script", None)
         args = [str(a) for a in (getattr(event, "cmd_args", None) or ())]
@@ -110,22 +122,34 @@ class ScriptHandler(Handler):
             return self._script_argv(inv, event_script, args, "event script")
         if self._command is not None:
             if isinstance(self._command, str):
-                return [SHELL, "-c", self._command, "sh", *args], f"{OPTIONS_KEY}.command", None
-            return [*self._command, *args], f"{OPTIONS_KEY}.command", None
+                return [SHELL, "-c", self._command, "sh", *args], f"{OPTIONS_KEY}.command", None, None
+            return [*self._command, *args], f"{OPTIONS_KEY}.command", None, None
         if self.config.script:
             return self._script_argv(inv, self.config.script, args, self.config.script_source or "configured script")
         if args:
-            return args, "event cmd_args", None
+            return args, "event cmd_args", None, None
         raise ConfigError(f"no user script to run: looked at {SCRIPT_SOURCES} and the event's 'cmd_args'")
 
-    @staticmethod
-    def _script_argv(inv: Invocation, script: bytes, args: list[str], source: str):
+    def _script_argv(self, inv: Invocation, script: bytes, args: list[str], source: str):
         path = inv.work_dir / SCRIPT_NAME
         _write_script(path, script)
         interpreter = _shebang(script)
         if interpreter is None:
-            return [SHELL, str(path), *args], source, None
-        return [str(path), *args], source, [*interpreter, str(path), *args]
+            why = f"with {SHELL} (it has no #! line)"
+            return [SHELL, str(path), *args], source, None, why
+        shell = _shell_name(interpreter)
+        honour = self.config.conveyor.script_shell == "shebang"
+        if shell is not None and not honour:
+            why = f"with {SHELL} (its #! names {shell}; faas-supervisor runs scripts with {SHELL}"
+            if " ".join(interpreter) != SHELL:  # bash, or options such as `#!/bin/sh -e`, are not used
+                why += f"; set {SCRIPT_SHELL_KEY}: shebang to use {' '.join(interpreter)}"
+            return [SHELL, str(path), *args], source, None, why + ")"
+        shown = " ".join(interpreter)
+        if shell is not None:
+            why = f"with {shown} (its #! line, as {SCRIPT_SHELL_KEY}: shebang asks)"
+        else:
+            why = f"with {shown} (its #! line names {_program_name(interpreter)}, not a shell)"
+        return [str(path), *args], source, [*interpreter, str(path), *args], why
 
 
 def _parse_command(value: Any) -> list[str] | str | None:
@@ -163,6 +187,27 @@ def _shebang(script: bytes | str) -> list[str] | None:
     interpreter, _, argument = line.replace("\t", " ").partition(" ")
     argument = argument.strip(" ")
     return [interpreter, argument] if argument else [interpreter]
+
+
+def _program_name(interpreter: list[str]) -> str:
+    """The program a `#!` line names: its interpreter's base name, or what `/usr/bin/env` runs."""
+    name = os.path.basename(interpreter[0])
+    if name == "env" and len(interpreter) > 1:
+        # `#!/usr/bin/env bash`, `#!/usr/bin/env -S bash -e`: the first word not an option (nor the
+        # argument of -u/-C), nor NAME=VALUE.
+        words = iter(interpreter[1].split())
+        for word in words:
+            if word in ("-u", "--unset", "-C", "--chdir"):
+                next(words, None)
+            elif not word.startswith("-") and "=" not in word:
+                return os.path.basename(word)
+    return name
+
+
+def _shell_name(interpreter: list[str]) -> str | None:
+    """The POSIX shell a `#!` line names (sh, bash, dash, ash), or None for any other interpreter."""
+    name = _program_name(interpreter)
+    return name if name in POSIX_SHELLS else None
 
 
 def _explain(rc: int) -> str:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
+from conveyor.config.redaction import mask_values, secret_values
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
@@ -248,7 +249,10 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
         record.status = Status.FAILED
         record.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
     finally:
-        record.log_tail = tail(log_file, job.config.conveyor.log_tail_bytes)
+        # the model's own output may echo a secret it was given (OSCAR_SERVICE_TOKEN ...): never into the record
+        record.log_tail = mask_values(
+            tail(log_file, job.config.conveyor.log_tail_bytes), secret_values(job.base_env, job.config.environment)
+        )
         record.timings["total"] = round(time.monotonic() - started, 4)
         shutil.rmtree(work, ignore_errors=True)
     _store_record(job, record)

@@ -979,3 +979,106 @@ def test_image_defaults_from_another_file_and_their_errors_name_that_file() -> N
         doc("name: f\n", files={"/opt/bad.yaml": "conveyor:\n  timeout: soon\n"},
             environ={"CONVEYOR_DEFAULTS": "/opt/bad.yaml"})
     assert "timeout" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Key case: OSCAR's API reads a service's keys whatever their case (Go's encoding/json); SCAR does not
+
+
+def test_oscar_service_environment_capital_variables() -> None:
+    """10 of OSCAR's example definitions write `environment: {Variables: ...}`; OSCAR reads them."""
+    text = """
+name: cowsay
+script: "echo moo\\n"
+environment:
+  Variables: {INPUT_TYPE: json, SEND_SNS: false}
+"""
+    assert dict(doc(text).environment) == {"INPUT_TYPE": "json", "SEND_SNS": "false"}
+
+
+def test_oscar_cli_definition_keys_in_any_case(secrets: Path) -> None:
+    text = """
+functions:
+  oscar:
+  - my-cluster:
+      Name: cowsay
+      Log_Level: critical
+      Script: "echo moo\\n"
+      Environment:
+        Variables: {INPUT_TYPE: json, SHARED: capital}
+        variables: {B: two, SHARED: lower}
+      Output:
+      - {Storage_Provider: minio.store, Path: results/out, Suffix: [.txt]}
+storage_providers:
+  minio: {store: {endpoint: 'https://m', access_key: a, secret_key: s}}
+"""
+    config = doc(text, secrets_dir=secrets)
+    assert (config.name, config.log_level, config.script) == ("cowsay", "CRITICAL", b"echo moo\n")
+    # both spellings fill one map, in document order, as Go's decoder does
+    assert dict(config.environment) == {"INPUT_TYPE": "json", "SHARED": "lower", "B": "two"}
+    assert config.outputs == (IOSpec(ProviderRef("minio", "store"), "results/out", suffix=(".txt",)),)
+
+
+def test_oscar_service_providers_keys_in_any_case(secrets: Path) -> None:
+    text = """
+name: svc
+Storage_Providers:
+  MinIO: {store: {Endpoint: 'https://m', Access_Key: acc, Secret_Key: sec}}
+Input: [{storage_provider: minio.store, path: in}]
+"""
+    provider = doc(text, secrets_dir=secrets).provider("minio.store")
+    assert (provider.endpoint, provider.access_key, provider.secret_key) == ("https://m", "acc", "sec")
+
+
+def test_exact_spelling_wins_over_another_case() -> None:
+    assert doc("Name: upper\nname: lower\n").name == "lower"
+    assert doc("name: lower\nName: upper\n").name == "lower"
+
+
+def test_names_under_the_keys_keep_their_case() -> None:
+    config = doc("name: s\nenvironment: {Variables: {Path_Prefix: a, path_prefix: b}}\n")
+    assert dict(config.environment) == {"Path_Prefix": "a", "path_prefix": "b"}
+
+
+def test_scar_shapes_are_read_as_spelled() -> None:
+    """SCAR (and faas-supervisor) read `container.environment.Variables` exactly; the flat lambda section's
+    own `environment.Variables` is the Lambda function's environment (UDOCKER_DIR ...), never the script's."""
+    text = """
+name: scar-fn
+container: {environment: {Variables: {A: "1"}, variables: {NOT_READ: x}}}
+environment: {Variables: {UDOCKER_DIR: /tmp/shared/udocker}}
+"""
+    assert dict(doc(text).environment) == {"A": "1"}
+
+
+def test_oscar_service_token_in_the_definition_is_redacted() -> None:
+    config = doc("name: s\nenvironment: {Variables: {OSCAR_SERVICE_TOKEN: tok-5ecr3t-oscar, PLAIN: v}}\n")
+    assert config.environment["OSCAR_SERVICE_TOKEN"] == "tok-5ecr3t-oscar"  # the script gets it ...
+    dumped = json.dumps(config.redacted())
+    assert "tok-5ecr3t-oscar" not in dumped  # ... `conveyor inspect` does not show it
+    assert config.redacted()["environment"] == {"OSCAR_SERVICE_TOKEN": "***", "PLAIN": "v"}
+
+
+# --------------------------------------------------------------------------------------------
+# conveyor.script_shell
+
+
+def test_script_shell_defaults_to_sh() -> None:
+    assert doc("name: s\n").conveyor.script_shell == "sh"
+    assert doc("name: s\n").redacted()["conveyor"]["script_shell"] == "sh"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("shebang", "shebang"), ("Shebang", "shebang"), ("sh", "sh")])
+def test_script_shell_values(value: str, expected: str) -> None:
+    assert doc(f"name: s\nconveyor: {{script_shell: {value}}}\n").conveyor.script_shell == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("bash", "must be one of sh, shebang"), ("/bin/bash", "must be one of sh, shebang"), ("true", "not a boolean")],
+)
+def test_script_shell_other_values_name_the_key(value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        doc(f"name: s\nconveyor: {{script_shell: {value}}}\n")
+    assert "key 'conveyor.script_shell'" in str(info.value)
+    assert says in str(info.value)

@@ -368,6 +368,35 @@ def test_the_child_environment_is_built_per_record(pipe: Pipeline) -> None:
     assert job.base_env["EVENT"] == "stale"
 
 
+OSCAR_POD_ENV = {
+    "OSCAR_SERVICE_NAME": "inprocess",
+    "OSCAR_SERVICE_TOKEN": "svc-5ecr3t-token-0123456789",
+    "OSCAR_SERVICE_BASE_PATH": "/system/services/inprocess/exposed",
+    "JOB_UUID": "job-1c2d",
+    "RESOURCE_ID": "node-3",
+}
+
+
+def test_oscar_variables_and_capital_variables_reach_the_model(pipe: Pipeline) -> None:
+    pipe.base_env.update(OSCAR_POD_ENV)
+    pipe.definition["environment"] = {"Variables": {"INPUT_TYPE": "json"}}  # as 10 of OSCAR's examples write it
+    pipe.put("in", "a.txt", b"a")
+    pipe.run(pipe.storage_event("in", ["a.txt"]))
+    [call] = pipe.handler.calls
+    assert {k: call.env[k] for k in OSCAR_POD_ENV} == OSCAR_POD_ENV  # unchanged, token included
+    assert call.env["INPUT_TYPE"] == "json"
+
+
+def test_a_secret_the_model_prints_is_masked_in_the_record(pipe: Pipeline) -> None:
+    pipe.base_env.update(OSCAR_POD_ENV)
+    pipe.definition["environment"] = {"variables": {"API_PASSWORD": "defined-pa55word"}}
+    pipe.handler.log = "token svc-5ecr3t-token-0123456789 and defined-pa55word; short: node-3\n"
+    pipe.put("in", "a.txt", b"a")
+    [record] = pipe.run(pipe.storage_event("in", ["a.txt"]))
+    assert record.log_tail == "token *** and ***; short: node-3\n"
+    assert "5ecr3t" not in record.to_json() and "pa55word" not in record.to_json()
+
+
 def test_query_parameters_reach_only_their_own_call(pipe: Pipeline) -> None:
     pipe.definition["output"] = []
     pipe.run(http_event(b"one", query={"leak": "secret-from-call-1"}), response=io.BytesIO())

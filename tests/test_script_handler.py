@@ -17,7 +17,7 @@ from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, HandlerError, HandlerTimeout
 from conveyor.events import Event, ObjectRef
 from conveyor.handler import Invocation, handler_class, load_handler
-from conveyor.handlers.script import ScriptHandler, _shebang
+from conveyor.handlers.script import ScriptHandler, _shebang, _shell_name
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.script"
@@ -29,16 +29,18 @@ def script(name: str) -> bytes:
     return (SCRIPTS / name).read_bytes()
 
 
-def config(script_bytes: bytes | None = None, source: str | None = None, **options) -> FunctionConfig:
+def config(
+    script_bytes: bytes | None = None, source: str | None = None, script_shell: str = "sh", **options
+) -> FunctionConfig:
     return FunctionConfig(
         script=script_bytes,
         script_source=source if source or script_bytes is None else "env SCRIPT",
-        conveyor=ConveyorSettings(handler=HandlerSpec(name="script", options=options)),
+        conveyor=ConveyorSettings(handler=HandlerSpec(name="script", options=options), script_shell=script_shell),
     )
 
 
-def handler(script_bytes: bytes | None = None, **options) -> ScriptHandler:
-    h = ScriptHandler(config(script_bytes), options)
+def handler(script_bytes: bytes | None = None, script_shell: str = "sh", **options) -> ScriptHandler:
+    h = ScriptHandler(config(script_bytes, script_shell=script_shell), options)
     h.ensure_setup()
     return h
 
@@ -106,6 +108,9 @@ def test_scar_style_script_copies_the_input(invocation, caplog):
     assert "in/photo.jpg" in inv.log_file.read_text()  # stderr went to the log file ...
     assert any(r.getMessage().startswith("model: SCRIPT: Invoked") for r in caplog.records)  # ... and the log
     assert result.details["script_source"] == "env SCRIPT"
+    # its #!/bin/bash line: run as faas-supervisor runs it, by /bin/sh
+    assert any(r.getMessage().startswith("running script.sh (env SCRIPT) with /bin/sh (its #! names bash;")
+               for r in caplog.records)
 
 
 def test_script_file_is_private_to_the_record(invocation):
@@ -277,3 +282,114 @@ def test_base64_script_round_trip_from_env_script(invocation):
 )
 def test_shebang_is_split_like_linux(line, expected):
     assert _shebang(line) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Which program runs the script: /bin/sh for a shell #! (as faas-supervisor), its #! for anything else
+
+SHELL_PROBE = b'readlink /proc/$$/exe > "$TMP_OUTPUT_DIR/shell.txt"\necho "\\nAnalysis:"\n'
+BIN_SH = os.path.realpath("/bin/sh")
+BASH = os.path.realpath("/bin/bash")
+
+
+def ran_with(inv: Invocation) -> str:
+    return (inv.output_dir / "shell.txt").read_text().strip()
+
+
+def interpreter_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("running ")]
+
+
+@pytest.mark.parametrize("line", [b"#!/bin/bash\n", b"#!/usr/bin/env bash\n", b"#! /bin/bash -e\n", b"#!/bin/dash\n"])
+def test_a_shell_shebang_runs_under_bin_sh_by_default(invocation, caplog, line):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    inv = invocation()
+    result = handler(line + SHELL_PROBE).handle(inv)
+    assert ran_with(inv) == BIN_SH
+    # dash's echo turns \n into a newline; bash's would print it as is
+    expected = b"\nAnalysis:\n" if BIN_SH.endswith("dash") else b"\\nAnalysis:\n"
+    assert result.stdout_path.read_bytes() == expected
+    [message] = interpreter_lines(caplog)
+    assert message.startswith("running script.sh (env SCRIPT) with /bin/sh (its #! names ")
+    assert "faas-supervisor runs scripts with /bin/sh; set conveyor.script_shell: shebang to use" in message
+
+
+def test_bash_shebang_message_says_how_to_get_bash(invocation, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    handler(b"#!/bin/bash\n" + SHELL_PROBE).handle(invocation())
+    assert interpreter_lines(caplog) == [
+        "running script.sh (env SCRIPT) with /bin/sh (its #! names bash; faas-supervisor runs scripts with"
+        " /bin/sh; set conveyor.script_shell: shebang to use /bin/bash)"
+    ]
+
+
+def test_sh_shebang_message_has_no_hint(invocation, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    handler(b"#!/bin/sh\n" + SHELL_PROBE).handle(invocation())
+    assert interpreter_lines(caplog) == [
+        "running script.sh (env SCRIPT) with /bin/sh (its #! names sh; faas-supervisor runs scripts with /bin/sh)"
+    ]
+
+
+@pytest.mark.parametrize("line", [b"#!/bin/bash\n", b"#!/usr/bin/env bash\n"])
+def test_script_shell_shebang_honours_a_shell_shebang(invocation, caplog, line):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    inv = invocation()
+    result = handler(line + SHELL_PROBE, script_shell="shebang").handle(inv)
+    assert ran_with(inv) == BASH
+    assert result.stdout_path.read_bytes() == b"\\nAnalysis:\n"
+    [message] = interpreter_lines(caplog)
+    assert message.endswith("(its #! line, as conveyor.script_shell: shebang asks)")
+
+
+def test_a_bash_only_script_works_with_script_shell_shebang(invocation):
+    bash_only = b'#!/bin/bash\nif [[ "$STORAGE_OBJECT_KEY" == in/* ]]; then echo matched; fi\n'
+    assert handler(bash_only, script_shell="shebang").handle(invocation()).stdout_path.read_text() == "matched\n"
+    if BIN_SH.endswith("dash"):  # by default, as under faas-supervisor: dash has no [[, the test is false
+        inv = invocation()
+        assert handler(bash_only).handle(inv).stdout_path.read_text() == ""
+        assert "[[: not found" in inv.log_file.read_text()
+
+
+@pytest.mark.parametrize("script_shell", ["sh", "shebang"])
+def test_another_interpreter_runs_its_script_either_way(invocation, caplog, script_shell):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    inv = invocation(data=b"shout\n", key="docs/note.txt")
+    result = handler(script("upper.py"), script_shell=script_shell).handle(inv)
+    assert outputs(inv) == {"note.upper.txt": "SHOUT\n"}
+    assert result.stdout_path.read_text() == "no-args\n"
+    assert interpreter_lines(caplog) == [
+        "running script.sh (env SCRIPT) with /usr/bin/env python3 (its #! line names python3, not a shell)"
+    ]
+
+
+def test_no_shebang_is_logged(invocation, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    inv = invocation()
+    handler(script("no_shebang.sh"), script_shell="shebang").handle(inv)
+    assert outputs(inv)["shell.txt"].strip() == BIN_SH
+    assert interpreter_lines(caplog) == ["running script.sh (env SCRIPT) with /bin/sh (it has no #! line)"]
+
+
+@pytest.mark.parametrize(
+    ("interpreter", "shell"),
+    [
+        (["/bin/sh"], "sh"),
+        (["/bin/bash"], "bash"),
+        (["/usr/bin/dash"], "dash"),
+        (["/bin/ash"], "ash"),
+        (["/usr/bin/env", "bash"], "bash"),
+        (["/usr/bin/env", "-S bash -e"], "bash"),
+        (["/usr/bin/env", "-S LC_ALL=C sh"], "sh"),
+        (["/usr/bin/env", "-S -u bash python3"], None),
+        (["/usr/bin/env", "-S -C /tmp bash"], "bash"),
+        (["/bin/bash", "-e"], "bash"),
+        (["/usr/bin/env", "python3"], None),
+        (["/usr/bin/Rscript"], None),
+        (["/usr/bin/perl", "-w"], None),
+        (["/bin/zsh"], None),
+        (["/bin/sh\r"], None),  # a CRLF script: exec'd, and its missing interpreter diagnosed
+    ],
+)
+def test_which_shebangs_name_a_posix_shell(interpreter, shell):
+    assert _shell_name(interpreter) == shell

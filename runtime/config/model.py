@@ -185,6 +185,10 @@ class ConveyorSettings:
     # A record whose model wrote no file is FAILED. None (auto): required when the config has
     # output entries and the caller does not wait for a response (whose body may be stdout).
     require_output: bool | None = None
+    # Which program runs a user script whose #! names a POSIX shell (sh, bash, dash, ash ...):
+    # "sh" runs it as `/bin/sh script`, as faas-supervisor does; "shebang" honours its #! line.
+    # A #! naming any other interpreter (python3, Rscript ...) is honoured either way.
+    script_shell: str = "sh"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -199,6 +203,7 @@ class ConveyorSettings:
             "log_tail_bytes": self.log_tail_bytes,
             "log_max_bytes": self.log_max_bytes,
             "require_output": self.require_output,
+            "script_shell": self.script_shell,
         }
 
 

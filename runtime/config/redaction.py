@@ -39,3 +39,26 @@ def redact_options(value: Any) -> Any:
 def mask_fields(obj: Any, names: tuple[str, ...]) -> dict[str, str]:
     """The named attributes of `obj` that are set, each shown as '***'."""
     return {name: REDACTED for name in names if getattr(obj, name) is not None}
+
+
+# A secret-named variable's value this long or longer is masked where the model's own output is kept
+# (the record's log tail); shorter values ("true", "1") would mask ordinary words.
+MIN_MASKED_LENGTH = 8
+
+
+def secret_values(*environments: Mapping[str, str]) -> list[str]:
+    """The values of secret-looking variables (`OSCAR_SERVICE_TOKEN`, `AWS_SECRET_ACCESS_KEY` ...), longest first."""
+    found = {
+        value
+        for env in environments
+        for name, value in env.items()
+        if is_secret_name(name) and len(value) >= MIN_MASKED_LENGTH
+    }
+    return sorted(found, key=len, reverse=True)
+
+
+def mask_values(text: str, values: list[str]) -> str:
+    """`text` with every occurrence of each value replaced by '***'."""
+    for value in values:
+        text = text.replace(value, REDACTED)
+    return text

@@ -25,7 +25,9 @@ _KNOWN = {
     "log_tail_bytes",
     "log_max_bytes",
     "require_output",
+    "script_shell",
 }
+SCRIPT_SHELLS = ("sh", "shebang")
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -62,6 +64,9 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         log_tail_bytes=values.size(merged.get("log_tail_bytes"), at("log_tail_bytes"), defaults.log_tail_bytes) or 0,
         log_max_bytes=log_max or defaults.log_max_bytes,
         require_output=values.boolean(merged.get("require_output"), at("require_output"), None),
+        script_shell=values.choice(
+            merged.get("script_shell"), at("script_shell"), defaults.script_shell, SCRIPT_SHELLS, upper=False
+        ),
     )
     return settings, join(at("status"), "storage_provider")
 

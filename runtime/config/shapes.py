@@ -9,6 +9,9 @@ Shapes understood, unchanged:
   - the user-facing definitions (for --config): SCAR's `functions: {aws: [{lambda: {...}, batch: {...}}]}`
     and oscar-cli's `functions: {oscar: [{<cluster>: {...}}]}`, with `storage_providers` at the top.
 With several functions in one file, AWS_LAMBDA_FUNCTION_NAME or OSCAR_SERVICE_NAME picks one.
+
+An OSCAR service's keys are read whatever their case, as OSCAR's API reads them (`environment:
+{Variables: ...}` is `environment.variables`); SCAR's shapes are read as spelled, as SCAR does.
 """
 
 from __future__ import annotations
@@ -31,12 +34,73 @@ class Selection(NamedTuple):
     conveyor: list[Section]  # conveyor: sections, later ones win
 
 
+# The keys of an OSCAR service that OSCAR's API reads whatever their case (it decodes the service
+# as JSON with Go's encoding/json, which matches struct fields case-insensitively): `Variables`,
+# `Log_Level`, `Storage_Provider` ... are read as `variables`, `log_level`, `storage_provider`. Only
+# keys, never the names under them (variable names, provider ids). `_MAP` marks a map of names.
+_MAP = "<names>"
+_IO = {"storage_provider": None, "path": None, "prefix": None, "suffix": None}
+_PROVIDER_FIELDS = {
+    name: None
+    for name in (
+        "endpoint", "verify", "access_key", "secret_key", "region", "oneprovider_host", "token", "space",
+        "hostname", "login", "password",
+    )
+}
+_PROVIDERS = {kind: {_MAP: _PROVIDER_FIELDS} for kind in ("s3", "minio", "onedata", "webdav", "rucio")}
+OSCAR_SERVICE_KEYS: dict[str, Any] = {
+    **{
+        name: None
+        for name in (
+            "name", "log_level", "image", "script", "file_stage_in", "isolation_level", "bucket_list",
+        )
+    },
+    "input": [_IO],
+    "output": [_IO],
+    "environment": {"variables": None, "secrets": None},
+    "storage_providers": _PROVIDERS,
+}
+
+
+def fold_keys(value: Any, schema: Any) -> Any:
+    """`value` with its keys spelled as `schema` spells them when they match but for case.
+
+    An exact spelling wins; two spellings of one mapping key (`variables` and `Variables`) are
+    merged in document order, as Go's decoder fills one map from both.
+    """
+    if isinstance(schema, list) and isinstance(value, list):
+        return [fold_keys(item, schema[0]) for item in value]
+    if not isinstance(schema, dict) or not isinstance(value, Mapping):
+        return value
+    if _MAP in schema:
+        return {k: fold_keys(v, schema[_MAP]) for k, v in value.items()}
+    known = {name.lower(): name for name in schema}
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        name = key if key in schema else known.get(key.lower()) if isinstance(key, str) else None
+        if name is None:
+            out.setdefault(key, item)
+            continue
+        item = fold_keys(item, schema[name])
+        if isinstance(out.get(name), Mapping) and isinstance(item, Mapping):
+            item = {**out[name], **item}
+        elif name in out and name != key:
+            continue  # the exact spelling wins over another case of it
+        out[name] = item
+    return out
+
+
 def select_function(values: Values, doc: Mapping[Any, Any], environ: Mapping[str, str]) -> Selection:
     """The function this worker runs: the document itself when flat, else one of its `functions`."""
     providers: list[Section] = [(doc.get("storage_providers"), "storage_providers")]
     conveyor: list[Section] = [(doc.get("conveyor"), "conveyor")]
     if "functions" not in doc or "name" in doc:
-        return Selection(dict(doc), {}, providers, conveyor)
+        if isinstance(doc.get("container"), Mapping):
+            # SCAR's flat file (its lambda section): SCAR reads its keys as spelled, and its top-level
+            # `environment: {Variables: ...}` is the Lambda function's own (UDOCKER_DIR ...), not the script's.
+            return Selection(dict(doc), {}, providers, conveyor)
+        flat = fold_keys(doc, OSCAR_SERVICE_KEYS)
+        return Selection(flat, {}, [(flat.get("storage_providers"), "storage_providers")], conveyor)
     functions = values.mapping(doc["functions"], "functions")
     candidates: list[_Candidate] = []
     for platform_key in ("aws", "oscar"):
@@ -54,7 +118,7 @@ def select_function(values: Values, doc: Mapping[Any, Any], environ: Mapping[str
             else:
                 for cluster, service in entry.items():
                     service_key = join(entry_key, str(cluster))
-                    flat = dict(values.mapping(service, service_key))
+                    flat = fold_keys(dict(values.mapping(service, service_key)), OSCAR_SERVICE_KEYS)
                     candidates.append((_name_of(flat), flat, {k: join(service_key, k) for k in flat}))
     if not candidates:
         raise values.fail(
