@@ -22,6 +22,7 @@ import click
 
 from conveyor import __version__
 from conveyor.config import FunctionConfig, load_config
+from conveyor.config.redaction import secret_values
 from conveyor.errors import ConveyorError, EventError, exit_code_for
 from conveyor.events import load_event, refs_to_json
 from conveyor.local.command import local
@@ -179,9 +180,10 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     from conveyor.process import Job, Stores, run_event, scratch_dir
 
     environ = dict(os.environ)
-    setup_logging(environ.get("LOG_LEVEL", "INFO"))
+    env_secrets = secret_values(environ)  # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...
+    setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=env_secrets)
     platform, config = _load(environ, platform_opt, config_path)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, secrets=[*env_secrets, *config.secret_values()])
     if platform is Platform.LAMBDA and event_path is None:
         from conveyor.lambda_runtime import serve
 
@@ -272,7 +274,12 @@ def parse_event_cmd(source: str) -> None:
 @click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
 @guarded
 def inspect(config_path: str | None, platform_opt: str | None) -> None:
-    """Print the detected platform and the parsed configuration (secrets shown as ***). Exit 78 if bad."""
+    """Print the detected platform and the parsed configuration (secrets shown as ***). Exit 78 if bad.
+
+    Shown as ***: every credential of a storage provider, and the value of every environment
+    variable or handler option whose name contains secret, token, pass, pwd, key, sign, auth,
+    cred, private, cert, session, cookie, salt or dsn (any case: DB_PASS, MY_KEY, SIGNING_KEY).
+    """
     platform, config = _load(dict(os.environ), platform_opt, config_path)
     click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+
+from conveyor.config.redaction import mask_fields_in_text, mask_values
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("conveyor_request_id", default="-")
 
@@ -34,15 +36,29 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str | int = "INFO", stream=None) -> None:
-    """Configure the root logger once: one stderr handler, request id on every line."""
+class _RedactingFormatter(logging.Formatter):
+    """Every formatted line (message, traceback and all) with credentials masked, at every level:
+    the values of credential headers and parameters (botocore's DEBUG lines show X-Amz-Security-Token
+    and the request signature), and any occurrence of a known secret value."""
+
+    def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
+        super().__init__(fmt)
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_values(mask_fields_in_text(super().format(record)), self.secrets)
+
+
+def setup_logging(level: str | int = "INFO", stream=None, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once: one stderr handler, request id on every line, credentials
+    masked (`secrets`: values never to show, such as the configured keys and the environment's tokens)."""
     root = logging.getLogger()
     for existing in list(root.handlers):
         if getattr(existing, "_conveyor", False):
             root.removeHandler(existing)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._conveyor = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(_RedactingFormatter(LOG_FORMAT, secrets))
     handler.addFilter(_RequestIdFilter())
     root.addHandler(handler)
     try:

@@ -56,6 +56,40 @@ def load_config(
     return loader.build(doc, image_defaults(environ, reader))
 
 
+# Linux refuses an exec (E2BIG, "Argument list too long") when one NAME=value string is longer than
+# MAX_ARG_STRLEN (32 pages: 128 KiB with its NUL), or when arguments and environment together pass
+# ARG_MAX (a quarter of the stack limit: 2 MiB by default). The definition's own variables may take
+# at most half of that, leaving room for the platform's environment and EVENT.
+MAX_ARG_STRLEN = 128 * 1024
+MAX_DEFINITION_ENVIRONMENT = 1024 * 1024
+
+
+def _env_size(name: str, value: str) -> int:
+    return len(f"{name}={value}".encode("utf-8", "surrogateescape")) + 1  # the NUL, as exec counts it
+
+
+def check_environment_size(values: Values, parts: list[tuple[Mapping[str, str], str]]) -> None:
+    """ConfigError naming the variable whose NAME=value is too long for exec, or naming the
+    environment when the definition's variables together are too large: checked once, at load,
+    rather than every record failing with `Argument list too long`."""
+    total = 0
+    for variables, key in parts:
+        for name, value in variables.items():
+            size = _env_size(name, value)
+            if size > MAX_ARG_STRLEN:
+                raise values.fail(
+                    join(key, name),
+                    f"is {size} bytes as NAME=value; Linux refuses an environment string over {MAX_ARG_STRLEN} bytes",
+                )
+            total += size
+    if total > MAX_DEFINITION_ENVIRONMENT:
+        raise values.fail(
+            " and ".join(key for variables, key in parts if variables),
+            f"the variables take {total} bytes; at most {MAX_DEFINITION_ENVIRONMENT} are allowed "
+            "(Linux bounds the whole environment of a process)",
+        )
+
+
 class _Loader:
     """Turns one parsed YAML document into a FunctionConfig; every error names key path and source."""
 
@@ -83,9 +117,13 @@ class _Loader:
 
         container = v.mapping(flat.get("container"), at("container"))
         container_env = v.mapping(container.get("environment"), join(at("container"), "environment"))
-        environment = v.variables(container_env.get("Variables"), join(at("container"), "environment.Variables"))
+        scar_key = join(at("container"), "environment.Variables")
+        environment = v.variables(container_env.get("Variables"), scar_key)
         oscar_env = v.mapping(flat.get("environment"), at("environment"))
-        environment.update(v.variables(oscar_env.get("variables"), join(at("environment"), "variables")))
+        oscar_key = join(at("environment"), "variables")
+        oscar_vars = v.variables(oscar_env.get("variables"), oscar_key)
+        check_environment_size(v, [(environment, scar_key), (oscar_vars, oscar_key)])
+        environment.update(oscar_vars)
 
         if "timeout_threshold" in container:
             threshold_value, threshold_key = container["timeout_threshold"], join(at("container"), "timeout_threshold")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from conveyor.config.redaction import mask_fields, redact_by_name, redact_options
+from conveyor.config.redaction import MIN_MASKED_LENGTH, mask_fields, redact_by_name, redact_options, secret_values
 from conveyor.errors import ConfigError, CredentialsError
 
 LAMBDA_CONFIG_PATH = "/var/task/function_config.yaml"
@@ -287,6 +287,18 @@ class FunctionConfig:
             f" (the value '{HIDDEN}' does not count)"
         )
         return f"no credentials for storage provider '{ref}': " + "; ".join(looked)
+
+    def secret_values(self) -> list[str]:
+        """Values the logs must never show: the providers' secret keys, tokens and passwords, and the
+        values of the definition's secret-looking variables (MIN_MASKED_LENGTH characters or more)."""
+        found = {
+            value
+            for provider in self.providers.values()
+            for value in (provider.secret_key, provider.token, provider.password)
+            if value is not None and len(value) >= MIN_MASKED_LENGTH
+        }
+        found.update(secret_values(self.environment))
+        return sorted(found, key=len, reverse=True)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict with every secret replaced by '***' and the script shown by length only."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from conveyor.config.model import (
     HIDDEN,
@@ -125,6 +126,8 @@ def _provider(values: Values, ref: ProviderRef, entry: Mapping[Any, Any], key: s
             missing = "secret_key" if secret_key is None else "access_key"
             raise values.fail(join(key, missing), "is missing (access_key and secret_key go together)")
         endpoint = text("endpoint")
+        if endpoint is not None:
+            check_endpoint(values, ref, endpoint, join(key, "endpoint"))
         if endpoint is None and ref == MINIO_DEFAULT:
             endpoint = MINIO_DEFAULT_ENDPOINT
         return StorageProvider(
@@ -157,6 +160,32 @@ def _provider(values: Values, ref: ProviderRef, entry: Mapping[Any, Any], key: s
         source = f"{values.source}: {key}"
         return StorageProvider(ref, host=text("host"), login=text("account"), credentials_source=source)
     return StorageProvider(ref, root=required("root"))  # local
+
+
+def check_endpoint(values: Values, ref: ProviderRef, endpoint: str, key: str) -> None:
+    """ConfigError naming `key` unless `endpoint` is http(s)://host[:port] (a trailing / allowed).
+
+    Credentials in the URL (user:password@) are refused without echoing them: keys belong in
+    access_key/secret_key, where inspect masks them and the logs never show them. A MinIO endpoint may
+    leave out the scheme (https then, as the minio SDK reads it); boto3 (s3) needs one.
+    """
+    has_scheme = "://" in endpoint
+    try:
+        parts = urlsplit(endpoint if has_scheme else f"https://{endpoint}")
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise values.fail(key, "must not hold credentials (user:password@): use access_key and secret_key")
+        hostname, _ = parts.hostname, parts.port  # port: ValueError when not a number in range
+    except ValueError:
+        raise values.fail(key, "is not a URL (expected http(s)://host[:port])") from None
+    shown = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "the endpoint"
+    if not has_scheme and ref.type == "s3":
+        raise values.fail(key, "needs a scheme (expected http(s)://host[:port])")
+    if parts.scheme not in ("http", "https"):
+        raise values.fail(key, f"must be an http or https URL, not {parts.scheme or 'schemeless'}://")
+    if not hostname:
+        raise values.fail(key, "has no host (expected http(s)://host[:port])")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise values.fail(key, f"must be {shown} with no path, query or fragment")
 
 
 def _legacy_provider(ids: Mapping[Any, Any]) -> bool:

@@ -11,8 +11,13 @@ from typing import Any
 
 REDACTED = "***"
 
-# Environment variables and handler options whose names look like secrets are redacted.
-SECRET_NAME = re.compile(r"secret|token|passw|credential|private|api_?key|access_?key", re.IGNORECASE)
+# Environment variables and handler options whose names look like secrets are redacted. The rule is
+# broad on purpose (DB_PASS, MY_KEY, SIGNING_KEY, AUTH_HEADER, DB_PWD, SESSION_ID ...): masking a
+# harmless value in `inspect` costs little, showing a password costs a lot.
+SECRET_NAME = re.compile(
+    r"secret|token|pass|pwd|key|sign|auth|cred|private|cert|session|cookie|salt|dsn",
+    re.IGNORECASE,
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -55,6 +60,25 @@ def secret_values(*environments: Mapping[str, str]) -> list[str]:
         if is_secret_name(name) and len(value) >= MIN_MASKED_LENGTH
     }
     return sorted(found, key=len, reverse=True)
+
+
+# Credentials by where they stand in a log line, whatever their value: botocore's DEBUG lines show
+# request headers ({'X-Amz-Security-Token': b'...', 'Authorization': b'AWS4-HMAC-SHA256 ...
+# Signature=...'}), canonical requests (x-amz-security-token:...) and presigned URLs
+# (X-Amz-Security-Token=...&X-Amz-Signature=...); Onedata sends X-Auth-Token, WebDAV Basic auth.
+SECRET_FIELD = re.compile(
+    r"""(?P<name>x-amz-security-token|x-auth-token|x-amz-signature|signature|authorization|aws_session_token
+            |aws_secret_access_key|secret_?key|password)
+        (?P<sep>['"]?\s*[:=]\s*(?:b?['"])?)
+        (?P<scheme>(?:basic|bearer|token)\s+)?
+        (?P<value>[^\s'",&;)}\]]+)""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def mask_fields_in_text(text: str) -> str:
+    """`text` with the value of every credential-bearing header, parameter or field replaced by '***'."""
+    return SECRET_FIELD.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{REDACTED}", text)
 
 
 def mask_values(text: str, values: list[str]) -> str:

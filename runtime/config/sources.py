@@ -31,6 +31,24 @@ from conveyor.platform import Platform
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
+class AliasRefused(yaml.YAMLError):
+    """A definition uses a YAML alias (`*name`): refused, so a nest of aliases cannot expand without bound."""
+
+
+def _check_no_alias(text: str) -> None:
+    """AliasRefused at the first alias event. Anchors alone are harmless; aliases are what expand (billion laughs).
+
+    The events are scanned before the document is built, so nothing is expanded. No SCAR or OSCAR
+    definition in tests/configs uses anchors or aliases.
+    """
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise AliasRefused(f"YAML aliases (*{event.anchor}) are not allowed in a definition{where}")
+
+
 def read_text_file(path: str) -> str | None:
     """The default `read_file`: the file's text (undecodable bytes kept as surrogates), None when absent."""
     try:
@@ -105,7 +123,10 @@ def b64_text(value: str, source: str, key: str) -> str:
 def parse_yaml(text: str, source: str) -> Any:
     """The YAML document (safe loader); any failure is one ConfigError line naming the source."""
     try:
+        _check_no_alias(text)
         return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader (libyaml when available)
+    except AliasRefused as exc:
+        raise ConfigError(str(exc), source=source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
