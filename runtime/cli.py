@@ -278,7 +278,7 @@ def inspect(config_path: str | None, platform_opt: str | None) -> None:
 
     Shown as ***: every credential of a storage provider, and the value of every environment
     variable or handler option whose name contains secret, token, pass, pwd, key, sign, auth,
-    cred, private, cert, session, cookie, salt or dsn (any case: DB_PASS, MY_KEY, SIGNING_KEY).
+    cred, private, session, cookie, salt or dsn (any case: DB_PASS, MY_KEY, SIGNING_KEY).
     """
     platform, config = _load(dict(os.environ), platform_opt, config_path)
     click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))

@@ -181,3 +181,35 @@ def test_environment_just_under_the_limit_loads(tmp_path: Path) -> None:
     value = "v" * (128 * 1024 - len("NAME=") - 1)
     config.write_text(yaml.safe_dump({"name": "f", "environment": {"variables": {"NAME": value}}}))
     assert inspect(config).returncode == 0
+
+
+def test_log_lines_are_masked_at_every_level() -> None:
+    """The formatter of Conveyor's handler: header values and known secret values, tracebacks included."""
+    import io
+    import logging
+
+    from conveyor.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    buffer = io.StringIO()
+    try:
+        setup_logging("DEBUG", stream=buffer, secrets=["configured-secret-key", "short"])
+        log = logging.getLogger("botocore.endpoint")
+        log.debug("headers={'X-Amz-Security-Token': b'%s', 'Authorization': b'AWS4-HMAC-SHA256 "
+                  "Credential=AK/x, SignedHeaders=host, Signature=0123abcdef'}", "tok-tok-tok")
+        log.info("canonical: x-amz-security-token:tok-tok-tok\nhost:h")
+        logging.getLogger("conveyor.storage").warning("Authorization: Basic dXNlcjpwYXNz; X-Auth-Token: od-token-1")
+        try:
+            raise RuntimeError("boom with configured-secret-key inside")
+        except RuntimeError:
+            logging.getLogger("conveyor").exception("failed")
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[1]:
+                root.removeHandler(handler)
+        root.setLevel(saved[0])
+    text = buffer.getvalue()
+    for secret in ("tok-tok-tok", "0123abcdef", "dXNlcjpwYXNz", "od-token-1", "configured-secret-key"):
+        assert secret not in text, secret
+    assert "Signature=***" in text and "Basic ***" in text and "boom with *** inside" in text

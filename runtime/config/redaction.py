@@ -15,7 +15,7 @@ REDACTED = "***"
 # broad on purpose (DB_PASS, MY_KEY, SIGNING_KEY, AUTH_HEADER, DB_PWD, SESSION_ID ...): masking a
 # harmless value in `inspect` costs little, showing a password costs a lot.
 SECRET_NAME = re.compile(
-    r"secret|token|pass|pwd|key|sign|auth|cred|private|cert|session|cookie|salt|dsn",
+    r"secret|token|pass|pwd|key|sign|auth|cred|private|session|cookie|salt|dsn",
     re.IGNORECASE,
 )
 
