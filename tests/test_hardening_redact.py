@@ -157,7 +157,8 @@ def test_example_definitions_use_no_anchors() -> None:
     ("variables", "named"),
     [
         ({"SMALL": "x", "HUGE_VALUE": "v" * (128 * 1024)}, "environment.variables.HUGE_VALUE"),
-        ({f"PART_{i}": "v" * (100 * 1024) for i in range(12)}, "environment.variables"),
+        ({f"PART_{i}": "v" * (100 * 1024) for i in range(os.sysconf("SC_ARG_MAX") // (100 * 1024) + 1)},
+         "environment.variables"),
     ],
 )
 def test_oversized_environment_is_a_config_error(tmp_path: Path, command: str, variables: dict[str, str],

@@ -58,21 +58,33 @@ def load_config(
 
 # Linux refuses an exec (E2BIG, "Argument list too long") when one NAME=value string is longer than
 # MAX_ARG_STRLEN (32 pages: 128 KiB with its NUL), or when arguments and environment together pass
-# ARG_MAX (a quarter of the stack limit: 2 MiB by default). The definition's own variables may take
-# at most half of that, leaving room for the platform's environment and EVENT.
+# ARG_MAX (a quarter of the stack limit: 2 MiB by default). The model's environment (what it inherits
+# plus the definition's variables) may take at most half of ARG_MAX, leaving room for EVENT.
 MAX_ARG_STRLEN = 128 * 1024
-MAX_DEFINITION_ENVIRONMENT = 1024 * 1024
+# What the model does not inherit from Conveyor's environment (conveyor.process.PRIVATE_VARS).
+NOT_INHERITED = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
+
+
+def max_environment_block() -> int:
+    """Half of ARG_MAX (SC_ARG_MAX: 2 MiB under the default 8 MiB stack limit)."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        arg_max = -1
+    return (arg_max if arg_max > 0 else 2 * 1024 * 1024) // 2
 
 
 def _env_size(name: str, value: str) -> int:
     return len(f"{name}={value}".encode("utf-8", "surrogateescape")) + 1  # the NUL, as exec counts it
 
 
-def check_environment_size(values: Values, parts: list[tuple[Mapping[str, str], str]]) -> None:
+def check_environment_size(
+    values: Values, parts: list[tuple[Mapping[str, str], str]], inherited: Mapping[str, str]
+) -> None:
     """ConfigError naming the variable whose NAME=value is too long for exec, or naming the
-    environment when the definition's variables together are too large: checked once, at load,
-    rather than every record failing with `Argument list too long`."""
-    total = 0
+    definition's variables when, with what the model inherits, they are too large: checked once,
+    at load, rather than every record failing with `Argument list too long`."""
+    defined: dict[str, int] = {}
     for variables, key in parts:
         for name, value in variables.items():
             size = _env_size(name, value)
@@ -81,12 +93,16 @@ def check_environment_size(values: Values, parts: list[tuple[Mapping[str, str], 
                     join(key, name),
                     f"is {size} bytes as NAME=value; Linux refuses an environment string over {MAX_ARG_STRLEN} bytes",
                 )
-            total += size
-    if total > MAX_DEFINITION_ENVIRONMENT:
+            defined[name] = size
+    if not defined:
+        return
+    kept = sum(_env_size(k, v) for k, v in inherited.items() if k not in NOT_INHERITED and k not in defined)
+    total, bound = kept + sum(defined.values()), max_environment_block()
+    if total > bound:
         raise values.fail(
             " and ".join(key for variables, key in parts if variables),
-            f"the variables take {total} bytes; at most {MAX_DEFINITION_ENVIRONMENT} are allowed "
-            "(Linux bounds the whole environment of a process)",
+            f"take {sum(defined.values())} bytes, and the model's whole environment {total}; at most {bound} "
+            "are allowed (half of Linux's ARG_MAX, the rest left to EVENT)",
         )
 
 
@@ -122,7 +138,7 @@ class _Loader:
         oscar_env = v.mapping(flat.get("environment"), at("environment"))
         oscar_key = join(at("environment"), "variables")
         oscar_vars = v.variables(oscar_env.get("variables"), oscar_key)
-        check_environment_size(v, [(environment, scar_key), (oscar_vars, oscar_key)])
+        check_environment_size(v, [(environment, scar_key), (oscar_vars, oscar_key)], self.environ)
         environment.update(oscar_vars)
 
         if "timeout_threshold" in container:
