@@ -405,3 +405,20 @@ def test_in_process_model_output_never_reaches_the_sync_response(deploy) -> None
     assert proc.stdout == base64.b64encode(PNG) + b"\n"
     assert b"chatty model: loading weights..." in proc.stderr
     assert b"chatty model: from a C library" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "invalid-utf8"])
+def test_malformed_storage_event_is_refused(deploy, s3_client, bucket, damage) -> None:
+    """Issue 14, item 4: a storage event cut short, or holding a byte that is not UTF-8, is a malformed
+    event (65): the model does not run on its text, nothing is downloaded or uploaded."""
+    d = deploy('#!/bin/sh\ntouch "$MARKERS/ran"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    text = json.dumps(s3_event(bucket, ["in/x.bin"])).encode()
+    data = text[: len(text) // 2] if damage == "truncated" else text.replace(b"in/x.bin", b"in/x\xff.bin")
+    proc = d.run(None, stdin=data)
+    assert proc.returncode == 65, proc.stderr.decode()
+    assert not (d.markers / "ran").exists()  # no model run
+    assert keys(s3_client, bucket, "out/") == []
+    assert "downloaded" not in proc.stderr.decode()
+    assert "malformed" in proc.stderr.decode()
+    assert list(d.scratch.iterdir()) == []
