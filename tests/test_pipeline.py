@@ -422,3 +422,39 @@ def test_malformed_storage_event_is_refused(deploy, s3_client, bucket, damage) -
     assert "downloaded" not in proc.stderr.decode()
     assert "malformed" in proc.stderr.decode()
     assert list(d.scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("refusal", ["missing-bucket", "bad-credentials"])
+@pytest.mark.parametrize("provider", ["minio", "s3"])
+def test_an_upload_the_server_refuses_is_not_retried(deploy, s3_client, bucket, s3_server, provider, refusal) -> None:
+    """Issue 14, item 9: a 4xx answer (NoSuchBucket 404, refused credentials 403) is permanent: the
+    upload fails at once, its withdrawal does not keep asking for withdraw_timeout (it took ~28 s),
+    and the record says why."""
+    proxy = LostAnswers(s3_server.endpoint, method="NONE")  # forwards everything, counts requests
+    try:
+        d = deploy()
+        providers = d.definition["storage_providers"][provider]
+        providers["out"] = {**providers["default"], "endpoint": proxy.endpoint}
+        target = unique_bucket_name("missing") if refusal == "missing-bucket" else bucket
+        if refusal == "bad-credentials":
+            providers["out"]["secret_key"] = "not-the-secret-key"
+        d.definition["output"] = [{"storage_provider": f"{provider}.out", "path": f"{target}/out"}]
+        s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+        proc = d.run(oscar_event(bucket, "in/x.bin"))
+    finally:
+        proxy.close()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED", proc.stderr.decode()
+    if refusal == "missing-bucket":
+        assert proc.returncode == 74 and record["error"]["kind"] == "storage"
+        assert "bucket not found" in record["error"]["message"] and record["error"]["status"] == 404
+        assert "not_withdrawn" not in record["extra"]  # no bucket: nothing of it is left
+    else:
+        assert proc.returncode == 77 and record["error"]["kind"] == "credentials"
+        assert "credentials refused" in record["error"]["message"] and record["error"]["status"] == 403
+    # The first upload fails (one request, or two with the SDK's location lookup), its removal is asked
+    # once, the second file is never sent. Retrying over a withdraw_timeout (30 s) made it dozens.
+    assert len(proxy.seen) <= 4, b"\n".join(proxy.seen).decode()
+    assert "retrying" not in proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == []
+
