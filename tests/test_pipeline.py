@@ -458,3 +458,40 @@ def test_an_upload_the_server_refuses_is_not_retried(deploy, s3_client, bucket, 
     assert "retrying" not in proc.stderr.decode()
     assert keys(s3_client, bucket, "out/") == []
 
+
+# printf formats of output names: a literal backslash name (what the attack wrote), undecodable
+# bytes, both, and a name that is fine (a decomposed é, a space): only what would be rewritten fails.
+_ODD_NAMES = {
+    "backslash": r"e\\xcc\\x81.txt",
+    "undecodable": r"bad\377\376.txt",
+    "both": r"dir\\caf\303.txt",
+    "fine": r"e\314\201 ok.txt",
+}
+
+
+@pytest.mark.parametrize("provider", ["minio", "s3"])
+@pytest.mark.parametrize("name", list(_ODD_NAMES))
+def test_the_record_names_the_keys_actually_written(deploy, s3_client, bucket, provider, name) -> None:
+    """Issue 14, item 9: an output named `e\\xcc\\x81.txt` was stored as out/e/xcc/x81.txt while the
+    record named another key. The record's outputs are the keys in the bucket afterwards: a name a
+    store would rewrite (or cannot carry) fails the record before any upload, with a clear error."""
+    d = deploy(
+        "#!/bin/sh\n"
+        'echo kept > "$TMP_OUTPUT_DIR/kept.txt"\n'
+        f"echo odd > \"$TMP_OUTPUT_DIR/$(printf '{_ODD_NAMES[name]}')\"\n"
+    )
+    d.definition["input"] = [{"storage_provider": f"{provider}.default", "path": f"{bucket}/in"}]
+    d.definition["output"] = [{"storage_provider": f"{provider}.default", "path": f"{bucket}/out"}]
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(s3_event(bucket, ["in/x.bin"]))
+    [record] = records(proc.stderr)
+    stored = [f"{bucket}/{key}" for key in keys(s3_client, bucket, "out/")]
+    assert sorted(record["outputs"]) == stored, proc.stderr.decode(errors="replace")
+    if name == "fine":
+        assert proc.returncode == 0 and stored == [f"{bucket}/out/e\u0301 ok.txt", f"{bucket}/out/kept.txt"]
+        return
+    assert proc.returncode == 74, proc.stderr.decode(errors="replace")
+    assert record["status"] == "FAILED" and record["error"]["cause"] == "InvalidKey"
+    problem = "backslash" if name == "backslash" else "not UTF-8"
+    assert problem in record["error"]["message"] and "nothing was uploaded" in record["error"]["message"]
+    assert stored == [] and "not_withdrawn" not in record["extra"]
