@@ -23,6 +23,8 @@ CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403", "Forbidden"}
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
+# 4xx answers that may change when asked again (S3 answers RequestTimeout with 400, throttling with 400/503).
+TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
 
 
@@ -30,7 +32,10 @@ def is_permanent(error: BaseException) -> bool:
     """True for a store error the server answered with a 4xx status (no such bucket, access denied,
     an invalid key ...): asking again gets the same answer, so it is not retried. 5xx answers and
     connection errors are transient (the stores retry those a bounded number of times)."""
-    status = getattr(error, "context", {}).get("status")
+    context = getattr(error, "context", {})
+    status = context.get("status")
+    if context.get("cause") in TRANSIENT_CODES or status in (408, 429):
+        return False
     return isinstance(status, int) and 400 <= status < 500
 
 
