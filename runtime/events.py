@@ -55,6 +55,10 @@ Decisions where the contract is silent:
   JSON is decoded first (OSCAR sync and the SCAR client send base64). The same applies to an
   API Gateway body once `isBase64Encoded` has been honoured. A short plain word that happens to
   be valid base64 ("test") is therefore decoded too: send text as JSON to avoid that.
+- A malformed event is refused, not taken for an inline payload: a body whose first character
+  (after a BOM and blanks) is `{` or `[` but that is not UTF-8 JSON (truncated, a stray invalid
+  byte) and not base64 either raises EventError (exit 65), so nothing is processed. Binary files,
+  base64 text, plain text and JSON that is no storage event stay inline payloads.
 - Inline file names are "input" + an extension: magic bytes first (png, jpg, gif, bmp, tiff,
   webp, wav, mp3, flac, ogg, mp4, heic, avif, zip, gz, pdf), then the request's Content-Type
   when it names a specific type, then .json (JSON text), .txt (UTF-8 text without NUL), .bin.
@@ -231,6 +235,8 @@ def load_event(raw: bytes | str | dict | list) -> Event:
         return _from_json(value, data)
     if not data.strip():
         return Event(inputs=(), raw=data, kind="inline")
+    if not is_json and _starts_like_json(data) and _b64_text(data) is None:
+        raise EventError(f"event is malformed: it starts like JSON but is not valid UTF-8 JSON ({_json_problem(data)})")
     if is_json:  # a JSON scalar ("42", "\"text\"") is text, never base64
         return Event(inputs=(_inline(data, is_json=False),), raw=data, kind="inline")
     return Event(inputs=(_inline(_b64_text(data) or data),), raw=data, kind="inline")
@@ -756,6 +762,25 @@ def _try_json(data: bytes, where: str) -> tuple[bool, Any]:
         raise EventError(f"{_at(where)}: JSON nested too deeply to parse") from None
     except ValueError:
         return False, None
+
+
+def _starts_like_json(data: bytes) -> bool:
+    """True when the first character after a BOM and blanks opens a JSON object or array."""
+    head = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    return head.lstrip(b" \t\r\n")[:1] in (b"{", b"[")
+
+
+def _json_problem(data: bytes) -> str:
+    """Why `data` is not JSON text, for the error of a malformed event."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start}"
+    try:
+        json.loads(text.lstrip("\ufeff \t\r\n"))
+    except ValueError as exc:
+        return str(exc)
+    return "not JSON"
 
 
 _B64_TEXT = re.compile(rb"[A-Za-z0-9+/]*={0,2}")

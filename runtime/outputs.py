@@ -1,4 +1,10 @@
-"""Which output files go where (contract section 5), and the input file's safe local name."""
+"""Which output files go where (contract section 5), and the input file's safe local name.
+
+An output's key is sent exactly as the record names it, or the record fails before any upload
+(`unsendable_key`): a name the stores cannot carry (bytes that are not UTF-8: S3 keys are UTF-8
+text) or would store under another key (SeaweedFS turns a backslash into '/' and collapses '//';
+'.' and '..' segments are refused or resolved) is refused with a StorageError naming the file.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from conveyor.config import FunctionConfig, IOSpec, ProviderRef
+from conveyor.errors import StorageError
 
 MAX_NAME_BYTES = 255
 
@@ -74,13 +81,34 @@ def destination(spec: IOSpec, rel: str) -> tuple[str, str]:
     return spec.destination(rel)
 
 
+def unsendable_key(key: str) -> str | None:
+    """Why `key` would not be stored under exactly this name, or None when it would."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds bytes that are not UTF-8 (object keys are UTF-8 text)"
+    if "\\" in key:
+        return "it holds a backslash, which stores rewrite (SeaweedFS stores it as '/')"
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return "it has an empty, '.' or '..' path segment, which stores collapse, resolve or refuse"
+    return None
+
+
+def _as_text(name: str) -> str:
+    """A file name as valid text: its undecodable bytes (surrogate escapes) written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def plan_uploads(
     output_dir: Path,
     files: Sequence[str],
     config: FunctionConfig,
     event_bucket: str | None = None,
 ) -> list[Upload]:
-    """Pair each output file with each matching output entry. USER isolation redirects the bucket."""
+    """Pair each output file with each matching output entry. USER isolation redirects the bucket.
+
+    Raises StorageError, before anything is uploaded, when a destination key is one the store would
+    not keep as written (`unsendable_key`): the record must name the keys that exist afterwards."""
     user_bucket = (
         event_bucket
         if event_bucket and config.isolation_level.upper() == "USER" and event_bucket in config.bucket_list
@@ -92,5 +120,16 @@ def plan_uploads(
             if not _matches(rel, spec):
                 continue
             bucket, key = destination(spec, rel)
+            problem = unsendable_key(key)
+            if problem:
+                raise StorageError(
+                    f"output file {rel!r} cannot be published as {key!r}: {problem}; "
+                    "nothing was uploaded (rename the file)",
+                    provider=str(spec.provider),
+                    operation="upload",
+                    bucket=user_bucket or bucket,
+                    key=_as_text(key),
+                    cause="InvalidKey",
+                )
             plan.append(Upload(output_dir / rel, rel, spec.provider, user_bucket or bucket, key))
     return plan

@@ -31,7 +31,7 @@ from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_na
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
 from conveyor.response import write_sync_response
-from conveyor.storage import ObjectStore, TransferOptions, open_store
+from conveyor.storage import ObjectStore, TransferOptions, is_permanent, open_store
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,9 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
     """A failed record publishes nothing: remove every object it uploaded or tried to upload. The
     store may be the very thing that failed (restarting, unreachable), so the removal keeps trying
     for up to `conveyor.withdraw_timeout` seconds, within the job's deadline; a single pass after a
-    shutdown signal. Returns the targets that could not be removed (logged, and named in the record)."""
+    shutdown signal. A removal the store refuses (a 4xx answer) is not asked again; an object or
+    bucket that does not exist counts as removed. Returns the targets that could not be removed
+    (logged, and named in the record)."""
     window = 0.0 if job.shutdown.is_set() else job.config.conveyor.withdraw_timeout
     remaining = job.deadline.remaining()
     if remaining is not None:
@@ -324,18 +326,22 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
     give_up = time.monotonic() + window
     pause, cap = job.withdraw_backoff
     pending = list(uploads)
+    failures: dict[str, str] = {}  # target -> why it is still there (the last answer)
     while True:
-        failures: dict[str, str] = {}
+        retry: list[Upload] = []
         for upload in pending:
             try:
                 job.stores.get(upload.provider).delete(upload.bucket, upload.key)
+                failures.pop(upload.target, None)
             except ConveyorError as exc:
                 failures[upload.target] = exc.message
-        pending = [upload for upload in pending if upload.target in failures]
+                if not is_permanent(exc):  # a 4xx (access denied ...) is the same answer next time
+                    retry.append(upload)
+        pending = retry
         if not pending or job.shutdown.is_set() or time.monotonic() + pause > give_up:
             break
         log.warning("cannot withdraw %d output(s) yet, retrying in %.1f s: %s",
-                    len(pending), pause, next(iter(failures.values())))
+                    len(pending), pause, failures[pending[0].target])
         job.shutdown.wait(pause)
         pause = min(pause * 2, cap)
     for upload in uploads:
@@ -343,7 +349,7 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
             log.error("could not withdraw %s after a failed upload: %s", upload.target, failures[upload.target])
         else:
             log.warning("withdrew %s: an upload of this record failed, so none of its outputs stays", upload.target)
-    return [upload.target for upload in pending]
+    return [upload.target for upload in uploads if upload.target in failures]
 
 
 def _store_record(job: Job, record: ResultRecord) -> None:

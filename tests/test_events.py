@@ -611,9 +611,10 @@ def test_ten_megabyte_binary_payload_is_inline():
 
 @pytest.mark.parametrize(
     "payload",
-    [b"\xff\xfe\xfd", b"{\x80\x81}", b'{"Records": [\xff]}', "lone surrogate \ud800"],
+    [b"\xff\xfe\xfd", b"\x80{", "lone surrogate \ud800"],
 )
 def test_non_utf8_payload_is_inline(payload):
+    # Bytes that start like JSON ({\x80\x81}, {"Records": [\xff]}) are malformed events: see below.
     event = load_event(payload)
     (inp,) = event.inputs
     assert (event.kind, inp.file_name) == ("inline", "input.bin")
@@ -989,3 +990,36 @@ def test_event_variable_of_a_huge_delegated_event_falls_back_to_its_record():
     event = load_event({"storage_provider": "minio.default", "event": json.dumps(inner)})
     text = _event_json(event, event.inputs[0])
     assert text is not None and json.loads(text) == {"Records": [inner["Records"][0]]}
+
+
+# -- malformed events (issue 14, item 4) ----------------------------------------------------
+
+_S3_TEXT = json.dumps(
+    {"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "b"}, "object": {"key": "in/x.bin"}}}]}
+).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _S3_TEXT[:-7],  # truncated
+        _S3_TEXT.replace(b"in/x.bin", b"in/x\xff.bin"),  # a stray invalid UTF-8 byte
+        b"\xef\xbb\xbf  " + _S3_TEXT[:40],  # BOM and blanks first
+        b'[{"Records": [',
+        b"{not json at all",
+        b"{\x80\x81}",
+        b'{"Records": [\xff]}',
+    ],
+)
+def test_malformed_json_event_is_refused(payload):
+    with pytest.raises(EventError, match="malformed"):
+        load_event(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [PNG, b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", base64.b64encode(_S3_TEXT[:-7]), b"plain text {not json}", _S3_TEXT],
+)
+def test_inline_payloads_that_are_not_malformed_json_still_work(payload):
+    event = load_event(payload)
+    assert event.kind in ("inline", "storage") and event.inputs

@@ -572,3 +572,44 @@ def test_the_event_parser_and_the_pipeline_agree_on_the_local_provider(pipe: Pip
     """The helper's events name the local provider; a plain S3 event would go to AWS instead."""
     event = load_event(pipe.storage_event("in", ["a"]))
     assert [inp.provider for inp in event.inputs] == ["local.default"]  # type: ignore[union-attr]
+
+
+# -- a withdrawal asks again only what may change (issue 14, item 9) --------------------------------
+
+
+class _RefusingStore:
+    """delete() fails with the HTTP status given per key; counts the calls."""
+
+    def __init__(self, statuses: dict[str, int]) -> None:
+        self.statuses, self.calls = statuses, {key: 0 for key in statuses}
+
+    def delete(self, bucket: str, key: str) -> None:
+        from conveyor.errors import StorageError
+
+        self.calls[key] += 1
+        raise StorageError(f"delete {bucket}/{key} failed", status=self.statuses[key])
+
+
+def test_a_withdrawal_the_store_refuses_is_not_retried_and_a_5xx_is() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from conveyor.config import ProviderRef
+    from conveyor.deadline import Deadline
+    from conveyor.outputs import Upload
+    from conveyor.process import _withdraw
+
+    store = _RefusingStore({"out/denied": 403, "out/busy": 503})
+    job = SimpleNamespace(
+        shutdown=threading.Event(),
+        config=SimpleNamespace(conveyor=SimpleNamespace(withdraw_timeout=0.3)),
+        deadline=Deadline.never(),
+        withdraw_backoff=(0.01, 0.02),
+        stores=SimpleNamespace(get=lambda provider: store),
+    )
+    ref = ProviderRef("minio", "default")
+    uploads = [Upload(Path(key), key, ref, "b", key) for key in ("out/denied", "out/busy")]
+    left = _withdraw(job, uploads)  # type: ignore[arg-type]
+    assert left == ["b/out/denied", "b/out/busy"]  # neither could be removed: the record names both
+    assert store.calls["out/denied"] == 1  # 403: the same answer next time, asked once
+    assert store.calls["out/busy"] > 2  # 503: asked again until withdraw_timeout

@@ -405,3 +405,93 @@ def test_in_process_model_output_never_reaches_the_sync_response(deploy) -> None
     assert proc.stdout == base64.b64encode(PNG) + b"\n"
     assert b"chatty model: loading weights..." in proc.stderr
     assert b"chatty model: from a C library" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "invalid-utf8"])
+def test_malformed_storage_event_is_refused(deploy, s3_client, bucket, damage) -> None:
+    """Issue 14, item 4: a storage event cut short, or holding a byte that is not UTF-8, is a malformed
+    event (65): the model does not run on its text, nothing is downloaded or uploaded."""
+    d = deploy('#!/bin/sh\ntouch "$MARKERS/ran"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    text = json.dumps(s3_event(bucket, ["in/x.bin"])).encode()
+    data = text[: len(text) // 2] if damage == "truncated" else text.replace(b"in/x.bin", b"in/x\xff.bin")
+    proc = d.run(None, stdin=data)
+    assert proc.returncode == 65, proc.stderr.decode()
+    assert not (d.markers / "ran").exists()  # no model run
+    assert keys(s3_client, bucket, "out/") == []
+    assert "downloaded" not in proc.stderr.decode()
+    assert "malformed" in proc.stderr.decode()
+    assert list(d.scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("refusal", ["missing-bucket", "bad-credentials"])
+@pytest.mark.parametrize("provider", ["minio", "s3"])
+def test_an_upload_the_server_refuses_is_not_retried(deploy, s3_client, bucket, s3_server, provider, refusal) -> None:
+    """Issue 14, item 9: a 4xx answer (NoSuchBucket 404, refused credentials 403) is permanent: the
+    upload fails at once, its withdrawal does not keep asking for withdraw_timeout (it took ~28 s),
+    and the record says why."""
+    proxy = LostAnswers(s3_server.endpoint, method="NONE")  # forwards everything, counts requests
+    try:
+        d = deploy()
+        providers = d.definition["storage_providers"][provider]
+        providers["out"] = {**providers["default"], "endpoint": proxy.endpoint}
+        target = unique_bucket_name("missing") if refusal == "missing-bucket" else bucket
+        if refusal == "bad-credentials":
+            providers["out"]["secret_key"] = "not-the-secret-key"
+        d.definition["output"] = [{"storage_provider": f"{provider}.out", "path": f"{target}/out"}]
+        s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+        proc = d.run(oscar_event(bucket, "in/x.bin"))
+    finally:
+        proxy.close()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED", proc.stderr.decode()
+    if refusal == "missing-bucket":
+        assert proc.returncode == 74 and record["error"]["kind"] == "storage"
+        assert "bucket not found" in record["error"]["message"] and record["error"]["status"] == 404
+        assert "not_withdrawn" not in record["extra"]  # no bucket: nothing of it is left
+    else:
+        assert proc.returncode == 77 and record["error"]["kind"] == "credentials"
+        assert "credentials refused" in record["error"]["message"] and record["error"]["status"] == 403
+    # The first upload fails (one request, or two with the SDK's location lookup), its removal is asked
+    # once, the second file is never sent. Retrying over a withdraw_timeout (30 s) made it dozens.
+    assert len(proxy.seen) <= 4, b"\n".join(proxy.seen).decode()
+    assert "retrying" not in proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == []
+
+
+# printf formats of output names: a literal backslash name (what the attack wrote), undecodable
+# bytes, both, and a name that is fine (a decomposed é, a space): only what would be rewritten fails.
+_ODD_NAMES = {
+    "backslash": r"e\\xcc\\x81.txt",
+    "undecodable": r"bad\377\376.txt",
+    "both": r"dir\\caf\303.txt",
+    "fine": r"e\314\201 ok.txt",
+}
+
+
+@pytest.mark.parametrize("provider", ["minio", "s3"])
+@pytest.mark.parametrize("name", list(_ODD_NAMES))
+def test_the_record_names_the_keys_actually_written(deploy, s3_client, bucket, provider, name) -> None:
+    """Issue 14, item 9: an output named `e\\xcc\\x81.txt` was stored as out/e/xcc/x81.txt while the
+    record named another key. The record's outputs are the keys in the bucket afterwards: a name a
+    store would rewrite (or cannot carry) fails the record before any upload, with a clear error."""
+    d = deploy(
+        "#!/bin/sh\n"
+        'echo kept > "$TMP_OUTPUT_DIR/kept.txt"\n'
+        f"echo odd > \"$TMP_OUTPUT_DIR/$(printf '{_ODD_NAMES[name]}')\"\n"
+    )
+    d.definition["input"] = [{"storage_provider": f"{provider}.default", "path": f"{bucket}/in"}]
+    d.definition["output"] = [{"storage_provider": f"{provider}.default", "path": f"{bucket}/out"}]
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(s3_event(bucket, ["in/x.bin"]))
+    [record] = records(proc.stderr)
+    stored = [f"{bucket}/{key}" for key in keys(s3_client, bucket, "out/")]
+    assert sorted(record["outputs"]) == stored, proc.stderr.decode(errors="replace")
+    if name == "fine":
+        assert proc.returncode == 0 and stored == [f"{bucket}/out/e\u0301 ok.txt", f"{bucket}/out/kept.txt"]
+        return
+    assert proc.returncode == 74, proc.stderr.decode(errors="replace")
+    assert record["status"] == "FAILED" and record["error"]["cause"] == "InvalidKey"
+    problem = "backslash" if name == "backslash" else "not UTF-8"
+    assert problem in record["error"]["message"] and "nothing was uploaded" in record["error"]["message"]
+    assert stored == [] and "not_withdrawn" not in record["extra"]

@@ -487,3 +487,24 @@ def test_rucio_is_a_clear_config_error_when_opened() -> None:
         open_store(StorageProvider(ProviderRef("rucio", "rucio"), host="rucio.example.org"))
     assert "rucio storage is not available in this build" in info.value.message
     assert info.value.exit_code == 78
+
+
+@pytest.mark.parametrize(
+    ("context", "permanent"),
+    [
+        ({"status": 404, "cause": "NoSuchBucket"}, True),
+        ({"status": 403, "cause": "AccessDenied"}, True),
+        ({"status": 400, "cause": "InvalidRequest"}, True),
+        ({"status": 400, "cause": "RequestTimeout"}, False),
+        ({"status": 429}, False),
+        ({"status": 408}, False),
+        ({"status": 503, "cause": "SlowDown"}, False),
+        ({"status": 500}, False),
+        ({"cause": "ConnectionRefusedError"}, False),  # no answer at all
+    ],
+)
+def test_only_a_final_4xx_answer_is_permanent(context, permanent) -> None:
+    from conveyor.errors import StorageError
+    from conveyor.storage import is_permanent
+
+    assert is_permanent(StorageError("x", **context)) is permanent

@@ -18,7 +18,9 @@ fields, also keyword arguments of `open_store`); what is left is raised as
     └── CredentialsError  no credentials, or the store refused them (InvalidAccessKeyId,
                           SignatureDoesNotMatch, AccessDenied, HTTP 401/403)
 
-with `provider`, `operation`, `bucket`, `key` and `cause` in the error's context.
+with `provider`, `operation`, `bucket`, `key`, `cause` and (when the server answered) the HTTP
+`status` in the error's context. A 4xx answer is permanent (`is_permanent`): no layer asks again.
+Deleting an object that is not there (no such key, no such bucket) succeeds.
 
 The factory imports a store's module only when a provider of its type is opened, and so do the
 names re-exported here (S3Store, MinioStore, ...): the seam does not load every implementation.
@@ -33,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
-from conveyor.storage.base import DEFAULT_CONTENT_TYPE, PART_SUFFIX, TransferOptions, guess_content_type
+from conveyor.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    PART_SUFFIX,
+    TransferOptions,
+    guess_content_type,
+    is_not_found,
+    is_permanent,
+)
 
 if TYPE_CHECKING:
     from conveyor.storage.http import HttpStore, http_base_url
@@ -56,6 +65,8 @@ __all__ = [
     "WebDavStore",
     "guess_content_type",
     "http_base_url",
+    "is_not_found",
+    "is_permanent",
     "open_store",
 ]
 

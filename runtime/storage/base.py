@@ -23,7 +23,25 @@ CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403", "Forbidden"}
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
+# 4xx answers that may change when asked again (S3 answers RequestTimeout with 400, throttling with 400/503).
+TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
+
+
+def is_permanent(error: BaseException) -> bool:
+    """True for a store error the server answered with a 4xx status (no such bucket, access denied,
+    an invalid key ...): asking again gets the same answer, so it is not retried. 5xx answers and
+    connection errors are transient (the stores retry those a bounded number of times)."""
+    context = getattr(error, "context", {})
+    status = context.get("status")
+    if context.get("cause") in TRANSIENT_CODES or status in (408, 429):
+        return False
+    return isinstance(status, int) and 400 <= status < 500
+
+
+def is_not_found(error: BaseException) -> bool:
+    """True for a store error that says the object (or its bucket) does not exist."""
+    return getattr(error, "context", {}).get("cause") in NOT_FOUND_CODES
 
 
 @dataclass(frozen=True)
@@ -96,12 +114,19 @@ class BaseStore:
         *,
         credentials: bool = False,
         cause: str | None = None,
+        status: int | None = None,
     ) -> NoReturn:
         where = f"{bucket}/{key}" if key is not None else bucket
         message = one_line(f"{self.provider.ref}: {operation} '{where}' failed: {reason}")
         error_type = CredentialsError if credentials else StorageError
         raise error_type(
-            message, provider=str(self.provider.ref), operation=operation, bucket=bucket, key=key, cause=cause
+            message,
+            provider=str(self.provider.ref),
+            operation=operation,
+            bucket=bucket,
+            key=key,
+            cause=cause,
+            status=status,
         )
 
     @contextmanager

@@ -17,6 +17,7 @@ from conveyor.storage.base import (
     MiB,
     TransferOptions,
     guess_content_type,
+    is_not_found,
     staging_file,
 )
 
@@ -85,14 +86,17 @@ class MinioStore(BaseStore):
             raise
         except S3Error as exc:
             detail = f"{exc.code}: {exc.message}" if exc.message else str(exc.code)
+            status = getattr(exc.response, "status", None)
             if exc.code in NOT_FOUND_CODES:
                 what = "bucket" if exc.code == "NoSuchBucket" else "object"
-                self._raise(operation, bucket, key, f"{what} not found ({detail})", cause=exc.code)
+                self._raise(operation, bucket, key, f"{what} not found ({detail})", cause=exc.code, status=status)
             if exc.code in CREDENTIAL_CODES:
-                self._raise(operation, bucket, key, f"credentials refused ({detail})", credentials=True, cause=exc.code)
-            self._raise(operation, bucket, key, detail, cause=exc.code)
+                refused = f"credentials refused ({detail})"
+                self._raise(operation, bucket, key, refused, credentials=True, cause=exc.code, status=status)
+            self._raise(operation, bucket, key, detail, cause=exc.code, status=status)
         except ServerError as exc:
-            self._raise(operation, bucket, key, f"server error: {exc} (HTTP {exc.status_code})", cause="ServerError")
+            failed = f"server error: {exc} (HTTP {exc.status_code})"
+            self._raise(operation, bucket, key, failed, cause="ServerError", status=exc.status_code)
         except (InvalidResponseError, MinioException) as exc:
             self._raise(operation, bucket, key, f"{type(exc).__name__}: {exc}", cause=type(exc).__name__)
         except urllib3.exceptions.HTTPError as exc:
@@ -142,8 +146,12 @@ class MinioStore(BaseStore):
             self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def delete(self, bucket: str, key: str) -> None:
-        with self._errors("delete", bucket, key):
-            self.client.remove_object(bucket, key)
+        try:
+            with self._errors("delete", bucket, key):
+                self.client.remove_object(bucket, key)
+        except StorageError as exc:
+            if not is_not_found(exc):  # no such bucket: the object is not there either
+                raise
 
     def ensure_bucket(self, bucket: str) -> None:
         from minio.error import S3Error

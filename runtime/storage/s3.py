@@ -16,6 +16,7 @@ from conveyor.storage.base import (
     BaseStore,
     TransferOptions,
     guess_content_type,
+    is_not_found,
     staging_file,
 )
 
@@ -106,10 +107,12 @@ class S3Store(BaseStore):
                 detail = f"{code}: {error.get('Message')}" if error.get("Message") else code
                 if code in NOT_FOUND_CODES:
                     what = {"NoSuchBucket": "bucket", "404": "object or bucket", "NotFound": "object or bucket"}
-                    self._raise(operation, bucket, key, f"{what.get(code, 'object')} not found ({detail})", cause=code)
+                    reason = f"{what.get(code, 'object')} not found ({detail})"
+                    self._raise(operation, bucket, key, reason, cause=code, status=status)
                 if code in CREDENTIAL_CODES:
-                    self._raise(operation, bucket, key, f"credentials refused ({detail})", credentials=True, cause=code)
-                self._raise(operation, bucket, key, f"{detail} (HTTP {status})", cause=code)
+                    reason = f"credentials refused ({detail})"
+                    self._raise(operation, bucket, key, reason, credentials=True, cause=code, status=status)
+                self._raise(operation, bucket, key, f"{detail} (HTTP {status})", cause=code, status=status)
             if isinstance(root, (BotoConnectionError, HTTPClientError)):  # refused, timed out, reset: retried
                 where = self.provider.endpoint or "S3"
                 reason = f"cannot reach {where}: {root} (after {self.options.max_attempts} attempts)"
@@ -137,8 +140,12 @@ class S3Store(BaseStore):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def delete(self, bucket: str, key: str) -> None:
-        with self._errors("delete", bucket, key):
-            self.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key too
+        try:
+            with self._errors("delete", bucket, key):
+                self.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key too
+        except StorageError as exc:
+            if not is_not_found(exc):  # no such bucket: the object is not there either
+                raise
 
     def ensure_bucket(self, bucket: str) -> None:
         from botocore.exceptions import ClientError

@@ -3,7 +3,8 @@
     LostAnswers(upstream, method="PUT", path_part="/out/")
         a loopback HTTP proxy: every matching request reaches the real server (the object lands)
         and the server's answer is thrown away: the client sees the connection close, as when a
-        server or a network dies between committing a write and answering it.
+        server or a network dies between committing a write and answering it. `seen` lists every
+        request line forwarded; with a method no request uses it is a counting proxy.
     Trap(on_connect, port=0)
         a loopback listener that calls `on_connect()` at its first connection and closes every
         connection unanswered: a store that fails exactly when the client reaches it (or, on
@@ -83,6 +84,7 @@ class LostAnswers(_Server):
         self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
         self.method, self.path_part = method.encode(), path_part.encode()
         self.dropped: list[tuple[bytes, bytes]] = []  # (request line, the status line the client never saw)
+        self.seen: list[bytes] = []  # every request line forwarded, in order
         super().__init__(self._proxy)
 
     def _proxy(self, client: socket.socket) -> None:
@@ -99,6 +101,7 @@ class LostAnswers(_Server):
             while chunk := up.recv(65536):
                 answer += chunk
         request_line = head.split(b"\r\n", 1)[0]
+        self.seen.append(request_line)
         verb, _, rest = request_line.partition(b" ")
         if verb == self.method and self.path_part in rest.split(b" ", 1)[0]:
             self.dropped.append((request_line, answer.split(b"\r\n", 1)[0]))
