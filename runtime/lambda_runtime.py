@@ -31,7 +31,7 @@ from conveyor.delegate import LambdaContextInfo, batch_client, reason_to_delegat
 from conveyor.errors import error_for
 from conveyor.events import Event, load_event
 from conveyor.handler import Handler, load_handler
-from conveyor.logs import LOG_FORMAT, bound_request_id
+from conveyor.logs import bound_request_id
 from conveyor.platform import Platform
 from conveyor.process import Job, Stores, responds_inline, run_event, scratch_dir
 from conveyor.records import ResultRecord, Status, log_result
@@ -189,13 +189,12 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
 
 
 def _single_log_handler() -> None:
-    """awslambdaric adds its own root handler; keep one line per record, with our request-id format."""
+    """awslambdaric adds its own root handler; keep one line per record: ours, whose formatter
+    (conveyor.logs) carries the request id and masks credentials (Lambda always sets AWS_SESSION_TOKEN)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if not getattr(handler, "_conveyor", False):
             root.removeHandler(handler)
-    for handler in root.handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
 def serve(config: FunctionConfig, environ: Mapping[str, str], transfer: TransferOptions | None = None) -> None:

@@ -221,3 +221,26 @@ def test_log_lines_are_masked_at_every_level() -> None:
     for secret in ("tok-tok-tok", "0123abcdef", "dXNlcjpwYXNz", "od-token-1", "configured-secret-key"):
         assert secret not in text, secret
     assert "Signature=***" in text and "Basic ***" in text and "boom with *** inside" in text
+
+
+def test_the_lambda_loop_keeps_the_redacting_log_handler() -> None:
+    # awslambdaric adds a root handler of its own; the first invocation drops it and must leave ours,
+    # credential masking included (Lambda always sets AWS_SESSION_TOKEN).
+    import io
+    import logging
+
+    from conveyor.lambda_runtime import _single_log_handler
+    from conveyor.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    try:
+        setup_logging("DEBUG", stream=stream, secrets=["session-token-value-123"])
+        root.addHandler(logging.StreamHandler(io.StringIO()))  # awslambdaric's
+        _single_log_handler()
+        logging.getLogger("botocore.endpoint").debug("X-Amz-Security-Token: session-token-value-123")
+    finally:
+        root.handlers[:], root.level = saved
+    text = stream.getvalue()
+    assert "X-Amz-Security-Token" in text and "session-token-value-123" not in text
