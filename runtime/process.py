@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
+from conveyor.config.model import MAX_ARG_STRLEN, PRIVATE_VARS
 from conveyor.config.redaction import mask_values, secret_values
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
@@ -35,10 +36,6 @@ from conveyor.storage import ObjectStore, TransferOptions, is_permanent, open_st
 
 log = logging.getLogger(__name__)
 
-# Linux refuses to exec a child when one environment string exceeds MAX_ARG_STRLEN (128 KiB).
-MAX_ENV_VALUE = 128 * 1024 - 1
-# Variables that carry Conveyor's own inputs; the child gets its own per-record values instead.
-PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
 WITHDRAW_MARGIN = 1.0  # seconds before the job's deadline at which a failed record stops withdrawing
 # A failed record's withdrawal retries after these pauses: the first, doubled each time up to the cap.
 WITHDRAW_BACKOFF = (0.5, 4.0)
@@ -114,7 +111,7 @@ def output_required(config: FunctionConfig, event: Event | None) -> bool:
 
 
 def _env_value(text: str) -> str | None:
-    return text if len(text.encode()) <= MAX_ENV_VALUE and "\x00" not in text else None
+    return text if len(f"EVENT={text}".encode()) < MAX_ARG_STRLEN and "\x00" not in text else None
 
 
 def _event_json(event: Event | None, inp: Input | None) -> str | None:

@@ -983,10 +983,11 @@ def test_event_variable_of_a_delegated_event_is_the_inner_event_as_faas_supervis
 
 
 def test_event_variable_of_a_huge_delegated_event_falls_back_to_its_record():
-    from conveyor.process import MAX_ENV_VALUE, _event_json
+    from conveyor.config.model import MAX_ARG_STRLEN
+    from conveyor.process import _event_json
 
     inner = json.loads(fixture("oscar_delegated_string.json")["event"])
-    inner["padding"] = "x" * MAX_ENV_VALUE  # too large for one environment string
+    inner["padding"] = "x" * MAX_ARG_STRLEN  # too large for one environment string
     event = load_event({"storage_provider": "minio.default", "event": json.dumps(inner)})
     text = _event_json(event, event.inputs[0])
     assert text is not None and json.loads(text) == {"Records": [inner["Records"][0]]}

@@ -18,7 +18,9 @@ from conveyor.config.model import (
     EXECUTION_MODES,
     ISOLATION_LEVELS,
     LOG_LEVELS,
+    MAX_ARG_STRLEN,
     MINIO_SECRETS_DIR,
+    PRIVATE_VARS,
     FunctionConfig,
     ReadFile,
     frozen_mapping,
@@ -60,9 +62,6 @@ def load_config(
 # MAX_ARG_STRLEN (32 pages: 128 KiB with its NUL), or when arguments and environment together pass
 # ARG_MAX (a quarter of the stack limit: 2 MiB by default). The model's environment (what it inherits
 # plus the definition's variables) may take at most half of ARG_MAX, leaving room for EVENT.
-MAX_ARG_STRLEN = 128 * 1024
-# What the model does not inherit from Conveyor's environment (conveyor.process.PRIVATE_VARS).
-NOT_INHERITED = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
 
 
 def max_environment_block() -> int:
@@ -96,7 +95,7 @@ def check_environment_size(
             defined[name] = size
     if not defined:
         return
-    kept = sum(_env_size(k, v) for k, v in inherited.items() if k not in NOT_INHERITED and k not in defined)
+    kept = sum(_env_size(k, v) for k, v in inherited.items() if k not in PRIVATE_VARS and k not in defined)
     total, bound = kept + sum(defined.values()), max_environment_block()
     if total > bound:
         raise values.fail(

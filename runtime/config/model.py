@@ -30,6 +30,11 @@ EXECUTION_MODES = ("lambda", "batch", "lambda-batch")
 LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ISOLATION_LEVELS = ("SERVICE", "USER")
 HIDDEN = "hidden"  # what OSCAR writes in place of the minio.default keys: not a key
+# Variables that carry Conveyor's own inputs: the model never inherits them (it gets its own
+# per-record EVENT instead). Checked at load (conveyor.config.loader) and applied per record (conveyor.process).
+PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
+# Linux refuses an exec (E2BIG) when one NAME=value environment string, NUL included, is longer.
+MAX_ARG_STRLEN = 128 * 1024
 DEFAULTS_SOURCE = "<defaults>"
 ENV_SOURCE = "environment"
 
