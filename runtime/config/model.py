@@ -98,7 +98,7 @@ class StorageProvider:
     region: str | None = None
     endpoint: str | None = None  # minio (and s3 when an S3-compatible endpoint is given)
     verify: bool = True
-    # onedata / webdav (parsed, not implemented as stores yet)
+    # onedata / webdav (and rucio, parsed only: no Rucio store in this build)
     host: str | None = None  # onedata oneprovider_host, webdav hostname, rucio host
     token: str | None = field(default=None, repr=False)
     space: str | None = None
