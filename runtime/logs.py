@@ -65,10 +65,11 @@ def setup_logging(level: str | int = "INFO", stream=None, secrets: Iterable[str]
         root.setLevel(level if isinstance(level, int) else level.upper())
     except ValueError:
         root.setLevel(logging.INFO)
-    # Quieten chatty libraries unless asked for DEBUG.
-    if root.level > logging.DEBUG:
-        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Quieten chatty libraries unless asked for DEBUG (and let them speak again when a later call
+    # asks for it: `conveyor run` sets the level twice, from LOG_LEVEL and then from the definition).
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(quiet)
     keep_job_output(True)
 
 

@@ -244,3 +244,27 @@ def test_the_lambda_loop_keeps_the_redacting_log_handler() -> None:
         root.handlers[:], root.level = saved
     text = stream.getvalue()
     assert "X-Amz-Security-Token" in text and "session-token-value-123" not in text
+
+
+def test_a_later_debug_level_lets_the_sdk_loggers_speak_again() -> None:
+    # `conveyor run` sets the level from LOG_LEVEL, then from the definition: INFO, then DEBUG must
+    # show botocore's DEBUG lines (masked), not keep them quieted by the first call.
+    import io
+    import logging
+
+    from conveyor.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), logging.getLogger("botocore").level)
+    buffer = io.StringIO()
+    try:
+        setup_logging("INFO", stream=io.StringIO())
+        setup_logging("DEBUG", stream=buffer)
+        logging.getLogger("botocore.endpoint").debug("Making request for OperationModel(name=GetObject)")
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[1]:
+                root.removeHandler(handler)
+        root.setLevel(saved[0])
+        logging.getLogger("botocore").setLevel(saved[2])
+    assert "Making request for OperationModel(name=GetObject)" in buffer.getvalue()
