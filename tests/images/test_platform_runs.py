@@ -528,6 +528,16 @@ class LambdaContainer:
     def log(self) -> str:
         return self.container.logs(stdout=True, stderr=True).decode(errors="replace")
 
+    def log_with_records(self, count: int, timeout: float = 20.0) -> str:
+        """The log once it holds `count` result records (the engine collects a container's output
+        asynchronously: an invocation's answer may come before its last lines), or as it is after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if len(records(log.encode())) >= count or time.monotonic() > deadline:
+                return log
+            time.sleep(0.2)
+
     def __enter__(self) -> LambdaContainer:
         return self
 
@@ -570,7 +580,7 @@ def test_lambda_container_under_the_emulator(name, models, client, rie, s3_serve
         before = keys(s3_client, bucket)
         if model.bad_definition is None:  # the same warm container, an input the model fails on
             status, failure = fn.invoke(bad_event)
-            log = fn.log()
+            log = fn.log_with_records(2)
             warm = [r["extra"].get("warm_start") for r in records(log.encode())]
             assert warm == [False, True], log  # the model was set up once, for the first invocation
     if model.bad_definition is not None:  # a deployment that fails: a container of its own
