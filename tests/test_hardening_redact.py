@@ -191,39 +191,48 @@ def test_environment_just_under_the_limit_loads(tmp_path: Path) -> None:
     assert inspect(config).returncode == 0
 
 
-def test_log_lines_are_masked_at_every_level() -> None:
+
+@pytest.fixture
+def logging_restored():
+    """setup_logging changes process-wide state (root handlers and level, the SDK loggers' and the
+    job-output channels' levels): put it all back after the test."""
+    import logging
+
+    root = logging.getLogger()
+    names = ("botocore", "boto3", "urllib3", "s3transfer", "conveyor.model", "conveyor.records")
+    saved = (root.level, list(root.handlers), {name: logging.getLogger(name).level for name in names})
+    yield
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[0])
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_log_lines_are_masked_at_every_level(logging_restored) -> None:
     """The formatter of Conveyor's handler: header values and known secret values, tracebacks included."""
     import io
     import logging
 
     from conveyor.logs import setup_logging
 
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
     buffer = io.StringIO()
+    setup_logging("DEBUG", stream=buffer, secrets=["configured-secret-key", "short"])
+    log = logging.getLogger("botocore.endpoint")
+    log.debug("headers={'X-Amz-Security-Token': b'%s', 'Authorization': b'AWS4-HMAC-SHA256 "
+              "Credential=AK/x, SignedHeaders=host, Signature=0123abcdef'}", "tok-tok-tok")
+    log.info("canonical: x-amz-security-token:tok-tok-tok\nhost:h")
+    logging.getLogger("conveyor.storage").warning("Authorization: Basic dXNlcjpwYXNz; X-Auth-Token: od-token-1")
     try:
-        setup_logging("DEBUG", stream=buffer, secrets=["configured-secret-key", "short"])
-        log = logging.getLogger("botocore.endpoint")
-        log.debug("headers={'X-Amz-Security-Token': b'%s', 'Authorization': b'AWS4-HMAC-SHA256 "
-                  "Credential=AK/x, SignedHeaders=host, Signature=0123abcdef'}", "tok-tok-tok")
-        log.info("canonical: x-amz-security-token:tok-tok-tok\nhost:h")
-        logging.getLogger("conveyor.storage").warning("Authorization: Basic dXNlcjpwYXNz; X-Auth-Token: od-token-1")
-        try:
-            raise RuntimeError("boom with configured-secret-key inside")
-        except RuntimeError:
-            logging.getLogger("conveyor").exception("failed")
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved[1]:
-                root.removeHandler(handler)
-        root.setLevel(saved[0])
+        raise RuntimeError("boom with configured-secret-key inside")
+    except RuntimeError:
+        logging.getLogger("conveyor").exception("failed")
     text = buffer.getvalue()
     for secret in ("tok-tok-tok", "0123abcdef", "dXNlcjpwYXNz", "od-token-1", "configured-secret-key"):
         assert secret not in text, secret
     assert "Signature=***" in text and "Basic ***" in text and "boom with *** inside" in text
 
 
-def test_the_lambda_loop_keeps_the_redacting_log_handler() -> None:
+def test_the_lambda_loop_keeps_the_redacting_log_handler(logging_restored) -> None:
     # awslambdaric adds a root handler of its own; the first invocation drops it and must leave ours,
     # credential masking included (Lambda always sets AWS_SESSION_TOKEN).
     import io
@@ -232,21 +241,16 @@ def test_the_lambda_loop_keeps_the_redacting_log_handler() -> None:
     from conveyor.lambda_runtime import _single_log_handler
     from conveyor.logs import setup_logging
 
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     stream = io.StringIO()
-    try:
-        setup_logging("DEBUG", stream=stream, secrets=["session-token-value-123"])
-        root.addHandler(logging.StreamHandler(io.StringIO()))  # awslambdaric's
-        _single_log_handler()
-        logging.getLogger("botocore.endpoint").debug("X-Amz-Security-Token: session-token-value-123")
-    finally:
-        root.handlers[:], root.level = saved
+    setup_logging("DEBUG", stream=stream, secrets=["session-token-value-123"])
+    logging.getLogger().addHandler(logging.StreamHandler(io.StringIO()))  # awslambdaric's
+    _single_log_handler()
+    logging.getLogger("botocore.endpoint").debug("X-Amz-Security-Token: session-token-value-123")
     text = stream.getvalue()
     assert "X-Amz-Security-Token" in text and "session-token-value-123" not in text
 
 
-def test_a_later_debug_level_lets_the_sdk_loggers_speak_again() -> None:
+def test_a_later_debug_level_lets_the_sdk_loggers_speak_again(logging_restored) -> None:
     # `conveyor run` sets the level from LOG_LEVEL, then from the definition: INFO, then DEBUG must
     # show botocore's DEBUG lines (masked), not keep them quieted by the first call.
     import io
@@ -254,17 +258,8 @@ def test_a_later_debug_level_lets_the_sdk_loggers_speak_again() -> None:
 
     from conveyor.logs import setup_logging
 
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers), logging.getLogger("botocore").level)
     buffer = io.StringIO()
-    try:
-        setup_logging("INFO", stream=io.StringIO())
-        setup_logging("DEBUG", stream=buffer)
-        logging.getLogger("botocore.endpoint").debug("Making request for OperationModel(name=GetObject)")
-    finally:
-        for handler in list(root.handlers):
-            if handler not in saved[1]:
-                root.removeHandler(handler)
-        root.setLevel(saved[0])
-        logging.getLogger("botocore").setLevel(saved[2])
+    setup_logging("INFO", stream=io.StringIO())
+    setup_logging("DEBUG", stream=buffer)
+    logging.getLogger("botocore.endpoint").debug("Making request for OperationModel(name=GetObject)")
     assert "Making request for OperationModel(name=GetObject)" in buffer.getvalue()
