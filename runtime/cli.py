@@ -180,10 +180,10 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     from conveyor.process import Job, Stores, run_event, scratch_dir
 
     environ = dict(os.environ)
-    env_secrets = secret_values(environ)  # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...
-    setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=env_secrets)
+    # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...; then the definition's too
+    setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=secret_values(environ))
     platform, config = _load(environ, platform_opt, config_path)
-    setup_logging(config.log_level, secrets=[*env_secrets, *config.secret_values()])
+    setup_logging(config.log_level, secrets=config.secret_values(environ))
     if platform is Platform.LAMBDA and event_path is None:
         from conveyor.lambda_runtime import serve
 

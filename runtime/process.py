@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
 from conveyor.config.model import MAX_ARG_STRLEN, PRIVATE_VARS
-from conveyor.config.redaction import mask_values, secret_values
+from conveyor.config.redaction import mask_values
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
@@ -247,9 +247,8 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
         record.error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
     finally:
         # the model's own output may echo a secret it was given (OSCAR_SERVICE_TOKEN ...): never into the record
-        record.log_tail = mask_values(
-            tail(log_file, job.config.conveyor.log_tail_bytes), secret_values(job.base_env, job.config.environment)
-        )
+        log_tail = tail(log_file, job.config.conveyor.log_tail_bytes)
+        record.log_tail = mask_values(log_tail, job.config.secret_values(job.base_env))
         record.timings["total"] = round(time.monotonic() - started, 4)
         shutil.rmtree(work, ignore_errors=True)
     _store_record(job, record)

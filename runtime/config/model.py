@@ -293,16 +293,17 @@ class FunctionConfig:
         )
         return f"no credentials for storage provider '{ref}': " + "; ".join(looked)
 
-    def secret_values(self) -> list[str]:
-        """Values the logs must never show: the providers' secret keys, tokens and passwords, and the
-        values of the definition's secret-looking variables (MIN_MASKED_LENGTH characters or more)."""
+    def secret_values(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Values the logs and records must never show: the providers' secret keys, tokens and passwords,
+        and the values of the secret-looking variables of the definition and of `environ` (the process
+        environment: AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...), MIN_MASKED_LENGTH characters or more."""
         found = {
             value
             for provider in self.providers.values()
             for value in (provider.secret_key, provider.token, provider.password)
             if value is not None and len(value) >= MIN_MASKED_LENGTH
         }
-        found.update(secret_values(self.environment))
+        found.update(secret_values(self.environment, environ or {}))
         return sorted(found, key=len, reverse=True)
 
     def redacted(self) -> dict[str, Any]:
