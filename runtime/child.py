@@ -10,12 +10,15 @@ streamed (never accumulated), a deadline and a shutdown event that kill the whol
   conveyor.logs.log_model_line), and appended to `log_file` up to `log_max_bytes` (after that the
   file gets one note and the pipes are still drained, so the child never blocks on a full pipe).
   When `stdout_file` is given, stdout is also copied there whole (the sync response may be it).
-- Deadline passed or shutdown set: SIGTERM to the group, up to `grace` seconds, SIGKILL, then
-  HandlerTimeout / Interrupted. A normal exit also stops whatever the child left running in its
-  group. The exit code is returned (128+N for a signal death); the caller judges it.
+- Deadline passed or shutdown set: SIGTERM to every process of the run, up to `grace` seconds,
+  SIGKILL, then HandlerTimeout / Interrupted. A normal exit also stops whatever the child left
+  running, the same way, before run_child returns: no process of the model outlives it, so none
+  can touch the outputs once they are collected. The exit code is returned (128+N for a signal
+  death); the caller judges it.
 
-A process that leaves the group on purpose (its own setsid()) escapes the clean-up: only a
-cgroup could catch it. Its hold on our pipe is dropped when we stop reading.
+"Every process of the run" is its process group and, for those that leave it (their own setsid(),
+a double-forked daemon), what conveyor.procgroup.ProcessSet finds: this process is the subreaper
+of its orphans, and each child is started with its own PROCESS_MARK in its environment.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
 from conveyor.logs import log_model_line
-from conveyor.procgroup import signal_group
+from conveyor.procgroup import PROCESS_MARK, ProcessSet, become_subreaper, signal_group
 
 CHUNK = 64 * 1024  # read size, and the longest line logged as one record
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -82,8 +86,10 @@ def run_child(
     except BaseException:
         capped.close()
         raise
+    become_subreaper()
+    mark = uuid.uuid4().hex
     try:
-        proc = _spawn(argv, env=env, cwd=cwd, separate_stdout=copy_fh is not None)
+        proc = _spawn(argv, env={**env, PROCESS_MARK: mark}, cwd=cwd, separate_stdout=copy_fh is not None)
     except BaseException:
         capped.close()
         if copy_fh is not None:
@@ -91,6 +97,7 @@ def run_child(
         raise
     started = time.monotonic()
     pgid = proc.pid  # start_new_session: the child leads its own group
+    procs = ProcessSet(proc.pid, mark)
     pumps = [_LogPump(proc.stdout, capped, log, prefix, copy_fh)]  # each pump owns its pipe (and copy)
     if proc.stderr is not None:
         pumps.append(_LogPump(proc.stderr, capped, log, prefix))
@@ -100,24 +107,26 @@ def run_child(
 
     stopped = False
     try:
-        outcome = _wait(proc, deadline, shutdown)
+        outcome = _wait(proc, deadline, shutdown, procs)
         if outcome is None:
             rc = proc.returncode
-            leftovers = _live_members(pgid)
+            leftovers = sorted(set(_live_members(pgid)) | set(procs.scan()))
             if leftovers:
                 log.warning(
-                    "%s exited but left %d process(es) running in its group (pids %s): stopping them",
+                    "%s exited but left %d process(es) running (pids %s): stopping them",
                     argv[0], len(leftovers), ", ".join(map(str, leftovers[:10])),
                 )
-                _stop_group(proc, pgid, grace, log)
+                _stop_all(proc, pgid, procs, grace, log)
+            else:
+                procs.reap()
             stopped = True
             return 128 - rc if rc < 0 else rc
         elapsed = time.monotonic() - started  # until the deadline or shutdown, not counting the grace
-        sig = _stop_group(proc, pgid, grace, log)
+        sig = _stop_all(proc, pgid, procs, grace, log)
         stopped = True
     finally:
         if not stopped:  # an unexpected error (KeyboardInterrupt ...): leave nothing behind
-            _stop_group(proc, pgid, min(grace, 1.0), log)
+            _stop_all(proc, pgid, procs, min(grace, 1.0), log)
         for pump in pumps:
             pump.finish(DRAIN_TIMEOUT)
         capped.close()
@@ -192,8 +201,9 @@ def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: boo
         raise HandlerError(message, command=argv[0]) from exc
 
 
-def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event) -> str | None:
-    """Wait for the child; None when it exited, else "deadline" or "shutdown"."""
+def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event, procs: ProcessSet) -> str | None:
+    """Wait for the child; None when it exited, else "deadline" or "shutdown". Every step also
+    looks at the child's process tree, so a process that detaches later is still known."""
     while True:
         remaining = deadline.remaining()
         step = POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining)
@@ -201,32 +211,40 @@ def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event)
             proc.wait(timeout=step)
             return None
         except subprocess.TimeoutExpired:
-            pass
+            procs.scan()
         if shutdown.is_set():
             return "shutdown"
         if deadline.expired():
             return "deadline"
 
 
-def _stop_group(proc: subprocess.Popen, pgid: int, grace: float, log: LogLike) -> str:
-    """SIGTERM the group, wait up to `grace` for it to empty, SIGKILL what is left, reap.
+def _stop_all(proc: subprocess.Popen, pgid: int, procs: ProcessSet, grace: float, log: LogLike) -> str:
+    """SIGTERM the group and every process of the run, wait up to `grace` for them to end (SIGTERM
+    to any that appears meanwhile), SIGKILL what is left, reap.
 
     Returns the last signal sent: "SIGTERM", "SIGKILL", or "none" when nothing was left.
     """
-    sent = "SIGTERM" if signal_group(pgid, signal.SIGTERM) else "none"
+    termed = signal_group(pgid, signal.SIGTERM)
+    termed = procs.terminate() > 0 or termed
+    sent = "SIGTERM" if termed else "none"
     end = time.monotonic() + max(0.0, grace)
     delay = 0.005
     while True:
         if proc.poll() is not None:
             _reap_group(pgid)
-        if proc.returncode is not None and not _live_members(pgid):
+        procs.reap()
+        if proc.returncode is not None and not _live_members(pgid) and not procs.scan():
             break
         left = end - time.monotonic()
         if left <= 0:
             log.warning("process group %d still running %.1f s after SIGTERM: sending SIGKILL", pgid, grace)
             signal_group(pgid, signal.SIGKILL)
+            if procs.kill():
+                log.error("processes of %d still running after repeated SIGKILL", pgid)
             sent = "SIGKILL"
             break
+        if procs.terminate():
+            sent = "SIGTERM"
         time.sleep(min(delay, left))
         delay = min(delay * 2, 0.1)
     try:
@@ -235,6 +253,7 @@ def _stop_group(proc: subprocess.Popen, pgid: int, grace: float, log: LogLike) -
         log.error("pid %d is still running after %s", proc.pid, sent)
         return sent
     _reap_group(pgid)
+    procs.reap()
     return sent
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from conveyor.child import CHUNK, run_child, tail
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
 from conveyor.logs import bound_request_id, request_id
-from conveyor.procgroup import signal_group
+from conveyor.procgroup import PROCESS_MARK, signal_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 LOGGER = "test.child"
@@ -195,7 +196,10 @@ def test_environment_is_exactly_what_was_passed(run, tmp_path, monkeypatch):
     env = {"ONLY_THIS": "1", "WITH_SPACES": "two words", "EMPTY": ""}
     rc, _ = run(["/usr/bin/env"], env=env, stdout_file=out)
     assert rc == 0
-    assert sorted(out.read_text().splitlines()) == ["EMPTY=", "ONLY_THIS=1", "WITH_SPACES=two words"]
+    lines = sorted(out.read_text().splitlines())
+    marks = [line for line in lines if line.startswith(f"{PROCESS_MARK}=")]
+    assert len(marks) == 1 and re.fullmatch(r"[0-9a-f]{32}", marks[0].partition("=")[2])  # which run it belongs to
+    assert [line for line in lines if line not in marks] == ["EMPTY=", "ONLY_THIS=1", "WITH_SPACES=two words"]
 
 
 def test_stdin_is_dev_null(run, tmp_path):

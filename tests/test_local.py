@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -629,17 +631,26 @@ def output_keys(root: Path) -> list[str]:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
-# The model writes a small and a big output, and leaves a watcher (in a session of its own) that
-# SIGKILLs its `conveyor run` as soon as the job's log says the small one is uploaded: the job
-# dies in the middle of uploading the big one, before it writes a record.
+# The model writes a small and a big output and names its `conveyor run` (its parent); the test
+# SIGKILLs that process as soon as the job's log says the small one is uploaded: the job dies in
+# the middle of uploading the big one, before it writes a record. (The watcher cannot be the
+# model's own: no process of the model outlives its record's model run.)
 KILLED_MID_UPLOAD = """#!/bin/sh
 printf small > "$TMP_OUTPUT_DIR/a.txt"
 head -c 100000000 /dev/zero > "$TMP_OUTPUT_DIR/b.bin"
-setsid sh -c 'for i in $(seq 3000); do
-  if grep -qs "@conveyor-record uploaded .*target.: .output/a.txt.}" "$0"/logs/*.log; then kill -9 "$1"; exit 0; fi
-  sleep 0.02
-done' "$RUN_ROOT" "$PPID" </dev/null >/dev/null 2>&1 &
+echo "$PPID" > "$RUN_ROOT/job.pid"
 """
+
+
+def kill_after_first_upload(root: Path, stop: threading.Event) -> None:
+    """SIGKILL the job named in job.pid once its log records the upload of output/a.txt."""
+    uploaded = re.compile(r"@conveyor-record uploaded .*target.: .output/a.txt.}")
+    while not stop.wait(0.02):
+        pid = root / "job.pid"
+        logs = list((root / "logs").glob("*.log")) if (root / "logs").is_dir() else []
+        if pid.exists() and pid.read_text().strip() and any(uploaded.search(log.read_text("latin-1")) for log in logs):
+            os.kill(int(pid.read_text()), signal.SIGKILL)
+            return
 
 
 @pytest.mark.parametrize("log_level", [None, "WARNING"])
@@ -654,7 +665,14 @@ def test_a_job_killed_after_an_upload_leaves_no_output(tmp_path: Path, log_level
     if log_level:
         definition["log_level"] = log_level
     config.write_text(yaml.safe_dump(definition))
-    proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
+    stop = threading.Event()
+    watcher = threading.Thread(target=kill_after_first_upload, args=(root, stop), daemon=True)
+    watcher.start()
+    try:
+        proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
+    finally:
+        stop.set()
+        watcher.join()
     assert proc.returncode == 1, proc.stderr.decode()
     rec = record(root, "dog.jpg")
     assert rec["status"] == "FAILED" and rec["exit_code"] == -9, rec

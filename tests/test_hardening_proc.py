@@ -1,0 +1,174 @@
+"""Issue 14, the process half of item 2: no process of the model outlives its record, with real
+processes. A model that leaves its process group (setsid, a double-forked daemon, a cleared
+environment) is still stopped before its outputs are collected, whether it exited, timed out or
+was interrupted, and what it leaves is reaped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor import process
+from conveyor.child import run_child
+from conveyor.deadline import Deadline
+from conveyor.errors import HandlerTimeout, Interrupted
+from conveyor.handler import load_handler
+from conveyor.records import Status
+from tests.support.inprocess import Pipeline
+
+PATH_ENV = {"PATH": "/usr/bin:/bin"}
+
+# A double-forked daemon: fork, setsid, fork again, the middle one exits; the daemon writes its pid.
+DAEMON = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open(sys.argv[1], "w").write(str(os.getpid()))
+        time.sleep(300)
+    os._exit(0)
+os.wait()
+"""
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (Z: a zombie), None when there is no such process at all."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2]
+
+
+def read_pids(path: Path, count: int = 1, timeout: float = 10.0) -> list[int]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        words = path.read_text().split() if path.exists() else []
+        if len(words) >= count and path.read_text().endswith("\n"):
+            return [int(w) for w in words]
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never named {count} pid(s)")
+
+
+def assert_gone(pids: list[int]) -> None:
+    """Neither running nor a zombie: stopped and reaped."""
+    assert {pid: state(pid) for pid in pids} == {pid: None for pid in pids}
+
+
+def run(argv: list[str], tmp_path: Path, *, deadline: float = 30.0, shutdown: threading.Event | None = None) -> int:
+    return run_child(
+        argv,
+        env=PATH_ENV,
+        cwd=tmp_path,
+        deadline=Deadline.after(deadline),
+        shutdown=shutdown or threading.Event(),
+        log=logging.getLogger("test.proc"),
+        log_file=tmp_path / "model.log",
+        grace=5.0,
+    )
+
+
+def left_behind(pids: Path) -> list[int]:
+    """The pids escaping_script wrote."""
+    return [*read_pids(pids, 2), int(pids.with_name("pids.daemon").read_text())]
+
+
+def escaping_script(pids: Path) -> str:
+    """A model that leaves three processes behind, none of them in its process group: a setsid
+    shell's background sleep, a double-forked daemon, and a detached sleep with an empty environment."""
+    return (
+        f"setsid sh -c 'sleep 300 & echo $! >> {pids}' </dev/null >/dev/null 2>&1\n"
+        f"{sys.executable} -c '{DAEMON}' {pids}.daemon\n"
+        f"setsid env -i /bin/sleep 301 </dev/null >/dev/null 2>&1 &\n"
+        f"echo $! >> {pids}\n"
+        "sleep 0.5\n"  # long enough for the tree to be seen once: the cleared environment carries no mark
+    )
+
+
+def test_processes_that_left_the_group_do_not_outlive_a_model_that_exited(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    assert run(["/bin/sh", "-c", escaping_script(pids)], tmp_path) == 0  # promptly: not after the sleeps
+    assert_gone(left_behind(pids))
+
+
+def test_processes_that_left_the_group_do_not_outlive_a_model_that_timed_out(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    with pytest.raises(HandlerTimeout):
+        run(["/bin/sh", "-c", escaping_script(pids) + "sleep 300\n"], tmp_path, deadline=3.0)
+    assert_gone(left_behind(pids))
+
+
+def test_processes_that_left_the_group_do_not_outlive_an_interrupted_model(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    shutdown = threading.Event()
+    setter = threading.Thread(target=lambda: (read_pids(pids, 2), time.sleep(0.7), shutdown.set()))
+    setter.start()
+    try:
+        with pytest.raises(Interrupted):
+            run(["/bin/sh", "-c", escaping_script(pids) + "sleep 300\n"], tmp_path, shutdown=shutdown)
+    finally:
+        shutdown.set()
+        setter.join()
+    assert_gone(left_behind(pids))
+
+
+def test_a_process_that_keeps_forking_while_it_is_stopped_is_stopped(tmp_path: Path) -> None:
+    """It ignores SIGTERM and keeps spawning detached children: the grace ends in SIGKILL rounds."""
+    pids = tmp_path / "pids"
+    breeder = tmp_path / "breeder.sh"
+    breeder.write_text(
+        "trap '' TERM\n"
+        "while :; do\n"
+        "  setsid sh -c 'trap \"\" TERM; sleep 300' </dev/null >/dev/null 2>&1 &\n"
+        f"  echo $! >> {pids}\n"
+        "  sleep 0.05\n"
+        "done\n"
+    )
+    script = f"setsid /bin/sh {breeder} </dev/null >/dev/null 2>&1 &\necho $! >> {pids}\nsleep 0.3\n"
+    rc = run_child(
+        ["/bin/sh", "-c", script], env=PATH_ENV, cwd=tmp_path, deadline=Deadline.after(30),
+        shutdown=threading.Event(), log=logging.getLogger("test.proc"), log_file=tmp_path / "model.log", grace=0.5,
+    )
+    assert rc == 0
+    assert_gone(read_pids(pids, 2))
+
+
+# -- a record of the pipeline: the outputs are the model's as it left them -------------------------
+
+SWAPPER = """printf original > "$TMP_OUTPUT_DIR/out.txt"
+setsid sh -c 'sleep 0.5; printf swapped > "$0/out.txt"; sleep 300' "$TMP_OUTPUT_DIR" </dev/null >/dev/null 2>&1 &
+echo $! > "$PIDS"
+"""
+
+
+def test_a_model_that_escapes_cannot_swap_its_output_after_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The escaped process would rewrite the output half a second later, while the (slowed) upload
+    is under way; it is gone before the outputs are collected, so what is published is the model's."""
+    pipe = Pipeline(tmp_path)
+    pids = tmp_path / "pids"
+    pipe.definition["conveyor"]["handler"] = {"name": "script", "command": SWAPPER}
+    pipe.definition["environment"]["variables"]["PIDS"] = str(pids)
+    pipe.put("in", "a.txt", b"input")
+    seen: dict[int, str | None] = {}
+    collect = process.collect_outputs
+
+    def slow_collect(output_dir: Path) -> list[str]:
+        files = collect(output_dir)
+        pid = int(pids.read_text())
+        seen[pid] = state(pid)  # the escaped process when the outputs are collected
+        time.sleep(1.5)  # a slow store: the escaped process would have swapped the file by now
+        return files
+
+    monkeypatch.setattr(process, "collect_outputs", slow_collect)
+    [record] = pipe.run(pipe.storage_event("in", ["a.txt"]), handler=load_handler(pipe.config))
+    assert record.status == Status.SUCCEEDED, record.error
+    assert list(seen.values()) == [None]  # stopped and reaped before collection
+    assert pipe.read("out", "out.txt") == b"original"
