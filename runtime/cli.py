@@ -221,8 +221,11 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     failed = [r for r in records if not r.ok]
     if failed:
         log.error("%d of %d records failed", len(failed), len(records))
-        for record in failed:  # whatever log_level says: a failed run never ends in silence
+        shown = [r for r in failed if not r.extra.get("not_started")]  # those are counted, not listed
+        for record in shown:  # whatever log_level says: a failed run never ends in silence
             click.echo(failure_line(record), err=True)
+        if len(shown) < len(failed):
+            click.echo(f"conveyor: interrupted error: {len(failed) - len(shown)} input(s) not started", err=True)
         sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
 
 

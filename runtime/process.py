@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,14 @@ from conveyor.config.model import MAX_ARG_STRLEN, PRIVATE_VARS
 from conveyor.config.redaction import mask_values
 from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
-from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
+from conveyor.events import (
+    Event,
+    InlineInput,
+    Input,
+    ObjectRef,
+    bind_inputs,
+    provider_type,
+)
 from conveyor.handler import Handler, Invocation
 from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from conveyor.platform import Platform
@@ -114,20 +122,41 @@ def _env_value(text: str) -> str | None:
     return text if len(f"EVENT={text}".encode()) < MAX_ARG_STRLEN and "\x00" not in text else None
 
 
-def _event_json(event: Event | None, inp: Input | None) -> str | None:
-    """EVENT for the child: the event as received, else (too large) this record alone. An OSCAR
-    delegation wrapper gives the event inside it, re-serialized by json.dumps as faas-supervisor does."""
-    if event is None:
-        return None
+# EVENT of the whole event, per event object (by identity: an Event holds dicts, so it has no hash):
+# computed on its first record and reused by the others, so a record's cost does not grow with
+# the size of its event. An entry goes when its event does.
+_WHOLE_EVENT: dict[int, str | None] = {}
+
+
+def _whole_event_json(event: Event) -> str | None:
+    """EVENT holding the whole event, or None when it does not fit (or is not text)."""
+    key = id(event)
+    if key not in _WHOLE_EVENT:
+        _WHOLE_EVENT[key] = _serialise_event(event)
+        weakref.finalize(event, _WHOLE_EVENT.pop, key, None)
+    return _WHOLE_EVENT[key]
+
+
+def _serialise_event(event: Event) -> str | None:
+    """The event as received; an OSCAR delegation wrapper gives the event inside it, re-serialized by
+    json.dumps as faas-supervisor does. None when too large for one environment variable."""
     raw = event.raw
     if isinstance(raw, (bytes, bytearray)):
+        if len(raw) >= MAX_ARG_STRLEN:  # too large whatever it decodes to
+            return None
         try:
-            text = bytes(raw).decode()
+            return _env_value(bytes(raw).decode())
         except UnicodeDecodeError:
             return None
-        return _env_value(text)
     inner = event.inner_event
-    whole = _env_value(json.dumps(raw, ensure_ascii=False) if inner is None else json.dumps(inner))
+    return _env_value(json.dumps(raw, ensure_ascii=False) if inner is None else json.dumps(inner))
+
+
+def _event_json(event: Event | None, inp: Input | None) -> str | None:
+    """EVENT for the child: the event as received, else (too large) this record alone."""
+    if event is None:
+        return None
+    whole = _whole_event_json(event)
     if whole is None and isinstance(inp, ObjectRef) and inp.record is not None:
         return _env_value(json.dumps({"Records": [inp.record]}, ensure_ascii=False))
     return whole
@@ -362,7 +391,8 @@ def _store_record(job: Job, record: ResultRecord) -> None:
 
 
 def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[ResultRecord]:
-    """Process every input of an event in order. After a shutdown signal the rest are recorded as FAILED.
+    """Process every input of an event in order. After a shutdown signal the inputs not yet started
+    are not started: each gets a FAILED record at once (see _not_started).
 
     A storage event with no object (s3:TestEvent) does nothing; a payload with no input at all
     (SCAR's `{"script": ...}`, an empty body) runs the model once without an input file.
@@ -379,7 +409,45 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
             log.info("the event holds no object to process")
             return []
         return [run_input(job, event, None, sink)]
-    return [run_input(job, event, inp, sink) for inp in inputs]
+    records: list[ResultRecord] = []
+    for index, inp in enumerate(inputs):
+        if job.shutdown.is_set():
+            records.extend(_not_started(job, inputs[index:], len(inputs)))
+            break
+        records.append(run_input(job, event, inp, sink))
+    return records
+
+
+NOT_STARTED_SHOWN = 10  # inputs named in the summary line of those a shutdown left unstarted
+
+
+def _not_started(job: Job, inputs: list[Input], total: int) -> list[ResultRecord]:
+    """The FAILED records of the inputs a shutdown signal left unstarted, made without any work per
+    input (no work directory, no status upload: the grace period is for the record under way, and
+    an event may hold 100,000 inputs). Each is still logged as a record protocol line, so every
+    input has one record; people get one summary line naming the first few."""
+    names = ", ".join(_describe(inp) for inp in inputs[:NOT_STARTED_SHOWN])
+    more = f" and {len(inputs) - NOT_STARTED_SHOWN} more" if len(inputs) > NOT_STARTED_SHOWN else ""
+    log.warning("stopped by a termination signal: %d of the event's %d input(s) not started (%s%s); "
+                "each gets a FAILED record", len(inputs), total, names, more)
+    error = Interrupted("not started: stopped by a termination signal before this input's turn").to_dict()
+    now = _now()
+    records = []
+    for inp in inputs:
+        record = ResultRecord(
+            input=inp.to_dict(),
+            platform=job.platform.value,
+            request_id=job.request_id,
+            handler=job.config.conveyor.handler.name,
+            status=Status.FAILED,
+            error=dict(error),
+            job_id=job.job_id,
+            started_at=now,
+            extra={**job.extra, "not_started": True},
+        )
+        log_result(record)
+        records.append(record)
+    return records
 
 
 def responds_inline(event: Event) -> bool:

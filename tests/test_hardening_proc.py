@@ -6,8 +6,10 @@ was interrupted, and what it leaves is reaped.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from conveyor.child import run_child
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerTimeout, Interrupted
 from conveyor.handler import load_handler
-from conveyor.records import Status
+from conveyor.records import Status, results_in
 from tests.support.inprocess import Pipeline
 
 PATH_ENV = {"PATH": "/usr/bin:/bin"}
@@ -172,3 +174,80 @@ def test_a_model_that_escapes_cannot_swap_its_output_after_collection(
     assert record.status == Status.SUCCEEDED, record.error
     assert list(seen.values()) == [None]  # stopped and reaped before collection
     assert pipe.read("out", "out.txt") == b"original"
+
+
+# -- item 3: large events are linear -----------------------------------------------------------------
+
+
+class CountingJson:
+    """Stands for the json module in conveyor.process: counts serialisations of many records at once."""
+
+    def __init__(self) -> None:
+        self.whole = 0
+
+    def dumps(self, obj: object, **kwargs: object) -> str:
+        if isinstance(obj, dict) and len(obj.get("Records") or ()) > 1:
+            self.whole += 1
+        return json.dumps(obj, **kwargs)  # type: ignore[arg-type]
+
+    loads = staticmethod(json.loads)
+
+
+@pytest.mark.parametrize("count", [3, 600])
+def test_the_event_is_serialised_once_whatever_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A small event is EVENT whole for every record (the contract); one too large for an
+    environment variable (600 records: over 128 KiB) gives each record its own record. Either way
+    the whole event is serialised once, not once per record (100,000 records ran at 2 per second)."""
+    pipe = Pipeline(tmp_path)
+    keys = [f"k/{i:04d}.txt" for i in range(count)]
+    for key in keys:
+        pipe.put("in", key, b"x")
+    raw = pipe.storage_event("in", keys)
+    counter = CountingJson()
+    monkeypatch.setattr(process, "json", counter)
+    records = pipe.run(raw)
+    assert [r.status for r in records] == [Status.SUCCEEDED] * count
+    assert counter.whole == 1
+    events = [json.loads(call.env["EVENT"]) for call in pipe.handler.calls]
+    if count == 3:
+        assert events == [raw["event"]] * count
+    else:
+        assert events == [{"Records": [record]} for record in raw["event"]["Records"]]
+
+
+def test_a_shutdown_on_a_big_event_records_the_rest_at_once_with_one_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM after 3 of 2,000 records: the rest are not started (no work directory, no status
+    upload, no log line each), each gets a FAILED record, and one line names them."""
+    pipe = Pipeline(tmp_path)
+    pipe.definition["conveyor"]["status"] = {"storage_provider": "local.default", "path": "status"}
+    keys = [f"k/{i:04d}.txt" for i in range(2000)]
+    for key in keys:
+        pipe.put("in", key, b"x")
+    shutdown = threading.Event()
+    pipe.handler.on_call = lambda inv: shutdown.set() if len(pipe.handler.calls) == 3 else None
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    caplog.set_level(logging.INFO)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(1) or real_mkdtemp(*a, **k))
+        records = pipe.run(pipe.storage_event("in", keys), shutdown=shutdown)
+
+    assert len(pipe.handler.calls) == 3 and len(made) == 3
+    assert [r.input["key"] for r in records] == keys  # one record per input, in order
+    assert [r.status for r in records[:2]] == [Status.SUCCEEDED] * 2
+    assert records[2].error["kind"] == "interrupted" and not records[2].extra.get("not_started")
+    rest = records[3:]
+    assert {r.status for r in rest} == {Status.FAILED}
+    assert {r.error["kind"] for r in rest} == {"interrupted"} and all(r.extra["not_started"] for r in rest)
+    assert pipe.keys("status") == [f"in/{key}.json" for key in keys[:3]]  # no status upload for the rest
+    assert len(results_in([r.getMessage() for r in caplog.records])) == 2000  # the record protocol: all
+    others = [r for r in caplog.records if r.name != "conveyor.records" and "k/0999" in r.getMessage()]
+    assert others == []  # nobody logs a not-started input by itself
+    lines = [r.getMessage() for r in caplog.records if r.name != "conveyor.records"]
+    [summary] = [line for line in lines if "not started" in line]
+    assert "1997 of the event's 2000 input(s) not started" in summary
+    assert "in/k/0003.txt" in summary and "and 1987 more" in summary
