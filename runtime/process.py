@@ -422,14 +422,16 @@ NOT_STARTED_SHOWN = 10  # inputs named in the summary line of those a shutdown l
 
 
 def _not_started(job: Job, inputs: list[Input], total: int) -> list[ResultRecord]:
-    """The FAILED records of the inputs a shutdown signal left unstarted, made without any work per
-    input (no work directory, no status upload: the grace period is for the record under way, and
-    an event may hold 100,000 inputs). Each is still logged as a record protocol line, so every
-    input has one record; people get one summary line naming the first few."""
+    """The FAILED records of the inputs a shutdown signal left unstarted, made without any work or
+    log line per input (no work directory, no status upload, no record protocol line: the grace
+    period is for the record under way, and an event may hold 100,000 inputs). They are returned
+    with the others (the exit code, a response's records); one summary line names the first few
+    and the last, and counts them."""
     names = ", ".join(_describe(inp) for inp in inputs[:NOT_STARTED_SHOWN])
-    more = f" and {len(inputs) - NOT_STARTED_SHOWN} more" if len(inputs) > NOT_STARTED_SHOWN else ""
-    log.warning("stopped by a termination signal: %d of the event's %d input(s) not started (%s%s); "
-                "each gets a FAILED record", len(inputs), total, names, more)
+    if len(inputs) > NOT_STARTED_SHOWN:
+        names += f" ... {_describe(inputs[-1])}"
+    log.warning("stopped by a termination signal: %d of the event's %d input(s) not started, each "
+                "recorded as FAILED (interrupted) without a line of its own: %s", len(inputs), total, names)
     error = Interrupted("not started: stopped by a termination signal before this input's turn").to_dict()
     now = _now()
     records = []
@@ -445,7 +447,6 @@ def _not_started(job: Job, inputs: list[Input], total: int) -> list[ResultRecord
             started_at=now,
             extra={**job.extra, "not_started": True},
         )
-        log_result(record)
         records.append(record)
     return records
 
