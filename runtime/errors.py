@@ -3,6 +3,7 @@
     ConveyorError                 1
     ├── ConfigError               78  EX_CONFIG: the function definition is unusable
     ├── EventError                65  EX_DATAERR: the event cannot be understood
+    │   └── OutsideInputsError    65  it names an object outside the definition's inputs
     ├── StorageError              74  EX_IOERR: an object could not be read or written
     │   └── CredentialsError      77  EX_NOPERM: no usable credentials for a provider
     ├── HandlerError              70  EX_SOFTWARE: the model (handler) failed
@@ -45,6 +46,12 @@ class ConfigError(ConveyorError):
 class EventError(ConveyorError):
     exit_code = 65
     kind = "event"
+
+
+class OutsideInputsError(EventError):
+    """The event names an object outside every `input[]` path (see conveyor.accept_any_input)."""
+
+    kind = "outside_inputs"
 
 
 class StorageError(ConveyorError):

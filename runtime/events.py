@@ -87,7 +87,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote_plus
 
-from conveyor.errors import ConfigError, EventError
+from conveyor.errors import ConfigError, EventError, OutsideInputsError
 from conveyor.media import extension_for, sniff
 
 if TYPE_CHECKING:
@@ -595,6 +595,39 @@ def _bind(inp: Input, config: FunctionConfig) -> Input:
         f"of the definition has space: {inp.space}",
         key="storage_providers.onedata",
         source=config.source,
+    )
+
+
+ACCEPT_ANY_INPUT_KEY = "conveyor.accept_any_input"
+
+
+def check_within_inputs(ref: ObjectRef, provider: str, config: FunctionConfig) -> None:
+    """Raise OutsideInputsError unless `ref` (held by `provider`, "<type>.<id>") lies under one of the
+    definition's `input[]` paths on that entry's provider: the bucket is the path's first segment
+    (or, with `isolation_level: USER`, one of `bucket_list`) and the key starts with the rest of the
+    path. An event cannot make the function read any other object (a confused deputy) unless
+    `conveyor: accept_any_input: true`. A dCache ref is the definition's by construction (bind_inputs
+    puts it in its input folder); a Rucio DID (scope:name) has no path: it is within when its
+    provider is an input's. A key with a `..` segment is never within.
+    """
+    if config.conveyor.accept_any_input or ref.source == DCACHE:
+        return
+    if ref.source == RUCIO and any(str(spec.provider) == provider for spec in config.inputs):
+        return
+    user_buckets = config.bucket_list if config.isolation_level.upper() == "USER" else ()
+    if ".." not in ref.key.split("/"):
+        for spec in config.inputs:
+            if str(spec.provider) != provider or not (ref.bucket == spec.bucket or ref.bucket in user_buckets):
+                continue
+            if not spec.key_prefix or ref.key.startswith(f"{spec.key_prefix}/"):
+                return
+    paths = ", ".join(f"{spec.path} on {spec.provider}" for spec in config.inputs) or "none"
+    raise OutsideInputsError(
+        f"the event names {ref.bucket}/{ref.key} on {provider}, outside the function's input paths ({paths}): "
+        f"not fetched; set {ACCEPT_ANY_INPUT_KEY}: true to accept objects from anywhere",
+        bucket=ref.bucket,
+        key=ref.key,
+        provider=provider,
     )
 
 

@@ -33,6 +33,7 @@ from conveyor.events import (
     Input,
     ObjectRef,
     bind_inputs,
+    check_within_inputs,
     provider_type,
 )
 from conveyor.handler import Handler, Invocation
@@ -293,6 +294,8 @@ def _describe(inp: Input | None) -> str:
 def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, timer: _Timer) -> Path | None:
     if inp is None:
         return None
+    if isinstance(inp, ObjectRef):  # before anything is read, whether Conveyor or the model fetches it
+        check_within_inputs(inp, str(input_provider(inp)), job.config)
     if isinstance(inp, InlineInput):
         path = input_dir / safe_file_name(inp.file_name)
         path.write_bytes(inp.data)

@@ -1024,3 +1024,96 @@ def test_malformed_json_event_is_refused(payload):
 def test_inline_payloads_that_are_not_malformed_json_still_work(payload):
     event = load_event(payload)
     assert event.kind in ("inline", "storage") and event.inputs
+
+
+# -- issue 14, item 6: only objects under the definition's inputs ------------------------------------
+
+WITHIN_CASES = [
+    # (event file, the definition's input entries, within?) - one record each, its provider as resolved
+    ("minio_put.json", "[{storage_provider: minio.default, path: images/input}]", True),
+    ("minio_put.json", "[{storage_provider: minio.default, path: images}]", True),
+    ("minio_put.json", "[{storage_provider: minio.default, path: images/inp}]", False),  # not a folder of it
+    ("minio_put.json", "[{storage_provider: minio.default, path: other/input}]", False),
+    ("minio_put.json", "[{storage_provider: s3.default, path: images/input}]", False),  # the same path elsewhere
+    ("minio_put.json", "[]", False),  # a service without inputs (a sync service) fetches nothing
+    ("oscar_delegated_string.json", "[{storage_provider: minio.default, path: oscar-in/jobs}]", True),
+    ("oscar_delegated_string.json", "[{storage_provider: minio.cluster2, path: oscar-in/jobs}]", False),
+    ("oscar_delegated_s3_bare.json", "[{storage_provider: s3.archive, path: /in-bucket/in/}]", None),
+    ("eventbridge_s3_created.json", "[{storage_provider: s3, path: conveyor-events/exports}]", True),
+    ("apigw_v1_minio_body.json", "[{storage_provider: minio.default, path: gw-bucket/posted}]", True),
+    ("apigw_v1_minio_body.json", "[{storage_provider: minio.default, path: gw-bucket/in}]", False),
+]
+
+
+def within(ref, text: str) -> bool:
+    from conveyor.errors import OutsideInputsError
+    from conveyor.events import check_within_inputs
+    from conveyor.process import input_provider
+
+    config = definition(text)
+    try:
+        check_within_inputs(ref, str(input_provider(ref)), config)
+        return True
+    except OutsideInputsError as exc:
+        assert exc.exit_code == 65 and exc.kind == "outside_inputs"
+        assert "conveyor.accept_any_input: true" in exc.message and f"{ref.bucket}/{ref.key}" in exc.message
+        return False
+
+
+@pytest.mark.parametrize(("name", "inputs", "expected"), WITHIN_CASES)
+def test_only_objects_under_an_input_path_of_their_provider_are_within(name, inputs, expected):
+    (ref,) = refs(name)
+    if expected is None:  # a path written with slashes around it: the bucket and prefix as in_bucket/in
+        inputs = inputs.replace("/in-bucket/in/", f"/{ref.bucket}/{ref.key.split('/')[0]}/")
+        expected = True
+    providers = "storage_providers: {minio: {cluster2: {endpoint: 'http://m:9000', access_key: a, secret_key: b}}, " \
+        "s3: {archive: {region: eu-west-1}}}\n"
+    assert within(ref, f"input: {inputs}\n{providers}") is expected
+    assert within(ref, f"input: {inputs}\n{providers}conveyor: {{accept_any_input: true}}\n") is True
+
+
+def test_each_record_of_an_event_is_judged_by_itself():
+    a, b, c = refs("s3_put_multi.json")  # conveyor-inbox/uploads/2024/..., then conveyor-archive/batch/...
+    text = "input: [{storage_provider: s3, path: conveyor-inbox/uploads}]\n"
+    assert [within(ref, text) for ref in (a, b, c)] == [True, True, False]
+
+
+def test_a_key_climbing_out_of_the_input_folder_is_outside():
+    from dataclasses import replace
+
+    (ref,) = refs("minio_put.json")
+    text = "input: [{storage_provider: minio.default, path: images/input}]\n"
+    assert within(replace(ref, key="input/../private/payroll.csv"), text) is False
+    assert within(replace(ref, key="input/ok/payroll.csv"), text) is True
+
+
+def test_user_isolation_accepts_the_users_buckets_under_the_input_folder():
+    (ref,) = refs("minio_put.json")  # images/input/my photo.jpg
+    text = (
+        "input: [{storage_provider: minio.default, path: service/input}]\n"
+        "isolation_level: USER\nbucket_list: [images]\n"
+    )
+    assert within(ref, text) is True
+    assert within(ref, text.replace("USER", "SERVICE")) is False
+
+
+def test_dcache_and_rucio_refs_are_the_definitions_by_binding():
+    from conveyor.events import bind_inputs
+
+    (ref,) = bind_inputs(load("dcache_inotify.json"), definition(DCACHE_DEFINITION)).inputs
+    assert within(ref, DCACHE_DEFINITION) is True
+    text = "input: [{storage_provider: rucio.desy, path: rucio/input}]\nstorage_providers: {rucio: {desy: {host: h}}}\n"
+    (ref,) = bind_inputs(load("rucio_close.json"), definition(text)).inputs
+    assert within(ref, text) is True
+    assert within(ref, text.replace("rucio.desy, path", "minio.default, path")) is False
+
+
+def test_accept_any_input_is_a_boolean_setting():
+    from conveyor.errors import ConfigError
+
+    assert definition("conveyor: {accept_any_input: true}\n").conveyor.accept_any_input is True
+    assert definition("name: f\n").conveyor.accept_any_input is False
+    assert definition("name: f\n").conveyor.redacted()["accept_any_input"] is False
+    with pytest.raises(ConfigError) as info:
+        definition("conveyor: {accept_any_input: sometimes}\n")
+    assert info.value.exit_code == 78 and "conveyor.accept_any_input" in info.value.message

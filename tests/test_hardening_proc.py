@@ -1,7 +1,10 @@
-"""Issue 14, the process half of item 2: no process of the model outlives its record, with real
-processes. A model that leaves its process group (setsid, a double-forked daemon, a cleared
-environment) is still stopped before its outputs are collected, whether it exited, timed out or
-was interrupted, and what it leaves is reaped.
+"""Issue 14 with real processes and the real S3 server:
+
+- item 2, the process half: no process of the model outlives its record. A model that leaves its
+  process group (setsid, a double-forked daemon, a cleared environment) is still stopped before its
+  outputs are collected, whether it exited, timed out or was interrupted, and what it leaves is reaped;
+- item 3: a large event is linear (EVENT serialised once), a shutdown ends it at once;
+- item 6: an event cannot name an object outside the definition's inputs (conveyor.accept_any_input).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from conveyor.errors import HandlerTimeout, Interrupted
 from conveyor.handler import load_handler
 from conveyor.records import Status, results_in
 from tests.support.inprocess import Pipeline
+from tests.support.pipeline import body, keys, oscar_event, records
 
 PATH_ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -251,3 +255,39 @@ def test_a_shutdown_on_a_big_event_records_the_rest_at_once_with_one_summary(
     [summary] = [line for line in logged if "not started" in line]
     assert "1997 of the event's 2000 input(s) not started" in summary
     assert "in/k/0003.txt" in summary and "in/k/0012.txt ... in/k/1999.txt" in summary
+
+
+# -- item 6: the event can name any bucket ----------------------------------------------------------
+
+
+def test_a_storage_event_naming_an_object_outside_the_inputs_is_refused(deploy, s3_client, bucket) -> None:
+    """A body posted to the function names private/payroll.csv (another bucket, then the right bucket
+    outside in/): nothing is downloaded, the model never runs, nothing is published; the record
+    says why, and the run exits 65."""
+    private = f"{bucket}-private"
+    s3_client.create_bucket(Bucket=private)
+    s3_client.put_object(Bucket=private, Key="payroll.csv", Body=b"secret salaries")
+    s3_client.put_object(Bucket=bucket, Key="private/payroll.csv", Body=b"secret salaries")
+    d = deploy('#!/bin/sh\ntouch "$MARKERS/ran"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    for where, key in ((private, "payroll.csv"), (bucket, "private/payroll.csv")):
+        proc = d.run(oscar_event(where, key))
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 65, stderr
+        [record] = records(proc.stderr)
+        assert record["status"] == "FAILED" and record["error"]["kind"] == "outside_inputs"
+        assert (record["error"]["bucket"], record["error"]["key"]) == (where, key)
+        assert "outside the function's input paths" in stderr and "conveyor.accept_any_input" in stderr
+        assert record["bytes_in"] == 0 and "download" not in record["timings"]
+        assert not (d.markers / "ran").exists()
+        assert keys(s3_client, bucket, "out/") == [] and record["outputs"] == []
+        assert "secret salaries" not in stderr
+
+
+def test_accept_any_input_lets_an_event_name_any_bucket(deploy, s3_client, bucket) -> None:
+    private = f"{bucket}-other"
+    s3_client.create_bucket(Bucket=private)
+    s3_client.put_object(Bucket=private, Key="payroll.csv", Body=b"salaries")
+    d = deploy(accept_any_input=True)
+    proc = d.run(oscar_event(private, "payroll.csv"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert body(s3_client, bucket, "out/payroll.csv") == b"salaries"

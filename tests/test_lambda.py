@@ -89,6 +89,7 @@ class LambdaFunction:
             "name": FUNCTION,
             "init_script": str(tmp / "script.sh"),
             "storage_providers": {"minio": {"default": dict(provider)}},
+            "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
             "output": [{"storage_provider": "minio.default", "path": f"{bucket}/out"}],
             "container": {"timeout_threshold": 2},
             "conveyor": {"grace_period": 1, **conveyor},

@@ -194,6 +194,9 @@ class ConveyorSettings:
     # "sh" runs it as `/bin/sh script`, as faas-supervisor does; "shebang" honours its #! line.
     # A #! naming any other interpreter (python3, Rscript ...) is honoured either way.
     script_shell: str = "sh"
+    # An event may name any object: by default only those under an `input[]` path, on that entry's
+    # provider, are fetched (a body posted to a service cannot make it read private/payroll.csv).
+    accept_any_input: bool = False
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -209,6 +212,7 @@ class ConveyorSettings:
             "log_max_bytes": self.log_max_bytes,
             "require_output": self.require_output,
             "script_shell": self.script_shell,
+            "accept_any_input": self.accept_any_input,
         }
 
 

@@ -26,6 +26,7 @@ _KNOWN = {
     "log_max_bytes",
     "require_output",
     "script_shell",
+    "accept_any_input",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 
@@ -64,6 +65,7 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         log_tail_bytes=values.size(merged.get("log_tail_bytes"), at("log_tail_bytes"), defaults.log_tail_bytes) or 0,
         log_max_bytes=log_max or defaults.log_max_bytes,
         require_output=values.boolean(merged.get("require_output"), at("require_output"), None),
+        accept_any_input=values.boolean(merged.get("accept_any_input"), at("accept_any_input"), False) or False,
         script_shell=values.choice(
             merged.get("script_shell"), at("script_shell"), defaults.script_shell, SCRIPT_SHELLS, upper=False
         ),

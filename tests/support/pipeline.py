@@ -101,7 +101,8 @@ class Deployment:
             "name": "pipeline-test",
             "log_level": "INFO",
             "storage_providers": {"minio": {"default": dict(provider)}, "s3": {"default": dict(provider)}},
-            "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
+            # MinIO (OSCAR) and S3 (SCAR, Batch) events both name objects under in/: the inputs
+            "input": [{"storage_provider": p, "path": f"{bucket}/in"} for p in ("minio.default", "s3.default")],
             "output": [{"storage_provider": "minio.default", "path": f"{bucket}/out"}],
             "environment": {"variables": {"MARKERS": str(self.markers)}},
             "conveyor": {"timeout": 30, "grace_period": 1, **conveyor},
