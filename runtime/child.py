@@ -45,6 +45,7 @@ CHUNK = 64 * 1024  # read size, and the longest line logged as one record
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 POLL_INTERVAL = 0.1  # how often the wait loop looks at the shutdown event
 DRAIN_TIMEOUT = 2.0  # how long to keep reading after the group is gone
+SCAN_SHARE = 0.05  # the most of its time the wait loop spends looking at the child's process tree
 
 LogLike = logging.Logger | logging.LoggerAdapter
 
@@ -202,8 +203,10 @@ def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: boo
 
 
 def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event, procs: ProcessSet) -> str | None:
-    """Wait for the child; None when it exited, else "deadline" or "shutdown". Every step also
-    looks at the child's process tree, so a process that detaches later is still known."""
+    """Wait for the child; None when it exited, else "deadline" or "shutdown". The steps also look
+    at the child's process tree, so a process that detaches later is still known (at most
+    SCAN_SHARE of the time goes to that: a big tree is looked at less often)."""
+    next_scan = 0.0
     while True:
         remaining = deadline.remaining()
         step = POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining)
@@ -211,7 +214,10 @@ def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event,
             proc.wait(timeout=step)
             return None
         except subprocess.TimeoutExpired:
-            procs.scan()
+            now = time.monotonic()
+            if now >= next_scan:
+                procs.scan()
+                next_scan = now + (time.monotonic() - now) / SCAN_SHARE
         if shutdown.is_set():
             return "shutdown"
         if deadline.expired():

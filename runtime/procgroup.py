@@ -80,7 +80,12 @@ class ProcessSet:
     def scan(self) -> list[int]:
         """Find the members now; return the live ones (zombies only wait for their reaper)."""
         me = os.getpid()
-        todo = [pid for pid, start in self._members.items() if _same(pid, start)]
+        todo = []
+        for pid, start in list(self._members.items()):
+            if _same(pid, start):
+                todo.append(pid)
+            else:  # gone (and reaped): forget it, a model may start millions of processes over a run
+                del self._members[pid]
         todo += self._adopted(me)
         if not _subreaper:
             todo += self._marked_anywhere(me)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from conveyor.errors import HandlerTimeout, Interrupted
 from conveyor.handler import load_handler
 from conveyor.records import Status, results_in
 from tests.support.inprocess import Pipeline
-from tests.support.pipeline import body, keys, oscar_event, records
+from tests.support.pipeline import body, keys, minio_event, oscar_event, records
 
 PATH_ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -291,3 +292,33 @@ def test_accept_any_input_lets_an_event_name_any_bucket(deploy, s3_client, bucke
     proc = d.run(oscar_event(private, "payroll.csv"))
     assert proc.returncode == 0, proc.stderr.decode()
     assert body(s3_client, bucket, "out/payroll.csv") == b"salaries"
+
+
+def test_sigterm_on_a_big_event_ends_with_one_summary(deploy, s3_client, bucket) -> None:
+    """`conveyor run` on an event of 3,000 records, SIGTERM while the first runs: that record is
+    FAILED (interrupted), the 2,999 others are counted in one summary line and one closing line,
+    never logged one by one (which took 101 s for 100,000 records)."""
+    d = deploy('#!/bin/sh\ntouch "$MARKERS/started"\nexec sleep 300\n')
+    s3_client.put_object(Bucket=bucket, Key="in/0000.bin", Body=b"x")
+    event = minio_event(bucket, "in/0000.bin")
+    event["Records"] = [minio_event(bucket, f"in/{i:04d}.bin")["Records"][0] for i in range(3000)]
+    proc = d.popen(None)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"storage_provider": "minio.default", "event": json.dumps(event)}).encode())
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    end = time.monotonic() + 60
+    while not (d.markers / "started").exists():
+        assert time.monotonic() < end and proc.poll() is None, "the script never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 143, stderr
+    [record] = records(err)  # the record protocol: only the one that ran
+    assert record["input"]["key"] == "in/0000.bin" and record["error"]["kind"] == "interrupted"
+    assert stderr.count("not started") == 2, stderr
+    assert "2999 of the event's 3000 input(s) not started" in stderr
+    assert "conveyor: interrupted error: 2999 input(s) not started" in stderr
+    assert "in/2999.bin" in stderr and "in/1500.bin" not in stderr
+    assert len(stderr.splitlines()) < 30
