@@ -2,14 +2,44 @@
 result record per input.
 
 A record either SUCCEEDS (the model exited cleanly and every output was uploaded) or FAILS
-(nothing reaches the output paths, the error and log tail go to the record). Per-record work
-directories live under the scratch dir and are removed afterwards, success or not.
+(nothing it created stays in the output paths, the error and log tail go to the record). Per-record
+work directories live under the scratch dir and are removed afterwards, success or not.
+
+Publishing never destroys what another record or run published:
+
+- Each output key is checked (`ObjectStore.version`) just before its upload. A key that did not
+  exist is written create-only (`If-None-Match: *` in the S3 store, atomic there); a key that
+  existed (a duplicate delivery of the same event, a rerun) is overwritten, as a redelivery must,
+  but is never withdrawn: a failed record names it under `kept` in its record. Should another
+  writer create the key between the check and the write (the create-only write is refused), the
+  key counts as not this record's.
+- A failed record withdraws only the keys it created, and each only while it still holds the
+  version this record wrote (`delete(if_match=etag)`: atomic in the S3 store, compared just before
+  in the others), so a run that overwrote it since keeps its object.
+- Two records of one event whose outputs map to the same key are a conflict, found before any
+  upload of the later record: the later record fails naming the earlier one, and the earlier
+  record (which stays SUCCEEDED: its outputs are its own) gets `conflicts` in its extra and is
+  stored again at the status location.
+
+Limits: a key that existed before is overwritten with this record's output even when the record
+then fails (it holds a complete output of the same input, from the failed run); the stores that
+cannot write conditionally (MinIO through its SDK, WebDAV, Onedata, local folders) leave a window of
+one request between the check and the write or the removal; WebDAV and Onedata give no version, so
+a withdrawal there removes what is under a key this record created, whoever wrote it last.
+
+Every step has the record's deadline: uploads (and the checks around them) run in a daemon thread
+that the job stops waiting for at the deadline or on SIGTERM, and a withdrawal after those ends
+within the grace period. The upload thread's file then refuses to be read, so a transfer still
+under way stops at its next read; a store that already received the whole object may still keep
+it (the record names what it could not withdraw).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -18,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 from conveyor.child import tail
 from conveyor.config import FunctionConfig, ProviderRef
@@ -28,17 +58,19 @@ from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
 from conveyor.handler import Handler, Invocation
-from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
+from conveyor.outputs import OutputFolder, Upload, plan_uploads, safe_file_name
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
 from conveyor.response import write_sync_response
-from conveyor.storage import ObjectStore, TransferOptions, is_permanent, open_store
+from conveyor.storage import ObjectStore, TransferOptions, Written, is_permanent, is_taken, open_store
 
 log = logging.getLogger(__name__)
 
 WITHDRAW_MARGIN = 1.0  # seconds before the job's deadline at which a failed record stops withdrawing
 # A failed record's withdrawal retries after these pauses: the first, doubled each time up to the cap.
 WITHDRAW_BACKOFF = (0.5, 4.0)
+POLL = 0.05  # seconds between looks at the deadline and the shutdown flag while a transfer runs
+T = TypeVar("T")
 
 
 class Stores:
@@ -180,10 +212,17 @@ def _check_shutdown(job: Job) -> None:
         raise Interrupted("stopped by a termination signal before the work was done")
 
 
-def run_input(job: Job, event: Event | None, inp: Input | None, response: BinaryIO | None = None) -> ResultRecord:
+def run_input(
+    job: Job,
+    event: Event | None,
+    inp: Input | None,
+    response: BinaryIO | None = None,
+    claims: Claims | None = None,
+) -> ResultRecord:
     """Process one input end to end. Never raises for the record's own failures: they are recorded.
 
     `inp` None runs the model once with no input file (a SCAR invocation carrying only a script).
+    `claims`: the output keys the event's earlier records planned (run_event passes one per event).
     """
     record = ResultRecord(
         input=inp.to_dict() if inp is not None else {"inline": True, "file_name": None, "size": 0},
@@ -197,6 +236,8 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
     timer = _Timer(record)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="conveyor-", dir=job.scratch_dir))
+    work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # the outputs' anchor
+    outputs: OutputFolder | None = None
     input_dir, output_dir, scratch = work / "input", work / "output", work / "work"
     for folder in (input_dir, output_dir, scratch):
         folder.mkdir()
@@ -229,10 +270,12 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
         record.exit_code = result.exit_code
         record.extra.update(result.details)
         _check_shutdown(job)
-        files = collect_outputs(output_dir)
+        outputs = OutputFolder.open(output_dir, parent_fd=work_fd)
+        files = outputs.files() if outputs is not None else []
         if not files and output_required(job.config, event):
             raise NoOutputError("the model finished but wrote no output file", output_dir=str(output_dir))
-        _publish(job, inp, output_dir, files, record, timer)
+        if outputs is not None:
+            _publish(job, inp, outputs, files, record, timer, deadline, claims)
         if response is not None:
             record.extra["response"] = write_sync_response(output_dir, files, result.stdout_path, response, scratch)
         record.status = Status.SUCCEEDED
@@ -250,6 +293,9 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
         log_tail = tail(log_file, job.config.conveyor.log_tail_bytes)
         record.log_tail = mask_values(log_tail, job.config.secret_values(job.base_env))
         record.timings["total"] = round(time.monotonic() - started, 4)
+        if outputs is not None:
+            outputs.close()
+        os.close(work_fd)
         shutil.rmtree(work, ignore_errors=True)
     _store_record(job, record)
     return record
@@ -282,59 +328,234 @@ def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, t
     return path
 
 
+@dataclass
+class _Attempt:
+    """One output upload of a record: was the key absent before it (then the record created it and
+    may withdraw it), and the version it wrote (None: unknown, the answer never came)."""
+
+    upload: Upload
+    created: bool
+    etag: str | None = None
+
+
+class Claims:
+    """The output keys the records of one event planned, to find two that map to the same key."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, ResultRecord] = {}
+        self.amended: list[ResultRecord] = []  # earlier records told of a conflict: to store again
+
+    def claim(self, plan: list[Upload], record: ResultRecord) -> None:
+        """Claim every target of `plan` for `record`, or raise (claiming nothing) when an earlier
+        record of the event claimed one: both records are told."""
+        clashes = {u.target: self._owner[u.target] for u in plan if self._owner.get(u.target, record) is not record}
+        if clashes:
+            for target, earlier in clashes.items():
+                earlier.extra.setdefault("conflicts", []).append({"target": target, "with": _input_name(record.input)})
+                if all(earlier is not other for other in self.amended):
+                    self.amended.append(earlier)
+            target, earlier = next(iter(clashes.items()))
+            bucket, _, key = target.partition("/")
+            raise StorageError(
+                f"output conflict: {target} is also an output of {_input_name(earlier.input)}, an earlier "
+                f"record of this event ({len(clashes)} key(s) in common); nothing of this record was uploaded",
+                operation="upload",
+                bucket=bucket,
+                key=key,
+                cause="OutputConflict",
+                conflicts=[{"target": t, "with": _input_name(r.input)} for t, r in clashes.items()],
+            )
+        for upload in plan:
+            self._owner[upload.target] = record
+
+
+def _input_name(ref: dict[str, Any]) -> str:
+    if ref.get("inline"):
+        return f"inline payload {ref.get('file_name')}"
+    return f"{ref.get('bucket')}/{ref.get('key')}"
+
+
+class _CancellableFile:
+    """An output file handed to an upload thread: once `cancel` is set, reading it fails, so a
+    transfer the job stopped waiting for (deadline, SIGTERM) stops at its next read."""
+
+    def __init__(self, file: BinaryIO, cancel: threading.Event) -> None:
+        self._file = file
+        self._cancel = cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cancel.is_set():
+            raise OSError("the upload was abandoned (the record's deadline or a termination signal)")
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def __getattr__(self, name: str) -> Any:  # mode, name ...: what HTTP clients look at
+        return getattr(self._file, name)
+
+
+def _bounded(job: Job, until: Deadline, what: str, call: Callable[[], T], *, stoppable: bool = True) -> T:
+    """Run `call` in a daemon thread and wait for it until `until` (a StorageError when it passes)
+    or, when `stoppable`, a shutdown signal (Interrupted). A thread left behind cannot keep the
+    process alive, and its transfer stops at the next read of a _CancellableFile."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed over to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"conveyor-{what}", daemon=True).start()
+    while not done.wait(POLL):
+        if stoppable and job.shutdown.is_set():
+            raise Interrupted(f"stopped by a termination signal during {what}")
+        if until.expired():
+            raise StorageError(f"{what} did not finish before the record's deadline", cause="DeadlineExceeded")
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
+
+
 def _publish(
-    job: Job, inp: Input | None, output_dir: Path, files: list[str], record: ResultRecord, timer: _Timer
+    job: Job,
+    inp: Input | None,
+    folder: OutputFolder,
+    files: list[str],
+    record: ResultRecord,
+    timer: _Timer,
+    deadline: Deadline | None = None,
+    claims: Claims | None = None,
 ) -> None:
+    """Upload every planned output, each from the one descriptor opened for it; on any failure
+    withdraw what this record created (see the module docstring)."""
+    deadline = deadline or job.deadline
     event_bucket = inp.bucket if isinstance(inp, ObjectRef) else None
-    plan = plan_uploads(output_dir, files, job.config, event_bucket)
+    plan = plan_uploads(folder.path, files, job.config, event_bucket)
     if files and not plan and job.config.outputs:
         log.warning("no output entry matches any of the %d output files: nothing uploaded", len(files))
-    done: list[Upload] = []
-    with timer("upload"):
-        try:
+    if claims is not None:
+        claims.claim(plan, record)  # before anything is opened or uploaded
+    opened: dict[str, BinaryIO | None] = {}
+    attempts: list[_Attempt] = []
+    cancel = threading.Event()
+    try:
+        for upload in plan:
+            if upload.rel not in opened:
+                opened[upload.rel] = folder.open_file(upload.rel)  # all at once: what was there at collection
+        with timer("upload"):
             for upload in plan:
                 _check_shutdown(job)
-                store = job.stores.get(upload.provider)
-                try:
-                    record.bytes_out += store.upload(upload.src, upload.bucket, upload.key)
-                finally:
-                    done.append(upload)  # even a failed upload may have landed (its answer was lost)
-                log_upload(upload.target, job.request_id)  # conveyor local reads these of a job that died
-        except BaseException:
-            left = _withdraw(job, done)
-            if left:
-                record.extra["not_withdrawn"] = left
+                file = opened[upload.rel]
+                if file is not None:
+                    shared = cast(BinaryIO, _CancellableFile(file, cancel))
+                    record.bytes_out += _upload(job, upload, shared, deadline, attempts)
+    except BaseException as exc:
+        cancel.set()
+        stopped = isinstance(exc, Interrupted) or (
+            isinstance(exc, StorageError) and exc.context.get("cause") == "DeadlineExceeded"
+        )
+        mine = [a for a in attempts if a.created]
+        left = _withdraw(job, [a.upload for a in mine], {a.upload.target: a.etag for a in mine},
+                         window=0.0 if stopped else None, grace=job.grace)
+        if left:
+            record.extra["not_withdrawn"] = left
+        kept = [a.upload.target for a in attempts if not a.created]
+        if kept:
+            record.extra["kept"] = kept
+            for target in kept:
+                log.warning("kept %s: it existed before this record wrote it, so it is not withdrawn", target)
+        raise
+    finally:
+        for opened_file in opened.values():
+            if opened_file is not None:
+                opened_file.close()
+    record.outputs = [a.upload.target for a in attempts]
+
+
+def _upload(job: Job, upload: Upload, file: BinaryIO, deadline: Deadline, attempts: list[_Attempt]) -> int:
+    """One output: check the key, write it (create-only when it was absent), note the attempt
+    before it can fail (a failed upload may have landed: its answer was lost). Returns bytes sent."""
+    store = job.stores.get(upload.provider)
+    before = _bounded(job, deadline, f"the check of {upload.target}", lambda: store.version(upload.bucket, upload.key))
+    own = next((a for a in attempts if a.upload.target == upload.target), None)  # two entries, one key
+    attempt = _Attempt(upload, created=before is None or (own is not None and own.created))
+    attempts.append(attempt)
+    if attempt.created:
+        log_upload(upload.target, job.request_id)  # conveyor local withdraws these for a job that died
+
+    def put(create_only: bool) -> Written:
+        return store.put_file(file, upload.bucket, upload.key, create_only=create_only)
+
+    try:
+        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(before is None))
+    except StorageError as exc:
+        if before is not None or not is_taken(exc):
             raise
-    record.outputs = [upload.target for upload in done]
+        # Created by another writer since the check (or by this very write, whose answer was lost
+        # and whose retry was refused): not this record's to withdraw. Overwritten, as a rerun is.
+        attempt.created = False
+        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(False))
+    attempt.etag = written.etag
+    return written.size
 
 
-def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
-    """A failed record publishes nothing: remove every object it uploaded or tried to upload. The
-    store may be the very thing that failed (restarting, unreachable), so the removal keeps trying
-    for up to `conveyor.withdraw_timeout` seconds, within the job's deadline; a single pass after a
-    shutdown signal. A removal the store refuses (a 4xx answer) is not asked again; an object or
-    bucket that does not exist counts as removed. Returns the targets that could not be removed
-    (logged, and named in the record)."""
-    window = 0.0 if job.shutdown.is_set() else job.config.conveyor.withdraw_timeout
+def _withdraw(
+    job: Job,
+    uploads: list[Upload],
+    etags: dict[str, str | None] | None = None,
+    window: float | None = None,
+    grace: float = 0.0,
+) -> list[str]:
+    """A failed record publishes nothing: remove every object it created (uploaded or tried to
+    upload), each only while it holds the version this record wrote (`etags`; unknown: removed).
+    The store may be the very thing that failed (restarting, unreachable), so the removal keeps
+    trying for `window` seconds (default `conveyor.withdraw_timeout`, a single pass after a shutdown
+    signal), within the job's deadline; no pass runs longer than max(window, grace), whatever the
+    store does (each removal waits in a daemon thread). A removal the store refuses (a 4xx answer)
+    is not asked again; an object or bucket that does not exist counts as removed. Returns the
+    targets that could not be removed (logged, and named in the record)."""
+    etags = etags or {}
+    if window is None:
+        window = 0.0 if job.shutdown.is_set() else job.config.conveyor.withdraw_timeout
+    limit = max(window, grace)
     remaining = job.deadline.remaining()
     if remaining is not None:
         window = min(window, max(0.0, remaining - WITHDRAW_MARGIN))
-    give_up = time.monotonic() + window
+        limit = min(limit, max(0.0, remaining - WITHDRAW_MARGIN))
+    start = time.monotonic()
+    give_up, stop = start + window, Deadline(start + limit)
     pause, cap = job.withdraw_backoff
     pending = list(uploads)
     failures: dict[str, str] = {}  # target -> why it is still there (the last answer)
+    kept: set[str] = set()  # replaced since by another writer: theirs now
     while True:
         retry: list[Upload] = []
         for upload in pending:
+            if stop.expired():
+                failures.setdefault(upload.target, "no time left to withdraw it (the record's deadline, or the grace)")
+                continue
+            remove = _remover(job.stores.get(upload.provider), upload, etags.get(upload.target))
             try:
-                job.stores.get(upload.provider).delete(upload.bucket, upload.key)
+                if not _bounded(job, stop, f"the withdrawal of {upload.target}", remove, stoppable=False):
+                    kept.add(upload.target)
                 failures.pop(upload.target, None)
             except ConveyorError as exc:
                 failures[upload.target] = exc.message
-                if not is_permanent(exc):  # a 4xx (access denied ...) is the same answer next time
-                    retry.append(upload)
+                if exc.context.get("cause") != "DeadlineExceeded" and not is_permanent(exc):
+                    retry.append(upload)  # a 4xx (access denied ...) is the same answer next time
         pending = retry
-        if not pending or job.shutdown.is_set() or time.monotonic() + pause > give_up:
+        if not pending or stop.expired() or job.shutdown.is_set() or time.monotonic() + pause > give_up:
             break
         log.warning("cannot withdraw %d output(s) yet, retrying in %.1f s: %s",
                     len(pending), pause, failures[pending[0].target])
@@ -343,9 +564,23 @@ def _withdraw(job: Job, uploads: list[Upload]) -> list[str]:
     for upload in uploads:
         if upload.target in failures:
             log.error("could not withdraw %s after a failed upload: %s", upload.target, failures[upload.target])
+        elif upload.target in kept:
+            log.warning("kept %s: another writer replaced it after this record wrote it", upload.target)
         else:
             log.warning("withdrew %s: an upload of this record failed, so none of its outputs stays", upload.target)
     return [upload.target for upload in uploads if upload.target in failures]
+
+
+def _remover(store: ObjectStore, upload: Upload, etag: str | None) -> Callable[[], bool]:
+    """The removal of one created output: of the version this record wrote when it is known."""
+
+    def remove() -> bool:
+        if etag is None:  # the answer was lost: whatever is there came after a check that found nothing
+            store.delete(upload.bucket, upload.key)
+            return True
+        return store.delete(upload.bucket, upload.key, if_match=etag)
+
+    return remove
 
 
 def _store_record(job: Job, record: ResultRecord) -> None:
@@ -379,7 +614,29 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
             log.info("the event holds no object to process")
             return []
         return [run_input(job, event, None, sink)]
-    return [run_input(job, event, inp, sink) for inp in inputs]
+    claims = Claims()
+    done: list[ResultRecord] = []
+    for inp in inputs:
+        done.append(run_input(job, event, inp, sink, claims))
+        while claims.amended:  # an earlier record learnt of a conflict: its stored copy says so too
+            earlier = claims.amended.pop(0)
+            clashes = "; ".join(f"{c['target']} is also an output of {c['with']}" for c in earlier.extra["conflicts"])
+            log.warning("record of %s: %s", _input_name(earlier.input), clashes)
+            _store_again(job, earlier)
+    return done
+
+
+def _store_again(job: Job, record: ResultRecord) -> None:
+    """Re-write a record already stored at the status location (its result line is not repeated:
+    the record protocol has one per input)."""
+    spec = job.config.conveyor.status
+    if spec is None:
+        return
+    bucket, key = status_key(spec, record)
+    try:
+        job.stores.get(spec.provider).put_bytes(record.to_json().encode(), bucket, key)
+    except ConveyorError as exc:
+        log.error("could not re-write the result record at %s/%s: %s", bucket, key, exc.message)
 
 
 def responds_inline(event: Event) -> bool:

@@ -1,0 +1,219 @@
+"""Issue 14 (hardening), items 1, 2 and 8, against the real S3 server on loopback:
+
+- a failing record or run never deletes outputs that another record or run published (duplicate
+  deliveries, two records of one event mapping to one key, a writer that comes in between);
+- every output is opened once, from a descriptor, and uploaded from it (symbolic links, FIFOs and
+  an output folder swapped after collection publish nothing from outside the work directory);
+- the record's deadline and SIGTERM bound the uploads too (a stalled store);
+- incomplete multipart uploads are aborted; scratch left by dead processes is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from conveyor.config import IOSpec, ProviderRef
+from conveyor.records import ResultRecord, Status, status_key
+from tests.support.pipeline import Deployment, body, keys, oscar_event, records, s3_event
+
+
+class Stall:
+    """A loopback listener that accepts every connection and never answers: a store that stalls.
+    `reached` is set at the first connection."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.reached = threading.Event()
+        self.held: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, name="stall", daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.reached.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def _add_destination(d: Deployment, name: str, endpoint: str, path: str, kind: str = "minio") -> None:
+    section = d.definition["storage_providers"][kind]
+    section[name] = {**section["default"], "endpoint": endpoint}
+    d.definition["output"].append({"storage_provider": f"{kind}.{name}", "path": path})
+
+
+# -- item 1 (a): a duplicate delivery that fails keeps what the first run published --------------
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+def test_a_failed_duplicate_run_keeps_what_the_first_run_published(deploy, s3_client, bucket, closed_port, kind):
+    d = deploy(withdraw_timeout=1)
+    d.definition["output"] = [{"storage_provider": f"{kind}.default", "path": f"{bucket}/out"}]
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"first")
+    first = d.run(oscar_event(bucket, "in/x.bin"))
+    assert first.returncode == 0, first.stderr.decode()
+    published = keys(s3_client, bucket, "out/")
+    assert published == ["out/key.txt", "out/x.bin"]
+    # The same event again (at-least-once delivery); this time a second destination is down, so
+    # the run fails after it has rewritten the first run's outputs.
+    _add_destination(d, "down", f"http://127.0.0.1:{closed_port}", f"{bucket}/elsewhere", kind)
+    second = d.run(oscar_event(bucket, "in/x.bin"))
+    assert second.returncode == 74, second.stderr.decode()
+    [record] = records(second.stderr)
+    assert record["status"] == "FAILED" and record["outputs"] == []
+    assert record["extra"]["kept"] == [f"{bucket}/{key}" for key in published]
+    assert keys(s3_client, bucket, "out/") == published  # the SUCCEEDED run's outputs are all there
+    assert body(s3_client, bucket, "out/x.bin") == b"first"
+    assert f"kept {bucket}/out/x.bin" in second.stderr.decode()
+
+
+def test_a_duplicate_run_stopped_during_its_uploads_keeps_what_the_first_run_published(deploy, s3_client, bucket):
+    d = deploy()
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"first")
+    first = d.run(oscar_event(bucket, "in/x.bin"))
+    assert first.returncode == 0, first.stderr.decode()
+    stall = Stall()
+    _add_destination(d, "stalled", stall.endpoint, f"{bucket}/elsewhere")
+    proc = d.popen(oscar_event(bucket, "in/x.bin"))
+    try:
+        proc.stdin.write(json.dumps(oscar_event(bucket, "in/x.bin")).encode())
+        proc.stdin.close()
+        proc.stdin = None
+        assert stall.reached.wait(60), "the run never reached its second destination"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)  # within the grace period (1 s), far from the store's timeouts
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stall.close()
+    assert proc.returncode == 143, stderr.decode()
+    [record] = records(stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "interrupted"
+    assert keys(s3_client, bucket, "out/") == ["out/key.txt", "out/x.bin"]
+    assert body(s3_client, bucket, "out/x.bin") == b"first"
+
+
+# -- item 1: a writer that comes between this record's upload and its withdrawal -----------------
+
+
+def run_in_process(d: Deployment, event: Any, opener: Any = None, **job: Any) -> list[ResultRecord]:
+    """`conveyor run --platform oscar` in this process, with a store opener of the test's."""
+    from conveyor.config import load_config
+    from conveyor.events import load_event
+    from conveyor.handler import load_handler
+    from conveyor.platform import Platform
+    from conveyor.process import Job, Stores, run_event
+    from conveyor.storage import open_store
+
+    environ = d.env()
+    config = load_config(environ, Platform.OSCAR, path=d.write(), secrets_dir=None)
+    handler = load_handler(config)
+    try:
+        run = Job(config=config, platform=Platform.OSCAR, handler=handler, stores=Stores(config, opener or open_store),
+                  base_env=environ, scratch_dir=d.scratch, request_id="in-process", **job)
+        return run_event(run, load_event(json.dumps(event).encode()))
+    finally:
+        handler.close()
+
+
+class AfterPut:
+    """A store that runs `then(key)` after each successful put_file (another writer, a swap ...)."""
+
+    def __init__(self, store: Any, then: Any) -> None:
+        self._store, self._then = store, then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def put_file(self, file: Any, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        written = self._store.put_file(file, bucket, key, *args, **kwargs)
+        self._then(key)
+        return written
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(deploy, s3_client, bucket,
+                                                                            closed_port, kind):
+    """This record creates out/x.bin; another run publishes out/x.bin right after; this record
+    then fails: its withdrawal must leave the other run's object (ETag compare: If-Match in S3)."""
+    from conveyor.storage import open_store
+
+    d = deploy(withdraw_timeout=1)
+    d.definition["output"] = [{"storage_provider": f"{kind}.default", "path": f"{bucket}/out", "suffix": [".bin"]}]
+    _add_destination(d, "down", f"http://127.0.0.1:{closed_port}", f"{bucket}/elsewhere", kind)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"mine")
+
+    def other_writer(key: str) -> None:
+        if key == "out/x.bin":
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"theirs")
+
+    def opener(provider: Any, options: Any) -> Any:
+        store = open_store(provider, options)
+        return AfterPut(store, other_writer) if provider.ref.id == "default" else store
+
+    [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"), opener)
+    assert record.status is Status.FAILED and record.error and record.error["kind"] == "storage"
+    assert body(s3_client, bucket, "out/x.bin") == b"theirs"
+
+
+# -- item 1 (b): two records of one event that map to the same output key ----------------------
+
+
+def test_two_records_of_one_event_with_one_output_key_are_a_conflict(deploy, s3_client, bucket):
+    status = {"storage_provider": "minio.default", "path": f"{bucket}/status"}
+    d = deploy(status=status)
+    names = ["in/a/x.bin", "in/b/x.bin"]  # both copied to out/x.bin (and both write out/key.txt)
+    for name in names:
+        s3_client.put_object(Bucket=bucket, Key=name, Body=name.encode())
+    proc = d.run(s3_event(bucket, names), platform="batch", AWS_BATCH_JOB_ID="job-1")
+    assert proc.returncode == 74, proc.stderr.decode()
+    first, second = records(proc.stderr)
+    assert first["status"] == "SUCCEEDED" and first["outputs"] == [f"{bucket}/out/key.txt", f"{bucket}/out/x.bin"]
+    assert second["status"] == "FAILED" and second["outputs"] == [] and second["bytes_out"] == 0
+    assert second["error"]["cause"] == "OutputConflict"
+    assert f"{bucket}/in/a/x.bin" in second["error"]["message"]
+    assert {c["target"] for c in second["error"]["conflicts"]} == {f"{bucket}/out/key.txt", f"{bucket}/out/x.bin"}
+    # a's outputs are a's, whole
+    assert keys(s3_client, bucket, "out/") == ["out/key.txt", "out/x.bin"]
+    assert body(s3_client, bucket, "out/x.bin") == b"in/a/x.bin"
+    assert body(s3_client, bucket, "out/key.txt") == b"in/a/x.bin"
+    # a's stored record was re-written with the conflict
+    where = status_key(IOSpec(ProviderRef("minio"), f"{bucket}/status"),
+                       ResultRecord(input=first["input"], platform="batch", request_id="r", handler="script"))
+    stored = json.loads(body(s3_client, *where))
+    assert stored["status"] == "SUCCEEDED"
+    assert stored["extra"]["conflicts"] == [
+        {"target": f"{bucket}/out/key.txt", "with": f"{bucket}/in/b/x.bin"},
+        {"target": f"{bucket}/out/x.bin", "with": f"{bucket}/in/b/x.bin"},
+    ]
+    assert "is also an output of" in proc.stderr.decode()
+
+
+def test_records_of_one_event_with_distinct_keys_do_not_conflict(deploy, s3_client, bucket):
+    d = deploy("#!/bin/sh\ncp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/\"\n")
+    names = ["in/a/x.bin", "in/b/y.bin"]
+    for name in names:
+        s3_client.put_object(Bucket=bucket, Key=name, Body=name.encode())
+    proc = d.run(s3_event(bucket, names), platform="batch", AWS_BATCH_JOB_ID="job-2")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == ["out/x.bin", "out/y.bin"]
+    assert all("conflicts" not in r["extra"] for r in records(proc.stderr))
