@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,7 +139,7 @@ def run_in_process(d: Deployment, event: Any, opener: Any = None, **job: Any) ->
 
 
 class AfterPut:
-    """A store that runs `then(key)` after each successful put_file (another writer, a swap ...)."""
+    """A store that runs `then(key)` after each successful upload (another writer, a swap ...)."""
 
     def __init__(self, store: Any, then: Any) -> None:
         self._store, self._then = store, then
@@ -148,6 +151,11 @@ class AfterPut:
         written = self._store.put_file(file, bucket, key, *args, **kwargs)
         self._then(key)
         return written
+
+    def upload(self, src: Any, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        sent = self._store.upload(src, bucket, key, *args, **kwargs)
+        self._then(key)
+        return sent
 
 
 @pytest.mark.parametrize("kind", ["minio", "s3"])
@@ -217,3 +225,131 @@ def test_records_of_one_event_with_distinct_keys_do_not_conflict(deploy, s3_clie
     assert proc.returncode == 0, proc.stderr.decode()
     assert keys(s3_client, bucket, "out/") == ["out/x.bin", "out/y.bin"]
     assert all("conflicts" not in r["extra"] for r in records(proc.stderr))
+
+
+# -- item 2: every output is opened once, and uploaded from that descriptor ---------------------
+
+SECRET = b"the secret the model must not publish"
+
+THREE_OUTPUTS = """#!/bin/sh
+printf a > "$TMP_OUTPUT_DIR/a.txt"; printf b > "$TMP_OUTPUT_DIR/b.txt"; printf c > "$TMP_OUTPUT_DIR/c.txt"
+printf '%s' "$TMP_OUTPUT_DIR" > "$MARKERS/outdir"
+"""
+
+
+def _unblock_fifo_later(path: Path, after: float) -> None:
+    """Should anything block in open() on the FIFO, open its other end after `after` seconds (a
+    failing test then ends instead of hanging)."""
+
+    def run() -> None:
+        time.sleep(after)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # nobody is reading it (the fix), or it is gone
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_outputs_swapped_between_collection_and_upload_publish_what_was_collected(deploy, s3_client, bucket,
+                                                                                  tmp_path):
+    """In this process: once a.txt is uploaded, b.txt becomes a symbolic link to a secret file and
+    c.txt a FIFO. Each was opened at collection: what is uploaded is what the model wrote."""
+    from conveyor.storage import open_store
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    d = deploy(THREE_OUTPUTS)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+
+    def swap(key: str) -> None:
+        if key == "out/a.txt":
+            out = Path((d.markers / "outdir").read_text())
+            (out / "b.txt").unlink()
+            (out / "b.txt").symlink_to(secret)
+            (out / "c.txt").unlink()
+            os.mkfifo(out / "c.txt")
+            _unblock_fifo_later(out / "c.txt", 10)
+
+    [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"),
+                              lambda provider, options: AfterPut(open_store(provider, options), swap))
+    assert record.status is Status.SUCCEEDED, record.error
+    assert [body(s3_client, bucket, f"out/{n}.txt") for n in "abc"] == [b"a", b"b", b"c"]
+
+
+def test_the_output_folder_opens_each_file_once_without_following_links(tmp_path):
+    """Swapped between the listing and the opening: a link, a FIFO and a folder turned link are
+    skipped (None), without blocking; a file opened before its swap reads what it held."""
+    from conveyor.outputs import OutputFolder
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    for name in ("kept.txt", "link.txt", "fifo.txt", "sub/deep.txt"):
+        (out / name).write_text(name)
+    with OutputFolder.open(out) as folder:
+        assert folder.files() == ["fifo.txt", "kept.txt", "link.txt", "sub/deep.txt"]
+        kept = folder.open_file("kept.txt")
+        (out / "kept.txt").unlink()
+        (out / "kept.txt").symlink_to(secret)
+        (out / "link.txt").unlink()
+        (out / "link.txt").symlink_to(secret)
+        (out / "fifo.txt").unlink()
+        os.mkfifo(out / "fifo.txt")
+        _unblock_fifo_later(out / "fifo.txt", 10)
+        (out / "sub").rename(tmp_path / "moved")
+        (out / "sub").symlink_to(tmp_path)
+        assert kept is not None and kept.read() == b"kept.txt"
+        kept.close()
+        assert folder.open_file("link.txt") is None
+        assert folder.open_file("fifo.txt") is None
+        assert folder.open_file("sub/secret.txt") is None
+    # the output folder itself replaced by a link
+    os.rename(out, tmp_path / "old-out")
+    out.symlink_to(tmp_path)
+    assert OutputFolder.open(out) is None
+
+
+def test_a_leftover_process_that_swaps_an_output_for_a_link_publishes_no_secret(deploy, s3_client, bucket, tmp_path):
+    """A model leaves a process outside its group (setsid) that, as soon as the model has exited,
+    turns an output into a link to a secret file: the secret is never published."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    script = f"""#!/bin/sh
+printf a > "$TMP_OUTPUT_DIR/a.txt"; printf b > "$TMP_OUTPUT_DIR/b.txt"
+model=$$
+setsid sh -c 'while kill -0 '$model' 2>/dev/null; do :; done
+ln -sf {secret} "$TMP_OUTPUT_DIR/b.txt"; echo $$ > "$MARKERS/swapper"' >/dev/null 2>&1 &
+"""
+    d = deploy(script)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    deadline = time.monotonic() + 10
+    while not (d.markers / "swapper").exists():  # the swap did happen (unless the process was killed)
+        assert time.monotonic() < deadline, "the leftover process never swapped the output"
+        time.sleep(0.05)
+    published = {key: body(s3_client, bucket, key) for key in keys(s3_client, bucket, "out/")}
+    assert SECRET not in published.values(), published
+    assert published["out/a.txt"] == b"a"
+
+
+@pytest.mark.parametrize("target", ["secrets", "/proc/self"])
+def test_an_output_folder_replaced_by_a_link_publishes_nothing(deploy, s3_client, bucket, tmp_path, target):
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "key.pem").write_bytes(SECRET)
+    link_to = secrets if target == "secrets" else Path(target)
+    script = f"""#!/bin/sh
+rm -rf "$TMP_OUTPUT_DIR"
+ln -s {link_to} "$TMP_OUTPUT_DIR"
+"""
+    d = deploy(script)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 70, proc.stderr.decode()  # no output: the folder is not the model's any more
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "no-output"
+    assert keys(s3_client, bucket, "out/") == []
+    assert "not a directory any more" in proc.stderr.decode()
