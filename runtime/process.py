@@ -401,10 +401,19 @@ class _CancellableFile:
         return getattr(self._file, name)
 
 
-def _bounded(job: Job, until: Deadline, what: str, call: Callable[[], T], *, stoppable: bool = True) -> T:
+def _bounded(
+    job: Job,
+    until: Deadline,
+    what: str,
+    call: Callable[[], T],
+    *,
+    stoppable: bool = True,
+    threads: list[threading.Thread] | None = None,
+) -> T:
     """Run `call` in a daemon thread and wait for it until `until` (a StorageError when it passes)
     or, when `stoppable`, a shutdown signal (Interrupted). A thread left behind cannot keep the
-    process alive, and its transfer stops at the next read of a _CancellableFile."""
+    process alive, and its transfer stops at the next read of a _CancellableFile. `threads`
+    collects the thread, for a caller that gives it a moment to clean up (abort a multipart upload)."""
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -416,7 +425,10 @@ def _bounded(job: Job, until: Deadline, what: str, call: Callable[[], T], *, sto
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"conveyor-{what}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"conveyor-{what}", daemon=True)
+    thread.start()
+    if threads is not None:
+        threads.append(thread)
     while not done.wait(POLL):
         if stoppable and job.shutdown.is_set():
             raise Interrupted(f"stopped by a termination signal during {what}")
@@ -449,6 +461,7 @@ def _publish(
     opened: dict[str, BinaryIO | None] = {}
     attempts: list[_Attempt] = []
     cancel = threading.Event()
+    inflight: list[threading.Thread] = []
     try:
         for upload in plan:
             if upload.rel not in opened:
@@ -459,15 +472,23 @@ def _publish(
                 file = opened[upload.rel]
                 if file is not None:
                     shared = cast(BinaryIO, _CancellableFile(file, cancel))
-                    record.bytes_out += _upload(job, upload, shared, deadline, attempts)
+                    record.bytes_out += _upload(job, upload, shared, deadline, attempts, inflight)
     except BaseException as exc:
         cancel.set()
         stopped = isinstance(exc, Interrupted) or (
             isinstance(exc, StorageError) and exc.context.get("cause") == "DeadlineExceeded"
         )
+        # An abandoned transfer stops at its next read and aborts its multipart upload: half the
+        # grace for that, half for the withdrawal, so the record ends within the grace.
+        share = job.grace / 2 if stopped else job.grace
+        settle = Deadline.after(share)
+        for thread in inflight:
+            thread.join(settle.remaining())
         mine = [a for a in attempts if a.created]
+        # and never past the record's deadline plus the grace, whatever withdraw_timeout says
+        until = Deadline(None if deadline.at is None else deadline.at + job.grace)
         left = _withdraw(job, [a.upload for a in mine], {a.upload.target: a.etag for a in mine},
-                         window=0.0 if stopped else None, grace=job.grace)
+                         window=0.0 if stopped else None, grace=share, until=until)
         if left:
             record.extra["not_withdrawn"] = left
         kept = [a.upload.target for a in attempts if not a.created]
@@ -483,7 +504,14 @@ def _publish(
     record.outputs = [a.upload.target for a in attempts]
 
 
-def _upload(job: Job, upload: Upload, file: BinaryIO, deadline: Deadline, attempts: list[_Attempt]) -> int:
+def _upload(
+    job: Job,
+    upload: Upload,
+    file: BinaryIO,
+    deadline: Deadline,
+    attempts: list[_Attempt],
+    inflight: list[threading.Thread],
+) -> int:
     """One output: check the key, write it (create-only when it was absent), note the attempt
     before it can fail (a failed upload may have landed: its answer was lost). Returns bytes sent."""
     store = job.stores.get(upload.provider)
@@ -498,14 +526,15 @@ def _upload(job: Job, upload: Upload, file: BinaryIO, deadline: Deadline, attemp
         return store.put_file(file, upload.bucket, upload.key, create_only=create_only)
 
     try:
-        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(before is None))
+        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(before is None),
+                           threads=inflight)
     except StorageError as exc:
         if before is not None or not is_taken(exc):
             raise
         # Created by another writer since the check (or by this very write, whose answer was lost
         # and whose retry was refused): not this record's to withdraw. Overwritten, as a rerun is.
         attempt.created = False
-        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(False))
+        written = _bounded(job, deadline, f"the upload of {upload.target}", lambda: put(False), threads=inflight)
     attempt.etag = written.etag
     return written.size
 
@@ -516,12 +545,13 @@ def _withdraw(
     etags: dict[str, str | None] | None = None,
     window: float | None = None,
     grace: float = 0.0,
+    until: Deadline | None = None,
 ) -> list[str]:
     """A failed record publishes nothing: remove every object it created (uploaded or tried to
     upload), each only while it holds the version this record wrote (`etags`; unknown: removed).
     The store may be the very thing that failed (restarting, unreachable), so the removal keeps
     trying for `window` seconds (default `conveyor.withdraw_timeout`, a single pass after a shutdown
-    signal), within the job's deadline; no pass runs longer than max(window, grace), whatever the
+    signal), within the job's deadline and `until`; no pass runs longer than max(window, grace), whatever the
     store does (each removal waits in a daemon thread). A removal the store refuses (a 4xx answer)
     is not asked again; an object or bucket that does not exist counts as removed. Returns the
     targets that could not be removed (logged, and named in the record)."""
@@ -533,6 +563,9 @@ def _withdraw(
     if remaining is not None:
         window = min(window, max(0.0, remaining - WITHDRAW_MARGIN))
         limit = min(limit, max(0.0, remaining - WITHDRAW_MARGIN))
+    last = until.remaining() if until is not None else None
+    if last is not None:  # the record's deadline plus its grace
+        window, limit = min(window, last), min(limit, last)
     start = time.monotonic()
     give_up, stop = start + window, Deadline(start + limit)
     pause, cap = job.withdraw_backoff

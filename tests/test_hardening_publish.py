@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,10 @@ import pytest
 
 from conveyor.config import IOSpec, ProviderRef
 from conveyor.records import ResultRecord, Status, status_key
+from tests.support.lossy import LostAnswers
 from tests.support.pipeline import Deployment, body, keys, oscar_event, records, s3_event
+
+MiB = 1024 * 1024
 
 
 class Stall:
@@ -353,3 +357,123 @@ ln -s {link_to} "$TMP_OUTPUT_DIR"
     assert record["status"] == "FAILED" and record["error"]["kind"] == "no-output"
     assert keys(s3_client, bucket, "out/") == []
     assert "not a directory any more" in proc.stderr.decode()
+
+
+# -- item 2: deadlines and SIGTERM bound the uploads too ----------------------------------------
+
+
+class HoldOn(LostAnswers):
+    """A proxy to the real server that forwards every request (as LostAnswers does, losing no
+    answer), except the requests whose request line holds `marker`: those wait `delay` seconds
+    before they are forwarded, or (delay None) are held unanswered until close(): a store that
+    stalls in the middle of an upload. `reached` is set when the first of them arrives."""
+
+    def __init__(self, upstream: str, marker: str, delay: float | None = None) -> None:
+        self.marker, self.delay = marker.encode(), delay
+        self.reached = threading.Event()
+        self._closing = threading.Event()
+        super().__init__(upstream, method="NONE", path_part="/")
+
+    def _proxy(self, client: socket.socket) -> None:
+        line = client.recv(8192, socket.MSG_PEEK).split(b"\r\n", 1)[0]
+        if self.marker in line:
+            self.reached.set()
+            if self.delay is None:
+                self._closing.wait()
+                return
+            time.sleep(self.delay)
+        super()._proxy(client)
+
+    def close(self) -> None:
+        self._closing.set()
+        super().close()
+
+
+def _through(d: Deployment, proxy: LostAnswers, kind: str = "minio") -> None:
+    section = d.definition["storage_providers"][kind]
+    section["proxied"] = {**section["default"], "endpoint": proxy.endpoint}
+    d.definition["output"] = [{"storage_provider": f"{kind}.proxied", "path": f"{d.bucket}/out"}]
+
+
+def _start(d: Deployment, event: Any) -> subprocess.Popen:
+    proc = d.popen(event)
+    proc.stdin.write(json.dumps(event).encode())
+    proc.stdin.close()
+    proc.stdin = None
+    return proc
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The run's stderr once it has ended: within `timeout` seconds, far less than the stores'
+    own timeouts (60 s without a byte, three attempts), or the test fails."""
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"the run was still going after {timeout} s:\n{stderr.decode()[-3000:]}")
+    return stderr
+
+
+TWO_OUTPUTS = '#!/bin/sh\nprintf a > "$TMP_OUTPUT_DIR/a.txt"; printf b > "$TMP_OUTPUT_DIR/b.txt"\n'
+
+
+def test_an_upload_to_a_stalled_store_ends_at_the_records_deadline(deploy, s3_client, bucket):
+    d = deploy(TWO_OUTPUTS, timeout=3, grace_period=1)
+    proxy = HoldOn(d.server.endpoint, f"PUT /{bucket}/out/b.txt")
+    _through(d, proxy)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    try:
+        proc = _start(d, oscar_event(bucket, "in/x.bin"))
+        stderr = _finish(proc, 30)
+        assert proxy.reached.is_set()
+    finally:
+        proxy.close()
+    assert proc.returncode == 74, stderr.decode()
+    [record] = records(stderr)
+    assert record["status"] == "FAILED" and record["error"]["cause"] == "DeadlineExceeded"
+    assert "out/b.txt" in record["error"]["message"]
+    assert keys(s3_client, bucket, "out/") == []  # a.txt withdrawn within the grace
+
+
+def test_sigterm_during_an_upload_to_a_stalled_store_ends_within_the_grace(deploy, s3_client, bucket):
+    d = deploy(TWO_OUTPUTS, timeout=120, grace_period=2)
+    proxy = HoldOn(d.server.endpoint, f"PUT /{bucket}/out/b.txt")
+    _through(d, proxy)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    try:
+        proc = _start(d, oscar_event(bucket, "in/x.bin"))
+        assert proxy.reached.wait(60), "the upload of out/b.txt never started"
+        proc.send_signal(signal.SIGTERM)
+        stderr = _finish(proc, 30)
+    finally:
+        proxy.close()
+    assert proc.returncode == 143, stderr.decode()
+    [record] = records(stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "interrupted"
+    assert keys(s3_client, bucket, "out/") == []
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+def test_a_multipart_upload_stopped_by_sigterm_is_aborted(deploy, s3_client, bucket, kind):
+    """SIGTERM while a part of a large output is on its way (the store answers it 1 s late): the
+    upload is abandoned, and aborted before the record ends (no parts left on the server)."""
+    from conveyor.storage import TransferOptions, open_store
+
+    d = deploy('#!/bin/sh\nhead -c 12582912 /dev/urandom > "$TMP_OUTPUT_DIR/big.bin"\n', grace_period=30)
+    proxy = HoldOn(d.server.endpoint, "partNumber=2", delay=1)
+    _through(d, proxy, kind)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    small_parts = TransferOptions(multipart_threshold=5 * MiB, part_size=5 * MiB)
+    shutdown = threading.Event()
+    threading.Thread(target=lambda: proxy.reached.wait(60) and shutdown.set(), daemon=True).start()
+    try:
+        [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"),
+                                  lambda provider, options: open_store(provider, small_parts), shutdown=shutdown)
+        uploads = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    finally:
+        proxy.close()
+    assert proxy.reached.is_set()
+    assert record.status is Status.FAILED and record.error and record.error["kind"] == "interrupted"
+    assert uploads == []
+    assert keys(s3_client, bucket, "out/") == []
