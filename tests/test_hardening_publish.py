@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -477,3 +478,79 @@ def test_a_multipart_upload_stopped_by_sigterm_is_aborted(deploy, s3_client, buc
     assert record.status is Status.FAILED and record.error and record.error["kind"] == "interrupted"
     assert uploads == []
     assert keys(s3_client, bucket, "out/") == []
+
+
+# -- item 8: scratch left by dead Conveyor processes is removed at start ------------------------
+
+
+def _marked(scratch: Path, name: str, mark: str | None) -> Path:
+    work = scratch / f"conveyor-{name}"
+    (work / "output").mkdir(parents=True)
+    (work / "output" / "big.bin").write_bytes(b"x" * 1024)
+    if mark is not None:
+        (work / ".conveyor-owner").write_text(mark)
+    return work
+
+
+def test_scratch_of_dead_conveyor_processes_is_removed_and_live_ones_kept(tmp_path):
+    from conveyor.process import scratch_dir, start_time
+
+    namespace = os.readlink("/proc/self/ns/pid")
+    dead = subprocess.Popen(["sleep", "60"])
+    dead_mark = f"{dead.pid} {start_time(dead.pid)} {namespace}"
+    dead.kill()
+    dead.wait()
+    me = os.getpid()
+    scratch = tmp_path / "scratch"
+    gone = [
+        _marked(scratch, "dead", dead_mark),
+        _marked(scratch, "recycled", f"{me} 1 {namespace}"),  # our pid, but another process's start time
+    ]
+    kept = [
+        _marked(scratch, "alive", f"{me} {start_time(me)} {namespace}"),
+        _marked(scratch, "unmarked", None),  # being created, or an older Conveyor's
+        _marked(scratch, "elsewhere", f"{dead.pid} 1 pid:[1]"),  # another pid namespace: cannot tell
+    ]
+    other = scratch / "someone-elses"
+    other.mkdir()
+    assert scratch_dir({"CONVEYOR_SCRATCH": str(scratch)}) == scratch
+    assert [p.exists() for p in gone] == [False, False]
+    assert [p.exists() for p in kept] == [True, True, True]
+    assert other.exists()
+
+
+def test_a_run_marks_its_work_directory_and_sweeps_what_a_killed_run_left(deploy, s3_client, bucket):
+    """A `conveyor run` killed with SIGKILL leaves its work directory; the next run removes it."""
+    script = (
+        '#!/bin/sh\necho $$ > "$MARKERS/model"\ncat "$TMP_OUTPUT_DIR/../.conveyor-owner" > "$MARKERS/owner"\n'
+        'touch "$MARKERS/started"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\nexec sleep 300\n'
+    )
+    d = deploy(script)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    proc = _start(d, oscar_event(bucket, "in/x.bin"))
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.markers / "started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the model never started"
+            time.sleep(0.05)
+        left = [p.name for p in d.scratch.iterdir() if p.name.startswith("conveyor-")]
+        assert len(left) == 1
+        pid, _, _ = (d.markers / "owner").read_text().split()
+        assert int(pid) == proc.pid  # marked by the run that owns it
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if (d.markers / "model").exists():  # the model runs in a session of its own: SIGKILL left it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int((d.markers / "model").read_text()), signal.SIGKILL)
+    assert (d.scratch / left[0]).exists()  # what SIGKILL leaves
+    d.definition["init_script"] = str(d.tmp / "copy.sh")
+    (d.tmp / "copy.sh").write_text('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n')
+    again = d.run(oscar_event(bucket, "in/x.bin"))
+    assert again.returncode == 0, again.stderr.decode()
+    assert not (d.scratch / left[0]).exists()
+    assert "left in" in again.stderr.decode() and left[0] in again.stderr.decode()
+    assert [p.name for p in d.scratch.iterdir() if p.name.startswith("conveyor-")] == []
