@@ -3,19 +3,15 @@
 Outputs are read once, from descriptors: `OutputFolder.open` opens the output folder itself with
 O_DIRECTORY | O_NOFOLLOW (relative to the work directory's descriptor, held since before the model
 ran), `files()` walks it by descriptor (os.fwalk: no symbolic link followed, none listed), and
-`open_file()` opens each file exactly once, component by component with O_NOFOLLOW and the last
-with O_NONBLOCK, keeping it only when fstat says it is a regular file. The upload reads that
-descriptor: a leftover process of the model that swaps a file for a symbolic link (to a secret) or
-a FIFO after collection changes nothing that is published, and cannot block Conveyor in open().
-An output folder replaced by a symbolic link (to a folder of secrets, to /proc/self) publishes
-nothing. Limits: a file's content can still change until it is read (a process that writes into
-it; conveyor.child kills the model's processes before collection), and a hard link the model made
-to a file it can read is a regular file like any other.
-
-An output's key is sent exactly as the record names it, or the record fails before any upload
-(`unsendable_key`): a name the stores cannot carry (bytes that are not UTF-8: S3 keys are UTF-8
-text) or would store under another key (SeaweedFS turns a backslash into '/' and collapses '//';
-'.' and '..' segments are refused or resolved) is refused with a StorageError naming the file.
+`open_file()` opens a file once, component by component with O_NOFOLLOW and the last with
+O_NONBLOCK, keeping it only when fstat says it is a regular file (else None, with a warning).
+conveyor.process opens each output just before its uploads and uploads from that descriptor: a
+leftover process of the model that swaps a file for a symbolic link (to a secret) or a FIFO after
+collection gets it skipped, or, once it is open, changes nothing that is published; nothing blocks
+in open(). An output folder replaced by a symbolic link (to a folder of secrets, to /proc/self)
+publishes nothing. Limits: a regular file's content can still change until it is read (a process
+that writes into it: conveyor.child kills the model's processes before collection), and a hard link
+the model made to a file it can read is a regular file like any other.
 """
 
 from __future__ import annotations

@@ -509,8 +509,9 @@ def _publish(
     deadline: Deadline | None = None,
     claims: Claims | None = None,
 ) -> None:
-    """Upload every planned output, each from the one descriptor opened for it; on any failure
-    withdraw what this record created (see the module docstring)."""
+    """Upload every planned output, file by file, each from the one descriptor opened for it just
+    before its uploads (at most one output file open at a time, however many the model wrote); on
+    any failure withdraw what this record created (see the module docstring)."""
     deadline = deadline or job.deadline
     event_bucket = inp.bucket if isinstance(inp, ObjectRef) else None
     plan = plan_uploads(folder.path, files, job.config, event_bucket)
@@ -518,21 +519,24 @@ def _publish(
         log.warning("no output entry matches any of the %d output files: nothing uploaded", len(files))
     if claims is not None:
         claims.claim(plan, record)  # before anything is opened or uploaded
-    opened: dict[str, BinaryIO | None] = {}
+    by_file: dict[str, list[Upload]] = {}  # one open per file, however many destinations it has
+    for upload in plan:
+        by_file.setdefault(upload.rel, []).append(upload)
     attempts: list[_Attempt] = []
     cancel = threading.Event()
     inflight: list[threading.Thread] = []
     try:
-        for upload in plan:
-            if upload.rel not in opened:
-                opened[upload.rel] = folder.open_file(upload.rel)  # all at once: what was there at collection
         with timer("upload"):
-            for upload in plan:
+            for rel, uploads in by_file.items():
                 _check_shutdown(job)
-                file = opened[upload.rel]
-                if file is not None:
+                file = folder.open_file(rel)  # once, just before its uploads: a link or a FIFO by now is skipped
+                if file is None:
+                    continue
+                with file:
                     shared = cast(BinaryIO, _CancellableFile(file, cancel))
-                    record.bytes_out += _upload(job, upload, shared, deadline, attempts, inflight)
+                    for upload in uploads:
+                        _check_shutdown(job)
+                        record.bytes_out += _upload(job, upload, shared, deadline, attempts, inflight)
     except BaseException as exc:
         cancel.set()
         stopped = isinstance(exc, Interrupted) or (
@@ -557,10 +561,6 @@ def _publish(
             for target in kept:
                 log.warning("kept %s: it existed before this record wrote it, so it is not withdrawn", target)
         raise
-    finally:
-        for opened_file in opened.values():
-            if opened_file is not None:
-                opened_file.close()
     record.outputs = [a.upload.target for a in attempts]
 
 

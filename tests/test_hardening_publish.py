@@ -81,8 +81,9 @@ def test_a_failed_duplicate_run_keeps_what_the_first_run_published(deploy, s3_cl
     published = keys(s3_client, bucket, "out/")
     assert published == ["out/key.txt", "out/x.bin"]
     # The same event again (at-least-once delivery); this time a second destination is down, so
-    # the run fails after it has rewritten the first run's outputs.
+    # the run fails after it has rewritten the first run's outputs (x.bin, the last file, goes there too).
     _add_destination(d, "down", f"http://127.0.0.1:{closed_port}", f"{bucket}/elsewhere", kind)
+    d.definition["output"][-1]["suffix"] = [".bin"]
     second = d.run(oscar_event(bucket, "in/x.bin"))
     assert second.returncode == 74, second.stderr.decode()
     [record] = records(second.stderr)
@@ -143,23 +144,26 @@ def run_in_process(d: Deployment, event: Any, opener: Any = None, **job: Any) ->
         handler.close()
 
 
-class AfterPut:
-    """A store that runs `then(key)` after each successful upload (another writer, a swap ...)."""
+class Hooked:
+    """A store that runs `before(key)` as each upload starts and `after(key)` once it succeeded
+    (another writer, a swap ...), whether Conveyor uploads by path or from an open file."""
 
-    def __init__(self, store: Any, then: Any) -> None:
-        self._store, self._then = store, then
+    def __init__(self, store: Any, after: Any = None, before: Any = None) -> None:
+        self._store, self._after, self._before = store, after or (lambda key: None), before or (lambda key: None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def put_file(self, file: Any, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        self._before(key)
         written = self._store.put_file(file, bucket, key, *args, **kwargs)
-        self._then(key)
+        self._after(key)
         return written
 
     def upload(self, src: Any, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        self._before(key)
         sent = self._store.upload(src, bucket, key, *args, **kwargs)
-        self._then(key)
+        self._after(key)
         return sent
 
 
@@ -181,7 +185,7 @@ def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(depl
 
     def opener(provider: Any, options: Any) -> Any:
         store = open_store(provider, options)
-        return AfterPut(store, other_writer) if provider.ref.id == "default" else store
+        return Hooked(store, after=other_writer) if provider.ref.id == "default" else store
 
     [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"), opener)
     assert record.status is Status.FAILED and record.error and record.error["kind"] == "storage"
@@ -256,10 +260,39 @@ def _unblock_fifo_later(path: Path, after: float) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def test_outputs_swapped_between_collection_and_upload_publish_what_was_collected(deploy, s3_client, bucket,
-                                                                                  tmp_path):
-    """In this process: once a.txt is uploaded, b.txt becomes a symbolic link to a secret file and
-    c.txt a FIFO. Each was opened at collection: what is uploaded is what the model wrote."""
+def _swap(out: Path, name: str, secret: Path) -> None:
+    """b.txt becomes a link to the secret, c.txt a FIFO."""
+    (out / name).unlink()
+    if name == "c.txt":
+        os.mkfifo(out / name)
+        _unblock_fifo_later(out / name, 10)
+    else:
+        (out / name).symlink_to(secret)
+
+
+def test_an_output_swapped_once_opened_is_uploaded_from_its_descriptor(deploy, s3_client, bucket, tmp_path):
+    """In this process: as the upload of b.txt starts, b.txt becomes a link to a secret file; as
+    c.txt's starts, a FIFO. Both were opened already: what is uploaded is what the model wrote."""
+    from conveyor.storage import open_store
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    d = deploy(THREE_OUTPUTS)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+
+    def swap(key: str) -> None:
+        if key in ("out/b.txt", "out/c.txt"):
+            _swap(Path((d.markers / "outdir").read_text()), key.removeprefix("out/"), secret)
+
+    [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"),
+                              lambda provider, options: Hooked(open_store(provider, options), before=swap))
+    assert record.status is Status.SUCCEEDED, record.error
+    assert [body(s3_client, bucket, f"out/{n}.txt") for n in "abc"] == [b"a", b"b", b"c"]
+
+
+def test_outputs_swapped_between_collection_and_opening_are_skipped(deploy, s3_client, bucket, tmp_path, caplog):
+    """In this process: once a.txt is uploaded (b.txt and c.txt not yet opened), b.txt becomes a
+    link to a secret file and c.txt a FIFO: both are skipped, with a warning; nothing blocks."""
     from conveyor.storage import open_store
 
     secret = tmp_path / "secret.txt"
@@ -270,16 +303,15 @@ def test_outputs_swapped_between_collection_and_upload_publish_what_was_collecte
     def swap(key: str) -> None:
         if key == "out/a.txt":
             out = Path((d.markers / "outdir").read_text())
-            (out / "b.txt").unlink()
-            (out / "b.txt").symlink_to(secret)
-            (out / "c.txt").unlink()
-            os.mkfifo(out / "c.txt")
-            _unblock_fifo_later(out / "c.txt", 10)
+            _swap(out, "b.txt", secret)
+            _swap(out, "c.txt", secret)
 
     [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"),
-                              lambda provider, options: AfterPut(open_store(provider, options), swap))
+                              lambda provider, options: Hooked(open_store(provider, options), after=swap))
     assert record.status is Status.SUCCEEDED, record.error
-    assert [body(s3_client, bucket, f"out/{n}.txt") for n in "abc"] == [b"a", b"b", b"c"]
+    assert keys(s3_client, bucket, "out/") == ["out/a.txt"]
+    assert record.outputs == [f"{bucket}/out/a.txt"]
+    assert "skipping output b.txt" in caplog.text and "skipping output c.txt" in caplog.text
 
 
 def test_the_output_folder_opens_each_file_once_without_following_links(tmp_path):
@@ -324,8 +356,9 @@ def test_a_leftover_process_that_swaps_an_output_for_a_link_publishes_no_secret(
     script = f"""#!/bin/sh
 printf a > "$TMP_OUTPUT_DIR/a.txt"; printf b > "$TMP_OUTPUT_DIR/b.txt"
 model=$$
-setsid sh -c 'while kill -0 '$model' 2>/dev/null; do :; done
+setsid sh -c 'touch "$MARKERS/escaped"; while kill -0 '$model' 2>/dev/null; do :; done
 ln -sf {secret} "$TMP_OUTPUT_DIR/b.txt"; echo $$ > "$MARKERS/swapper"' >/dev/null 2>&1 &
+while [ ! -e "$MARKERS/escaped" ]; do sleep 0.01; done  # it has its own session: the group sweep misses it
 """
     d = deploy(script)
     s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
