@@ -10,9 +10,10 @@ Publishing never destroys what another record or run published:
 - Each output key is checked (`ObjectStore.version`) just before its upload. A key that did not
   exist is written create-only (`If-None-Match: *` in the S3 store, atomic there); a key that
   existed (a duplicate delivery of the same event, a rerun) is overwritten, as a redelivery must,
-  but is never withdrawn: a failed record names it under `kept` in its record. Should another
-  writer create the key between the check and the write (the create-only write is refused), the
-  key counts as not this record's.
+  but is never withdrawn: a failed record names it under `kept` in its record. Should the
+  create-only write be refused (another writer created the key since the check, or this very
+  write landed and its retry, after a lost answer, found it), the key counts as not this record's:
+  the safe side.
 - A failed record withdraws only the keys it created, and each only while it still holds the
   version this record wrote (`delete(if_match=etag)`: atomic in the S3 store, compared just before
   in the others), so a run that overwrote it since keeps its object.
@@ -28,10 +29,16 @@ one request between the check and the write or the removal; WebDAV and Onedata g
 a withdrawal there removes what is under a key this record created, whoever wrote it last.
 
 Every step has the record's deadline: uploads (and the checks around them) run in a daemon thread
-that the job stops waiting for at the deadline or on SIGTERM, and a withdrawal after those ends
-within the grace period. The upload thread's file then refuses to be read, so a transfer still
-under way stops at its next read; a store that already received the whole object may still keep
-it (the record names what it could not withdraw).
+that the job stops waiting for at the deadline or on SIGTERM; the abandoned transfer's file then
+refuses to be read, so it stops at its next read and aborts its multipart upload (half the grace
+period is given to that), and the withdrawal gets the other half: the record ends within its
+timeout plus its grace period. A store that already received a whole object may still keep it:
+the record names what it could not withdraw (`not_withdrawn`).
+
+For `conveyor local`, which withdraws what a job killed before its record had created, the
+record protocol's `uploaded` line for a key this record creates is written before its upload.
+Work directories are marked with their owner (pid, start time, pid namespace): `scratch_dir`
+removes at start those whose owner died (SIGKILL leaves them).
 """
 
 from __future__ import annotations
