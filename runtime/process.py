@@ -365,6 +365,8 @@ def run_input(
         os.close(work_fd)
         shutil.rmtree(work, ignore_errors=True)
     _store_record(job, record)
+    if claims is not None:
+        _store_amended(job, claims)
     return record
 
 
@@ -683,6 +685,23 @@ def _remover(store: ObjectStore, upload: Upload, etag: str | None) -> Callable[[
     return remove
 
 
+def _store_amended(job: Job, claims: Claims) -> None:
+    """The earlier records a conflict was found with: say so, and re-write their stored copies
+    (their result lines are not repeated: the record protocol has one per input)."""
+    spec = job.config.conveyor.status
+    while claims.amended:
+        earlier = claims.amended.pop(0)
+        clashes = "; ".join(f"{c['target']} is also an output of {c['with']}" for c in earlier.extra["conflicts"])
+        log.warning("record of %s: %s", _input_name(earlier.input), clashes)
+        if spec is None:
+            continue
+        bucket, key = status_key(spec, earlier)
+        try:
+            job.stores.get(spec.provider).put_bytes(earlier.to_json().encode(), bucket, key)
+        except ConveyorError as exc:
+            log.error("could not re-write the result record at %s/%s: %s", bucket, key, exc.message)
+
+
 def _store_record(job: Job, record: ResultRecord) -> None:
     """Log the record (the record protocol's line); upload it to the status location when the config names one."""
     spec = job.config.conveyor.status
@@ -714,29 +733,8 @@ def run_event(job: Job, event: Event, response: BinaryIO | None = None) -> list[
             log.info("the event holds no object to process")
             return []
         return [run_input(job, event, None, sink)]
-    claims = Claims()
-    done: list[ResultRecord] = []
-    for inp in inputs:
-        done.append(run_input(job, event, inp, sink, claims))
-        while claims.amended:  # an earlier record learnt of a conflict: its stored copy says so too
-            earlier = claims.amended.pop(0)
-            clashes = "; ".join(f"{c['target']} is also an output of {c['with']}" for c in earlier.extra["conflicts"])
-            log.warning("record of %s: %s", _input_name(earlier.input), clashes)
-            _store_again(job, earlier)
-    return done
-
-
-def _store_again(job: Job, record: ResultRecord) -> None:
-    """Re-write a record already stored at the status location (its result line is not repeated:
-    the record protocol has one per input)."""
-    spec = job.config.conveyor.status
-    if spec is None:
-        return
-    bucket, key = status_key(spec, record)
-    try:
-        job.stores.get(spec.provider).put_bytes(record.to_json().encode(), bucket, key)
-    except ConveyorError as exc:
-        log.error("could not re-write the result record at %s/%s: %s", bucket, key, exc.message)
+    claims = Claims()  # the output keys of this event's records: two records, one key is a conflict
+    return [run_input(job, event, inp, sink, claims) for inp in inputs]
 
 
 def responds_inline(event: Event) -> bool:
