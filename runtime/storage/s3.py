@@ -3,9 +3,10 @@
 Uploads of open files (`put_file`) go through the client itself rather than boto3's transfer
 manager: the manager accepts neither `If-None-Match` (create-only writes) nor a caller's
 cancellation, and its worker threads, not daemons, keep a process alive while a stalled store
-holds them. Large files go up in parts, one at a time (memory: one part), and a multipart upload
-that does not complete is aborted, so no parts are left on the server (a process killed with
-SIGKILL cannot abort: a bucket lifecycle rule `AbortIncompleteMultipartUpload` clears those).
+holds them. Large files go up in parts, `max_concurrency` at a time (memory: one part each), and
+a multipart upload that does not complete is aborted, so no parts are left on the server (a
+process killed with SIGKILL cannot abort: a bucket lifecycle rule `AbortIncompleteMultipartUpload`
+clears those).
 """
 
 from __future__ import annotations
@@ -166,17 +167,47 @@ class S3Store(BaseStore):
     def _put_parts(
         self, file: BinaryIO, size: int, bucket: str, key: str, extra: dict[str, Any], condition: dict[str, str]
     ) -> Any:
-        """A multipart upload, one part at a time; aborted when it does not complete."""
+        """A multipart upload, `max_concurrency` parts in flight (daemon threads: a stalled store
+        cannot keep the process alive; memory: one part each); aborted when it does not complete."""
         part_size = max(self.options.part_size, -(-size // MAX_PARTS))
+        count = -(-size // part_size)
         upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
         try:
-            parts = []
-            for number in range(1, -(-size // part_size) + 1):
-                chunk = file.read(part_size)
-                answer = self.client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                )
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            etags: dict[int, str] = {}
+            failures: list[BaseException] = []
+            numbers = iter(range(1, count + 1))
+            lock = threading.Lock()
+
+            def send() -> None:
+                while not failures:
+                    with lock:  # one reader of the shared file at a time
+                        number = next(numbers, None)
+                        if number is None:
+                            return
+                        try:
+                            file.seek((number - 1) * part_size)
+                            chunk = file.read(part_size)
+                        except BaseException as exc:
+                            failures.append(exc)
+                            return
+                    try:
+                        answer = self.client.upload_part(
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                        )
+                    except BaseException as exc:
+                        failures.append(exc)
+                        return
+                    etags[number] = answer["ETag"]
+
+            senders = [threading.Thread(target=send, name=f"conveyor-part-{n}", daemon=True)
+                       for n in range(min(max(1, self.options.max_concurrency), count))]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            if failures:
+                raise failures[0]
+            parts = [{"PartNumber": number, "ETag": etags[number]} for number in range(1, count + 1)]
             return self.client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
             )
