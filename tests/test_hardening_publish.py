@@ -100,7 +100,8 @@ def test_a_duplicate_run_stopped_during_its_uploads_keeps_what_the_first_run_pub
     first = d.run(oscar_event(bucket, "in/x.bin"))
     assert first.returncode == 0, first.stderr.decode()
     stall = Stall()
-    _add_destination(d, "stalled", stall.endpoint, f"{bucket}/elsewhere")
+    _add_destination(d, "stalled", stall.endpoint, f"{bucket}/elsewhere")  # x.bin, the last file, goes there too
+    d.definition["output"][-1]["suffix"] = [".bin"]
     proc = d.popen(oscar_event(bucket, "in/x.bin"))
     try:
         proc.stdin.write(json.dumps(oscar_event(bucket, "in/x.bin")).encode())
@@ -117,6 +118,7 @@ def test_a_duplicate_run_stopped_during_its_uploads_keeps_what_the_first_run_pub
     assert proc.returncode == 143, stderr.decode()
     [record] = records(stderr)
     assert record["status"] == "FAILED" and record["error"]["kind"] == "interrupted"
+    assert record["extra"]["kept"] == [f"{bucket}/out/key.txt", f"{bucket}/out/x.bin"]  # rewritten, not withdrawn
     assert keys(s3_client, bucket, "out/") == ["out/key.txt", "out/x.bin"]
     assert body(s3_client, bucket, "out/x.bin") == b"first"
 
