@@ -194,6 +194,33 @@ def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(depl
     assert body(s3_client, bucket, "out/x.bin") == b"theirs"
 
 
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+def test_a_key_another_writer_creates_between_the_check_and_the_write_is_not_withdrawn(deploy, s3_client, bucket,
+                                                                                        closed_port, kind):
+    """out/x.bin is absent at this record's check; another run publishes it before this record's
+    create-only write (refused: If-None-Match in S3, a stat in the MinIO store), so it is not this
+    record's to withdraw when the record then fails."""
+    from conveyor.storage import open_store
+
+    d = deploy(withdraw_timeout=1)
+    d.definition["output"] = [{"storage_provider": f"{kind}.default", "path": f"{bucket}/out", "suffix": [".bin"]}]
+    _add_destination(d, "down", f"http://127.0.0.1:{closed_port}", f"{bucket}/elsewhere", kind)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"mine")
+
+    def other_writer(key: str) -> None:
+        if key == "out/x.bin":
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"theirs")
+
+    def opener(provider: Any, options: Any) -> Any:
+        store = open_store(provider, options)
+        return Hooked(store, before=other_writer) if provider.ref.id == "default" else store
+
+    [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"), opener)
+    assert record.status is Status.FAILED and record.error and record.error["kind"] == "storage"
+    assert record.extra["kept"] == [f"{bucket}/out/x.bin"]
+    assert keys(s3_client, bucket, "out/") == ["out/x.bin"]  # rewritten by this record, as a rerun is: not removed
+
+
 # -- item 1 (b): two records of one event that map to the same output key ----------------------
 
 
