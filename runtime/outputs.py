@@ -1,23 +1,38 @@
 """Which output files go where (contract section 5), and the input file's safe local name.
 
-An output's key is sent exactly as the record names it, or the record fails before any upload
-(`unsendable_key`): a name the stores cannot carry (bytes that are not UTF-8: S3 keys are UTF-8
-text) or would store under another key (SeaweedFS turns a backslash into '/' and collapses '//';
-'.' and '..' segments are refused or resolved) is refused with a StorageError naming the file.
+Outputs are read once, from descriptors: `OutputFolder.open` opens the output folder itself with
+O_DIRECTORY | O_NOFOLLOW (relative to the work directory's descriptor, held since before the model
+ran), `files()` walks it by descriptor (os.fwalk: no symbolic link followed, none listed), and
+`open_file()` opens a file once, component by component with O_NOFOLLOW and the last with
+O_NONBLOCK, keeping it only when fstat says it is a regular file (else None, with a warning).
+conveyor.process opens each output just before its uploads and uploads from that descriptor: a
+leftover process of the model that swaps a file for a symbolic link (to a secret) or a FIFO after
+collection gets it skipped, or, once it is open, changes nothing that is published; nothing blocks
+in open(). An output folder replaced by a symbolic link (to a folder of secrets, to /proc/self)
+publishes nothing. Limits: a regular file's content can still change until it is read (a process
+that writes into it: conveyor.child kills the model's processes before collection), and a hard link
+the model made to a file it can read is a regular file like any other.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from conveyor.config import FunctionConfig, IOSpec, ProviderRef
 from conveyor.errors import StorageError
 
+log = logging.getLogger(__name__)
+
 MAX_NAME_BYTES = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -59,15 +74,77 @@ def collect_outputs(output_dir: Path) -> list[str]:
     Symbolic links are skipped: a model must not be able to publish files outside its own
     output folder (a link to /etc/passwd, say).
     """
-    found: list[str] = []
-    for root, dirs, files in os.walk(output_dir, followlinks=False):
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-        for name in files:
-            full = os.path.join(root, name)
-            if os.path.islink(full) or not os.path.isfile(full):
-                continue
-            found.append(PurePosixPath(os.path.relpath(full, output_dir)).as_posix())
-    return sorted(found)
+    folder = OutputFolder.open(output_dir)
+    if folder is None:
+        return []
+    with folder:
+        return folder.files()
+
+
+class OutputFolder:
+    """The model's output folder, held by a descriptor from collection to upload (see the module)."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path  # for messages only
+
+    @classmethod
+    def open(cls, path: Path, parent_fd: int | None = None) -> OutputFolder | None:
+        """Open `path` (its last component relative to `parent_fd` when given) as a directory that
+        is not a symbolic link; None, with a warning, when it is not one any more."""
+        try:
+            fd = os.open(path.name if parent_fd is not None else path, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            log.warning("the output folder %s is not a directory any more (%s): nothing is published from it",
+                        path, os.strerror(exc.errno or 0))
+            return None
+        return cls(fd, path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def files(self) -> list[str]:
+        """Every regular file, recursively, as sorted '/'-separated relative paths (links skipped)."""
+        found: list[str] = []
+        for root, _dirs, names, root_fd in os.fwalk(".", dir_fd=self.fd, follow_symlinks=False):
+            for name in names:
+                try:
+                    info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append(PurePosixPath(root, name).as_posix())
+        return sorted(found)
+
+    def open_file(self, rel: str) -> BinaryIO | None:
+        """`rel` opened for reading, once, without following a link on the way; None (warned) when
+        it is not a regular file any more (a link, a FIFO, a device, gone)."""
+        parts = rel.split("/")
+        fds: list[int] = []
+        try:
+            fd = self.fd
+            for part in parts[:-1]:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                fds.append(fd)
+            file_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            log.warning("skipping output %s: %s (a symbolic link, or gone)", _as_text(rel), os.strerror(exc.errno or 0))
+            return None
+        finally:
+            for opened in fds:
+                os.close(opened)
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            os.close(file_fd)
+            log.warning("skipping output %s: not a regular file any more", _as_text(rel))
+            return None
+        os.set_blocking(file_fd, True)
+        return os.fdopen(file_fd, "rb")
 
 
 def _matches(rel: str, spec: IOSpec) -> bool:

@@ -22,6 +22,7 @@ from conveyor.storage import (
     ObjectStore,
     S3Store,
     guess_content_type,
+    is_taken,
     open_store,
 )
 
@@ -358,6 +359,96 @@ def test_transfers_stream_with_bounded_memory(
     growth = json.loads(done.stdout)["growth_mib"]
     assert growth < 50, f"peak RSS grew by {growth:.0f} MiB for a {BIG // MiB} MiB object"
     assert sha256_of(dest) == expected
+
+
+# -- conditional writes and removals (issue 14: never destroy what another writer published) ------
+@pytest.fixture(params=[*KINDS, "local"])
+def any_store(request: pytest.FixtureRequest, make_provider, s3_client, bucket: str, tmp_path: Path):
+    """(store, read(key) -> bytes | None, write(key, data)) for each store with its own raw view."""
+    if request.param == "local":
+        root = tmp_path / "root"
+        (root / bucket).mkdir(parents=True)
+        store = open_store(StorageProvider(ref=ProviderRef("local"), root=str(root)))
+        path = lambda key: root / bucket / key  # noqa: E731
+
+        def read_local(key: str) -> bytes | None:
+            return path(key).read_bytes() if path(key).exists() else None
+
+        def write_local(key: str, data: bytes) -> None:
+            path(key).parent.mkdir(parents=True, exist_ok=True)
+            tmp = path(key).with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path(key))  # a new file, as every writer of the store makes
+
+        return store, read_local, write_local
+
+    def read(key: str) -> bytes | None:
+        try:
+            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3_client.exceptions.NoSuchKey:
+            return None
+
+    def write(key: str, data: bytes) -> None:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    return open_store(make_provider(request.param)), read, write
+
+
+def test_create_only_put_refuses_a_taken_key(any_store, bucket: str, tmp_path: Path) -> None:
+    store, read, write = any_store
+    src = tmp_path / "mine.bin"
+    src.write_bytes(b"mine")
+    assert store.version(bucket, "out/x.bin") is None
+    with open(src, "rb") as file:
+        written = store.put_file(file, bucket, "out/x.bin", create_only=True)
+    assert written.size == 4 and store.version(bucket, "out/x.bin") == written.etag
+    write("out/x.bin", b"theirs")
+    with open(src, "rb") as file, pytest.raises(StorageError) as caught:
+        store.put_file(file, bucket, "out/x.bin", create_only=True)
+    assert is_taken(caught.value), caught.value.context
+    assert read("out/x.bin") == b"theirs"
+
+
+def test_conditional_delete_removes_only_the_version_it_names(any_store, bucket: str, tmp_path: Path) -> None:
+    store, read, write = any_store
+    src = tmp_path / "mine.bin"
+    src.write_bytes(b"mine")
+    with open(src, "rb") as file:
+        mine = store.put_file(file, bucket, "out/x.bin").etag
+    assert mine
+    write("out/x.bin", b"theirs!")  # another writer replaced it
+    assert store.delete(bucket, "out/x.bin", if_match=mine) is False
+    assert read("out/x.bin") == b"theirs!"
+    theirs = store.version(bucket, "out/x.bin")
+    assert theirs and store.delete(bucket, "out/x.bin", if_match=theirs) is True
+    assert read("out/x.bin") is None and store.version(bucket, "out/x.bin") is None
+
+
+def test_a_failed_multipart_upload_leaves_no_parts(kind: str, make_provider, s3_client, bucket, tmp_path) -> None:
+    """A large upload cut mid-way (the file stops being readable after its first parts): the
+    store aborts the multipart upload, so the server lists none in progress."""
+    store = open_store(make_provider(kind), multipart_threshold=5 * MiB, part_size=5 * MiB)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(16 * MiB))
+
+    class Cut:
+        def __init__(self, file) -> None:
+            self.file, self.sent = file, 0
+
+        def read(self, size: int = -1) -> bytes:
+            if self.sent >= 10 * MiB:
+                raise OSError("cut mid-way")
+            data = self.file.read(size)
+            self.sent += len(data)
+            return data
+
+        def __getattr__(self, name: str):
+            return getattr(self.file, name)
+
+    with open(src, "rb") as file, pytest.raises(StorageError, match="cut mid-way"):
+        store.put_file(Cut(file), bucket, "big/cut.bin")  # type: ignore[arg-type]
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert store.version(bucket, "big/cut.bin") is None
 
 
 # -- local folder store ---------------------------------------------------------------------------

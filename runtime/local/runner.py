@@ -67,6 +67,7 @@ SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
 # 5 tries in all, 1+2+4+8 s apart.
 STORAGE_BACKOFF = (1.0, 2.0, 4.0, 8.0)
 JOB_LOG_TAIL = 4096  # bytes of a dead job's log kept in the record the loop writes for it
+MAX_DELIVERIES = 3  # deliveries of one event whose jobs are killed from outside (SIGKILL, OOM) before recording
 MAX_RESTARTS = 5  # S3 server restarts allowed within RESTART_WINDOW seconds
 RESTART_WINDOW = 60.0
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -128,6 +129,7 @@ class LocalRun:
         self._stopping = threading.Event()
         self._seen: set[str] = set()  # identities of the object versions already queued
         self._output_owners: dict[str, str] = {}  # "bucket/key" of an output -> the input that last wrote it
+        self._deliveries: dict[str, int] = {}  # task id -> deliveries of its event so far (when redelivered)
         self._uploads: dict[str, tuple[float, float | None]] = {}  # drop-folder key -> (upload start, end)
         self._signal: str | None = None
         self._signals = 0
@@ -432,6 +434,8 @@ class LocalRun:
 
     def _complete(self, task: Task, outcome: Outcome) -> None:
         record = self._record_for(task, outcome)
+        if self._redeliver(task, outcome, record):
+            return
         if outcome.error and record.get("status") == "SUCCEEDED":
             record["status"] = "FAILED"
             record["error"] = {"kind": "local", "message": outcome.error}
@@ -473,6 +477,28 @@ class LocalRun:
         task.record_path.parent.mkdir(parents=True, exist_ok=True)
         task.record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
         self._finish(task, state)
+
+    def _redeliver(self, task: Task, outcome: Outcome, record: dict[str, Any]) -> bool:
+        """Queue the event again when its job was killed from outside (SIGKILL, the OOM killer: a
+        negative exit code the loop did not cause) before it recorded a result, as the platforms'
+        queues redeliver an event whose consumer died; at most MAX_DELIVERIES deliveries in all.
+        `record` is the loop's own for the dead job (_record_for has withdrawn what it created).
+        The new delivery is a new job: its own id, log, request id and scratch."""
+        code = outcome.exit_code
+        killed = code is not None and code < 0 and outcome.error is None
+        ours = record.get("request_id") == task.id and (record.get("error") or {}).get("kind") == "local"
+        done = self._deliveries.pop(task.id, 1)
+        if not (killed and ours) or done >= MAX_DELIVERIES or self._stopping.is_set() or self._signal:
+            return False
+        old = task.id
+        task.id = str(uuid.uuid4())
+        self._deliveries[task.id] = done + 1
+        task.state, task.started_at, task.log_path, task.worker = TaskState.QUEUED, None, None, ""
+        self.progress.say(
+            f"conveyor local: {task.key}: job {old[:8]} was killed by {_signal_name(-(code or 0))} before "
+            f"recording a result: delivering the event again ({done + 1} of {MAX_DELIVERIES})")
+        self.queue.put(task)
+        return True
 
     def _finish(self, task: Task, state: TaskState) -> None:
         task.finished_at = time.monotonic()

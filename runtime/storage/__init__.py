@@ -6,6 +6,9 @@ webdav and onedata (both on the shared HTTP base, http).
                                                   # webdav -> WebDavStore, onedata -> OnedataStore
     store.download(bucket, key, Path("in/x.jpg")) # bytes written
     store.upload(Path("out/y.png"), bucket, key)  # bytes sent, Content-Type guessed from the key
+    store.put_file(open_file, bucket, key, create_only=True)  # Written(size, etag), from a descriptor
+    store.version(bucket, key)                    # the object's ETag (or a stand-in), None when absent
+    store.delete(bucket, key, if_match=etag)      # only that version: False when another is there
 
 Every transfer streams between a local file and the store: memory does not grow with object
 size (multipart above `multipart_threshold`, in parts of `part_size`, a few in flight). A
@@ -22,6 +25,13 @@ with `provider`, `operation`, `bucket`, `key`, `cause` and (when the server answ
 `status` in the error's context. A 4xx answer is permanent (`is_permanent`): no layer asks again.
 Deleting an object that is not there (no such key, no such bucket) succeeds.
 
+Conditional writes, for publishing without destroying what others published (conveyor.process):
+`put_file(..., create_only=True)` writes only when no object has the key and `delete(...,
+if_match=etag)` removes only that version. The S3 store sends them as `If-None-Match: *` and
+`If-Match` (S3, MinIO and SeaweedFS 4.48, the test server, honour both: the server checks and writes atomically).
+The other stores cannot send them: they compare `version` just before, which leaves a window of a
+request's length in which another writer's object can be taken for theirs.
+
 The factory imports a store's module only when a provider of its type is opened, and so do the
 names re-exported here (S3Store, MinioStore, ...): the seam does not load every implementation.
 """
@@ -31,7 +41,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
@@ -39,9 +49,11 @@ from conveyor.storage.base import (
     DEFAULT_CONTENT_TYPE,
     PART_SUFFIX,
     TransferOptions,
+    Written,
     guess_content_type,
     is_not_found,
     is_permanent,
+    is_taken,
 )
 
 if TYPE_CHECKING:
@@ -63,10 +75,12 @@ __all__ = [
     "S3Store",
     "TransferOptions",
     "WebDavStore",
+    "Written",
     "guess_content_type",
     "http_base_url",
     "is_not_found",
     "is_permanent",
+    "is_taken",
     "open_store",
 ]
 
@@ -91,14 +105,26 @@ class ObjectStore(Protocol):
     def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
         """Stream `src` to bucket/key (multipart when large), with a Content-Type. Returns bytes sent."""
 
+    def put_file(
+        self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
+    ) -> Written:
+        """Stream an open regular file, from its start, to bucket/key (multipart when large; a failed
+        multipart upload is aborted). `create_only`: fail with a StorageError that `is_taken` tells
+        apart when an object already has the key (atomic in the S3 store, checked just before in
+        the others)."""
+
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         """Small in-memory write (result records)."""
+
+    def version(self, bucket: str, key: str) -> str | None:
+        """The object's version token (its ETag, or a stand-in where the store has none), None when absent."""
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (local runs and tests)."""
 
-    def delete(self, bucket: str, key: str) -> None:
-        """Remove the object (no error when it is already gone)."""
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
+        """Remove the object (no error when it is already gone). `if_match`: only when its version
+        token is that one; False (and nothing removed) when another version is there."""
 
     def exists(self, bucket: str, key: str) -> bool:
         """Whether the object exists (False for a missing key or bucket)."""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from conveyor.config import StorageProvider
 from conveyor.errors import CredentialsError, StorageError
@@ -25,6 +25,7 @@ CREDENTIAL_CODES = frozenset(
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
 # 4xx answers that may change when asked again (S3 answers RequestTimeout with 400, throttling with 400/503).
 TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
+PRECONDITION_FAILED = "PreconditionFailed"  # a conditional write or delete found another version
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
 
 
@@ -37,6 +38,11 @@ def is_permanent(error: BaseException) -> bool:
     if context.get("cause") in TRANSIENT_CODES or status in (408, 429):
         return False
     return isinstance(status, int) and 400 <= status < 500
+
+
+def is_taken(error: BaseException) -> bool:
+    """True for a store error that says a create-only write found the key already there (HTTP 412)."""
+    return getattr(error, "context", {}).get("cause") == PRECONDITION_FAILED
 
 
 def is_not_found(error: BaseException) -> bool:
@@ -64,6 +70,20 @@ class TransferOptions:
     # The edges pass SSL_CERT_FILE. boto3 and requests find theirs themselves (AWS_CA_BUNDLE,
     # REQUESTS_CA_BUNDLE).
     ca_bundle: str | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a put_file wrote: its size, and the store's version token for it (the ETag; None when
+    the store gave none)."""
+
+    size: int
+    etag: str | None = None
+
+
+def file_size(file: BinaryIO) -> int:
+    """The size of an open file, from its descriptor (the file a caller opened, not a path)."""
+    return os.fstat(file.fileno()).st_size
 
 
 def guess_content_type(key: str) -> str:

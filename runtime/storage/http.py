@@ -8,12 +8,21 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import quote, urlsplit
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError, StorageError
-from conveyor.storage.base import BaseStore, TransferOptions, guess_content_type, one_line, staging_file
+from conveyor.storage.base import (
+    PRECONDITION_FAILED,
+    BaseStore,
+    TransferOptions,
+    Written,
+    file_size,
+    guess_content_type,
+    one_line,
+    staging_file,
+)
 
 HTTP_CHUNK = 256 * 1024  # bytes moved between a socket and a file at a time
 RETRY_STATUSES = (500, 502, 503, 504)
@@ -206,27 +215,46 @@ class HttpStore(BaseStore):
             return tmp.stat().st_size
 
     def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
-        src = Path(src)
-        with self._errors("upload", bucket, key):
-            size = src.stat().st_size
+        with self._errors("upload", bucket, key), open(src, "rb") as file:
+            return self.put_file(file, bucket, key, content_type).size
 
-            def open_body() -> Any:  # a fresh handle per PUT; b"" for an empty file (no chunked encoding)
-                return open(src, "rb") if size else nullcontext(b"")
+    def put_file(
+        self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
+    ) -> Written:
+        """No conditional PUT here: `create_only` is checked with `exists` just before."""
+        with self._errors("upload", bucket, key):
+            if create_only and self.exists(bucket, key):
+                self._raise("upload", bucket, key, "an object already has this key (create-only write)",
+                            cause=PRECONDITION_FAILED, status=412)
+            size = file_size(file)
+
+            def open_body() -> Any:  # from the start for every PUT; b"" for an empty file (no chunked encoding)
+                file.seek(0)
+                return nullcontext(file if size else b"")
 
             self._put("upload", bucket, key, open_body, content_type or guess_content_type(key))
-            return size
+            return Written(size, None)
 
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         with self._errors("put", bucket, key):
             self._put("put", bucket, key, lambda: nullcontext(data), content_type)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
+        """`if_match` cannot be checked here (`version` is only "present"): the object is removed."""
         url = self._url(self._segments("delete", bucket, key))
         with self._errors("delete", bucket, key):
             response = self._send("DELETE", url)
             with response:
                 if response.status_code != 404 and not 200 <= response.status_code < 300:
                     self._fail(response, "delete", bucket, key, "object")
+        return True
+
+    def exists(self, bucket: str, key: str) -> bool:
+        raise NotImplementedError
+
+    def version(self, bucket: str, key: str) -> str | None:
+        """Only whether the object is there ("-"): these stores give no version token we rely on."""
+        return "-" if self.exists(bucket, key) else None
 
     def ensure_bucket(self, bucket: str) -> None:
         folder = self._segments("create bucket", bucket, None)

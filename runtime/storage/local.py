@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
-from conveyor.storage.base import PART_SUFFIX, BaseStore, MiB, TransferOptions, staging_file
+from conveyor.storage.base import (
+    PART_SUFFIX,
+    PRECONDITION_FAILED,
+    BaseStore,
+    MiB,
+    TransferOptions,
+    Written,
+    staging_file,
+)
 
 
 class LocalStore(BaseStore):
@@ -58,12 +67,22 @@ class LocalStore(BaseStore):
             return tmp.stat().st_size
 
     def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        with self._local_file_errors("upload", bucket, key), open(src, "rb") as source:
+            return self.put_file(source, bucket, key, content_type).size
+
+    def put_file(
+        self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
+    ) -> Written:
         path = self._path("upload", bucket, key)
         self._require_bucket("upload", bucket, key)
-        with self._local_file_errors("upload", bucket, key), open(src, "rb") as source:
+        if create_only and path.exists():
+            self._raise("upload", bucket, key, "a file already has this key (create-only write)",
+                        cause=PRECONDITION_FAILED, status=412)
+        with self._local_file_errors("upload", bucket, key):
+            file.seek(0)
             with staging_file(path) as tmp, open(tmp, "wb") as target:
-                shutil.copyfileobj(source, target, MiB)
-            return path.stat().st_size
+                shutil.copyfileobj(file, target, MiB)
+            return Written(path.stat().st_size, self.version(bucket, key))
 
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         path = self._path("put", bucket, key)
@@ -76,10 +95,21 @@ class LocalStore(BaseStore):
         with self._local_file_errors("create bucket", bucket, None):
             base.mkdir(parents=True, exist_ok=True)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
         path = self._path("delete", bucket, key)
+        if if_match is not None and self.version(bucket, key) not in (if_match, None):
+            return False
         with self._local_file_errors("delete", bucket, key):
             path.unlink(missing_ok=True)
+        return True
+
+    def version(self, bucket: str, key: str) -> str | None:
+        """A stand-in for an ETag: inode, size and modification time (every write is a new file)."""
+        try:
+            st = self._path("stat", bucket, key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
     def exists(self, bucket: str, key: str) -> bool:
         return self._path("stat", bucket, key).is_file()

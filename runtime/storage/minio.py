@@ -6,6 +6,7 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from conveyor.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
@@ -13,9 +14,12 @@ from conveyor.errors import ConfigError, CredentialsError, StorageError
 from conveyor.storage.base import (
     CREDENTIAL_CODES,
     NOT_FOUND_CODES,
+    PRECONDITION_FAILED,
     BaseStore,
     MiB,
     TransferOptions,
+    Written,
+    file_size,
     guess_content_type,
     is_not_found,
     staging_file,
@@ -124,33 +128,61 @@ class MinioStore(BaseStore):
             return tmp.stat().st_size
 
     def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        with self._errors("upload", bucket, key), open(src, "rb") as file:
+            return self.put_file(file, bucket, key, content_type).size
+
+    def put_file(
+        self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
+    ) -> Written:
+        """The SDK sends no If-None-Match: `create_only` is checked with a stat just before. The SDK
+        aborts a multipart upload that fails."""
         with self._errors("upload", bucket, key):
-            size = Path(src).stat().st_size
+            if create_only and self.version(bucket, key) is not None:
+                self._raise("upload", bucket, key, "an object already has this key (create-only write)",
+                            cause=PRECONDITION_FAILED, status=412)
+            size = file_size(file)
+            file.seek(0)
             # The minio SDK holds every part it sends as bytes (several, with parallel uploads), so
             # memory is bounded by small parts sent one at a time: the smallest S3 allows (5 MiB),
             # or larger only when 10,000 of those would not cover the object. Measured (bench):
             # a 1 GiB upload then peaks 9 MiB above a 1 MiB one, and is no slower on loopback.
             part_size = max(MINIO_PART, -(-size // MAX_PARTS))
-            self.client.fput_object(
+            answer = self.client.put_object(
                 bucket,
                 key,
-                str(src),
+                file,
+                size,
                 content_type=content_type or guess_content_type(key),
                 part_size=part_size,
                 num_parallel_uploads=1,
             )
-            return size
+            return Written(size, answer.etag)
 
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         with self._errors("put", bucket, key):
             self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
+        """The SDK sends no If-Match: `if_match` is compared with a stat just before."""
+        if if_match is not None and self.version(bucket, key) not in (if_match, None):
+            return False
         try:
             with self._errors("delete", bucket, key):
                 self.client.remove_object(bucket, key)
         except StorageError as exc:
             if not is_not_found(exc):  # no such bucket: the object is not there either
+                raise
+        return True
+
+    def version(self, bucket: str, key: str) -> str | None:
+        from minio.error import S3Error
+
+        with self._errors("stat", bucket, key):
+            try:
+                return self.client.stat_object(bucket, key).etag or "-"
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"):
+                    return None
                 raise
 
     def ensure_bucket(self, bucket: str) -> None:

@@ -1,12 +1,22 @@
-"""The S3 store (boto3): Amazon S3, or any S3-compatible server at `provider.endpoint`."""
+"""The S3 store (boto3): Amazon S3, or any S3-compatible server at `provider.endpoint`.
+
+Uploads of open files (`put_file`) go through the client itself rather than boto3's transfer
+manager: the manager accepts neither `If-None-Match` (create-only writes) nor a caller's
+cancellation, and its worker threads, not daemons, keep a process alive while a stalled store
+holds them. Large files go up in parts, `max_concurrency` at a time (memory: one part each), and
+a multipart upload that does not complete is aborted, so no parts are left on the server (a
+process killed with SIGKILL cannot abort: a bucket lifecycle rule `AbortIncompleteMultipartUpload`
+clears those).
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from conveyor.config import StorageProvider
 from conveyor.errors import CredentialsError, StorageError
@@ -15,10 +25,16 @@ from conveyor.storage.base import (
     NOT_FOUND_CODES,
     BaseStore,
     TransferOptions,
+    Written,
+    file_size,
     guess_content_type,
     is_not_found,
+    is_taken,
     staging_file,
 )
+
+log = logging.getLogger(__name__)
+MAX_PARTS = 10_000  # the most parts S3 allows in one upload
 
 
 class S3Store(BaseStore):
@@ -129,22 +145,109 @@ class S3Store(BaseStore):
             return tmp.stat().st_size
 
     def upload(self, src: Path, bucket: str, key: str, content_type: str | None = None) -> int:
+        with self._errors("upload", bucket, key), open(src, "rb") as file:
+            return self.put_file(file, bucket, key, content_type).size
+
+    def put_file(
+        self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
+    ) -> Written:
         with self._errors("upload", bucket, key):
-            size = Path(src).stat().st_size
-            extra = {"ContentType": content_type or guess_content_type(key)}
-            self.client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=self.transfer)
-            return size
+            size = file_size(file)
+            file.seek(0)
+            extra: dict[str, Any] = {"ContentType": content_type or guess_content_type(key)}
+            condition = {"IfNoneMatch": "*"} if create_only else {}
+            if size <= self.options.multipart_threshold:
+                answer = self.client.put_object(
+                    Bucket=bucket, Key=key, Body=file, ContentLength=size, **extra, **condition
+                )
+            else:
+                answer = self._put_parts(file, size, bucket, key, extra, condition)
+            return Written(size, answer.get("ETag"))
+
+    def _put_parts(
+        self, file: BinaryIO, size: int, bucket: str, key: str, extra: dict[str, Any], condition: dict[str, str]
+    ) -> Any:
+        """A multipart upload, `max_concurrency` parts in flight (daemon threads: a stalled store
+        cannot keep the process alive; memory: one part each); aborted when it does not complete."""
+        part_size = max(self.options.part_size, -(-size // MAX_PARTS))
+        count = -(-size // part_size)
+        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        try:
+            etags: dict[int, str] = {}
+            failures: list[BaseException] = []
+            numbers = iter(range(1, count + 1))
+            lock = threading.Lock()
+
+            def send() -> None:
+                while not failures:
+                    with lock:  # one reader of the shared file at a time
+                        number = next(numbers, None)
+                        if number is None:
+                            return
+                        try:
+                            file.seek((number - 1) * part_size)
+                            chunk = file.read(part_size)
+                        except BaseException as exc:
+                            failures.append(exc)
+                            return
+                    try:
+                        answer = self.client.upload_part(
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                        )
+                    except BaseException as exc:
+                        failures.append(exc)
+                        return
+                    etags[number] = answer["ETag"]
+
+            senders = [threading.Thread(target=send, name=f"conveyor-part-{n}", daemon=True)
+                       for n in range(min(max(1, self.options.max_concurrency), count))]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            if failures:
+                raise failures[0]
+            parts = [{"PartNumber": number, "ETag": etags[number]} for number in range(1, count + 1)]
+            return self.client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
+            )
+        except BaseException:
+            self._abort(bucket, key, upload_id)
+            raise
+
+    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            with self._errors("abort upload", bucket, key):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except StorageError as exc:
+            if exc.context.get("cause") != "NoSuchUpload":  # nothing is left of it
+                log.warning("could not abort the incomplete upload of %s/%s: %s", bucket, key, exc.message)
 
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         with self._errors("put", bucket, key):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
+        condition = {"IfMatch": if_match} if if_match else {}
         try:
             with self._errors("delete", bucket, key):
-                self.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key too
+                self.client.delete_object(Bucket=bucket, Key=key, **condition)  # 204 for a missing key too
         except StorageError as exc:
+            if if_match and is_taken(exc):  # another version is there: not ours to remove
+                return False
             if not is_not_found(exc):  # no such bucket: the object is not there either
+                raise
+        return True
+
+    def version(self, bucket: str, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("stat", bucket, key):
+            try:
+                return str(self.client.head_object(Bucket=bucket, Key=key).get("ETag") or "-")
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NotFound", "NoSuchKey", "NoSuchBucket"):
+                    return None
                 raise
 
     def ensure_bucket(self, bucket: str) -> None:
