@@ -133,6 +133,8 @@ class ScriptHandler(Handler):
     def _script_argv(self, inv: Invocation, script: bytes, args: list[str], source: str):
         path = inv.work_dir / SCRIPT_NAME
         _write_script(path, script)
+        if inv.user is not None:  # conveyor.isolate_model: the model's user runs (reads) it
+            os.chown(path, inv.user.uid, inv.user.gid)
         interpreter = _shebang(script)
         if interpreter is None:
             why = f"with {SHELL} (it has no #! line)"

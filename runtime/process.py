@@ -28,6 +28,7 @@ from conveyor.deadline import Deadline
 from conveyor.errors import ConveyorError, Interrupted, NoOutputError, StorageError
 from conveyor.events import Event, InlineInput, Input, ObjectRef, bind_inputs, provider_type
 from conveyor.handler import Handler, Invocation
+from conveyor.isolation import model_user
 from conveyor.outputs import Upload, collect_outputs, plan_uploads, safe_file_name
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
@@ -204,15 +205,22 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
     log_file.touch()
     try:
         _check_shutdown(job)
+        user = model_user(job.config)  # conveyor.isolate_model: ConfigError when it cannot hold
+        if user is not None:
+            work.chmod(0o711)  # the model may reach its folders, not list or touch the log beside them
+            user.hand_over(input_dir, output_dir, scratch)
         input_path = _fetch(job, inp, input_dir, record, timer)
         deadline = job.deadline.sooner(job.config.conveyor.timeout)
+        env = child_env(job, event, inp, input_path, input_dir, output_dir)
+        if user is not None:
+            env["HOME"] = str(scratch)  # Conveyor's home is not the model's to write
         inv = Invocation(
             input=inp,
             input_path=input_path,
             input_dir=input_dir,
             output_dir=output_dir,
             work_dir=scratch,
-            env=child_env(job, event, inp, input_path, input_dir, output_dir),
+            env=env,
             deadline=deadline,
             log=log,
             log_file=log_file,
@@ -221,6 +229,7 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
             request_id=job.request_id,
             grace_period=job.grace,
             log_max_bytes=job.config.conveyor.log_max_bytes,
+            user=user,
         )
         record.extra["warm_start"] = job.handler.ready
         with timer("handler"):
