@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ SEALED_FD_VAR = "CONVEYOR_SEALED_FD"
 _restored: dict[str, str] | None = None
 
 
-def sealed_environ() -> dict[str, str]:
+def sealed_environ(init: Sequence[str] = ()) -> dict[str, str]:
     """The process's environment, sealed variables included, once none of them is in its block.
 
-    Re-executes the process (never returns) when its block holds a sealed variable; see the
-    module docstring.
+    Re-executes the process when its block holds a sealed variable (see the module docstring);
+    with `init` (an init's argv, `tini --`), always, as that init's child, so the init's own
+    block holds no sealed variable either.
     """
     global _restored
     if _restored is not None:
@@ -56,7 +58,7 @@ def sealed_environ() -> dict[str, str]:
         _restored = environ
         return dict(environ)
     present = {name: environ[name] for name in SEALED_VARS if name in environ}
-    if not present:
+    if not present and not init:
         _restored = environ
         return dict(environ)
     argv = list(getattr(sys, "orig_argv", None) or [])
@@ -64,17 +66,20 @@ def sealed_environ() -> dict[str, str]:
         log.warning("cannot re-execute this interpreter: %s stay in the process environment", ", ".join(present))
         _restored = environ
         return dict(environ)
-    fd = _memfd(json.dumps(present).encode("utf-8", "surrogatepass"))
+    fd = _memfd(json.dumps(present).encode("utf-8", "surrogatepass")) if present else None
     kept = {k: v for k, v in environ.items() if k not in present}
-    kept[SEALED_FD_VAR] = str(fd)
+    if fd is not None:
+        kept[SEALED_FD_VAR] = str(fd)
+    program, argv = (init[0], [*init, sys.executable, *argv[1:]]) if init else (sys.executable, argv)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, argv, kept)
+        os.execve(program, argv, kept)
     except OSError as exc:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         log.warning("cannot re-execute %s (%s): %s stay in the process environment",
-                    sys.executable, exc.strerror, ", ".join(present))
+                    program, exc.strerror, ", ".join(present) or "nothing")
     _restored = environ
     return dict(environ)
 

@@ -249,3 +249,37 @@ def test_without_isolate_model_the_model_keeps_conveyors_user(tmp_path: Path) ->
     definition = tmp_path / "f.yaml"
     definition.write_text("name: f\n")
     assert model_user(load_config({}, "oscar", path=definition, secrets_dir=None)) is None
+
+
+# --- item 9: an init reaps what the model leaves behind ------------------------------------------------
+
+ORPHAN_SCRIPT = """#!/bin/sh
+# An orphan: its parent exits at once, so it goes to PID 1, which must reap it when it ends.
+sh -c 'sh -c "exit 0" & exit 0'
+sleep 0.5
+tr '\\0' ' ' < /proc/1/cmdline > "$TMP_OUTPUT_DIR/pid1.txt"
+if tr '\\0' '\\n' < /proc/1/environ > "$TMP_OUTPUT_DIR/pid1-environ.txt" 2>/dev/null; then :; else
+    echo DENIED > "$TMP_OUTPUT_DIR/pid1-environ.txt"; fi
+grep -l '^State:.*Z' /proc/[0-9]*/status > "$TMP_OUTPUT_DIR/zombies.txt" || true
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"
+"""
+
+
+@needs_root
+def test_as_pid_1_the_entrypoint_runs_under_tini_whose_environment_is_sealed_too(deploy, s3_server, s3_client,
+                                                                                bucket) -> None:
+    unshare, tini = shutil.which("unshare"), shutil.which("tini")
+    if unshare is None or tini is None:
+        pytest.skip("needs unshare (util-linux) and tini")
+    d = deploy(ORPHAN_SCRIPT)
+    s3_client.put_object(Bucket=bucket, Key="in/a.txt", Body=b"hello")
+    encoded = base64.b64encode(yaml.safe_dump(d.definition).encode()).decode()
+    entrypoint = str(Path(sys.executable).parent / "conveyor-entrypoint")
+    proc = subprocess.run([unshare, "--pid", "--fork", "--mount-proc", entrypoint, "--platform", "oscar"],
+                          input=json.dumps(minio_event(bucket, "in/a.txt")).encode(), capture_output=True,
+                          env=d.env(FUNCTION_CONFIG=encoded), timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert body(s3_client, bucket, "out/zombies.txt") == b""
+    assert body(s3_client, bucket, "out/pid1.txt").decode().split()[:2] == [tini, "--"]
+    pid1 = body(s3_client, bucket, "out/pid1-environ.txt").decode()
+    assert "PATH=" in pid1 and "FUNCTION_CONFIG" not in pid1 and s3_server.secret_key not in pid1
