@@ -167,7 +167,8 @@ def _parse_command(value: Any) -> list[str] | str | None:
 def _write_script(path: Path, script: bytes | str) -> None:
     data = script.encode() if isinstance(script, str) else bytes(script)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o700)
+    # O_NOFOLLOW: under conveyor.isolate_model the folder is the model's, and Conveyor writes as root
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o700)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

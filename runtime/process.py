@@ -206,10 +206,10 @@ def run_input(job: Job, event: Event | None, inp: Input | None, response: Binary
     try:
         _check_shutdown(job)
         user = model_user(job.config)  # conveyor.isolate_model: ConfigError when it cannot hold
-        if user is not None:
+        input_path = _fetch(job, inp, input_dir, record, timer)
+        if user is not None:  # after the download: nothing of the model's may lie in its way
             work.chmod(0o711)  # the model may reach its folders, not list or touch the log beside them
             user.hand_over(input_dir, output_dir, scratch)
-        input_path = _fetch(job, inp, input_dir, record, timer)
         deadline = job.deadline.sooner(job.config.conveyor.timeout)
         env = child_env(job, event, inp, input_path, input_dir, output_dir)
         if user is not None:
