@@ -133,6 +133,8 @@ class ScriptHandler(Handler):
     def _script_argv(self, inv: Invocation, script: bytes, args: list[str], source: str):
         path = inv.work_dir / SCRIPT_NAME
         _write_script(path, script)
+        if inv.user is not None:  # conveyor.isolate_model: the model's user runs (reads) it
+            os.chown(path, inv.user.uid, inv.user.gid)
         interpreter = _shebang(script)
         if interpreter is None:
             why = f"with {SHELL} (it has no #! line)"
@@ -165,7 +167,8 @@ def _parse_command(value: Any) -> list[str] | str | None:
 def _write_script(path: Path, script: bytes | str) -> None:
     data = script.encode() if isinstance(script, str) else bytes(script)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o700)
+    # O_NOFOLLOW: under conveyor.isolate_model the folder is the model's, and Conveyor writes as root
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o700)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

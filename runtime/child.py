@@ -35,11 +35,15 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerError, HandlerTimeout, Interrupted
 from conveyor.logs import log_model_line
 from conveyor.procgroup import PROCESS_MARK, ProcessSet, become_subreaper, signal_group
+
+if TYPE_CHECKING:
+    from conveyor.isolation import ModelUser
 
 CHUNK = 64 * 1024  # read size, and the longest line logged as one record
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -63,8 +67,12 @@ def run_child(
     grace: float = 10.0,
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     prefix: str = "model",
+    user: ModelUser | None = None,
 ) -> int:
     """Run argv to completion and return its exit code (128+N when killed by signal N).
+
+    `user`: the uid and gid the child runs as, with no supplementary groups (conveyor.isolation);
+    None keeps Conveyor's own.
 
     Raises HandlerError when it cannot be started, HandlerTimeout when the deadline passes,
     Interrupted when `shutdown` is set; in both of the latter the process group is gone.
@@ -90,7 +98,7 @@ def run_child(
     become_subreaper()
     mark = uuid.uuid4().hex
     try:
-        proc = _spawn(argv, env={**env, PROCESS_MARK: mark}, cwd=cwd, separate_stdout=copy_fh is not None)
+        proc = _spawn(argv, env={**env, PROCESS_MARK: mark}, cwd=cwd, separate_stdout=copy_fh is not None, user=user)
     except BaseException:
         capped.close()
         if copy_fh is not None:
@@ -179,7 +187,12 @@ _SPAWN_REASONS = {
 }
 
 
-def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: bool) -> subprocess.Popen:
+def _spawn(
+    argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: bool, user: ModelUser | None = None
+) -> subprocess.Popen:
+    # Another user: set in the child between fork and exec (setgroups([]), setregid, setreuid), so
+    # the model never runs a moment with Conveyor's identity.
+    identity: dict[str, Any] = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
     try:
         return subprocess.Popen(
             argv,
@@ -190,6 +203,7 @@ def _spawn(argv: list[str], *, env: Mapping[str, str], cwd, separate_stdout: boo
             stderr=subprocess.PIPE if separate_stdout else subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            **identity,
         )
     except OSError as exc:
         if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):

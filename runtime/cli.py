@@ -30,6 +30,7 @@ from conveyor.logs import bound_request_id, keep_job_output, setup_logging
 from conveyor.platform import Platform, detect_platform
 from conveyor.records import ResultRecord
 from conveyor.response import RESPONSE_END
+from conveyor.sealing import sealed_environ
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -176,10 +177,12 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
     it becomes the Lambda runtime loop instead and serves invocations until stopped.
     """
+    # FUNCTION_CONFIG, FDL, SCRIPT, EVENT out of this process's environment block (re-executes once
+    # when one is set; see conveyor.sealing): the model could read them in /proc/<our pid>/environ.
+    environ = sealed_environ()
     from conveyor.handler import load_handler
     from conveyor.process import Job, Stores, run_event, scratch_dir
 
-    environ = dict(os.environ)
     # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...; then the definition's too
     setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=secret_values(environ))
     platform, config = _load(environ, platform_opt, config_path)

@@ -34,6 +34,7 @@ from conveyor.errors import ConfigError, HandlerTimeout, Interrupted
 if TYPE_CHECKING:
     from conveyor.config import FunctionConfig
     from conveyor.events import Event, Input
+    from conveyor.isolation import ModelUser
 
 ENTRY_POINT_GROUP = "conveyor.handlers"
 BUILTIN = {
@@ -61,6 +62,7 @@ class Invocation:
     request_id: str = ""
     grace_period: float = 10.0  # SIGTERM -> SIGKILL grace for children
     log_max_bytes: int = 10 * 1024 * 1024  # cap of log_file
+    user: "ModelUser | None" = None  # conveyor.isolate_model: who the model's processes run as
 
     def run_child(
         self,
@@ -85,6 +87,7 @@ class Invocation:
             grace=self.grace_period,
             log_max_bytes=self.log_max_bytes,
             prefix=prefix,
+            user=self.user,
         )
 
     def check(self, step: str) -> None:

@@ -74,6 +74,7 @@ from conveyor.events import (
     provider_type,
 )
 from conveyor.handler import Handler, Invocation
+from conveyor.isolation import model_user
 from conveyor.outputs import OutputFolder, Upload, plan_uploads, safe_file_name
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
@@ -342,15 +343,22 @@ def run_input(
     log_file.touch()
     try:
         _check_shutdown(job)
+        user = model_user(job.config)  # conveyor.isolate_model: ConfigError when it cannot hold
         input_path = _fetch(job, inp, input_dir, record, timer)
+        if user is not None:  # after the download: nothing of the model's may lie in its way
+            work.chmod(0o711)  # the model may reach its folders, not list or touch the log beside them
+            user.hand_over(input_dir, output_dir, scratch)
         deadline = job.deadline.sooner(job.config.conveyor.timeout)
+        env = child_env(job, event, inp, input_path, input_dir, output_dir)
+        if user is not None:
+            env["HOME"] = str(scratch)  # Conveyor's home is not the model's to write
         inv = Invocation(
             input=inp,
             input_path=input_path,
             input_dir=input_dir,
             output_dir=output_dir,
             work_dir=scratch,
-            env=child_env(job, event, inp, input_path, input_dir, output_dir),
+            env=env,
             deadline=deadline,
             log=log,
             log_file=log_file,
@@ -359,6 +367,7 @@ def run_input(
             request_id=job.request_id,
             grace_period=job.grace,
             log_max_bytes=job.config.conveyor.log_max_bytes,
+            user=user,
         )
         record.extra["warm_start"] = job.handler.ready
         with timer("handler"):

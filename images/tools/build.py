@@ -565,7 +565,8 @@ def build_all(
     if "base" in wanted:
         with timings.step(TAGS["base"]):
             ctx = context(IMAGES / "base", conveyor_wheels)
-            docker_build(client, ctx, TAGS["base"], {"BASE_IMAGE": base}, args.verbose)
+            packages = dockerfile_arg(IMAGES / "base" / "Dockerfile", "APT_PACKAGES")  # tini
+            build_with_apt(client, "base", ctx, base, (packages or "").split(), {"BASE_IMAGE": base}, args, facts)
         built.append(TAGS["base"])
     if "yolo" in wanted:
         build_yolo(client, base, conveyor_wheels, args, timings, facts)
@@ -629,7 +630,7 @@ def build_yolo(
         weights = yolo_weights()
     with timings.step(TAGS["yolo"]):
         ctx = context(folder, wheels, exclude=("weights/",), extra={"weights/yolov3-tiny.weights": weights})
-        packages = [f"darknet={dockerfile_arg(folder / 'Dockerfile', 'DARKNET_VERSION')}"]
+        packages = [f"darknet={dockerfile_arg(folder / 'Dockerfile', 'DARKNET_VERSION')}", "tini"]
         build_with_apt(client, "yolo", ctx, base, packages, {"BASE_IMAGE": base}, args, facts)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from conveyor.config.redaction import MIN_MASKED_LENGTH, mask_fields, redact_by_name, redact_options, secret_values
 from conveyor.errors import ConfigError, CredentialsError
+from conveyor.sealing import SEALED_VARS
 
 LAMBDA_CONFIG_PATH = "/var/task/function_config.yaml"
 LAMBDA_TASK_DIR = "/var/task"  # where SCAR copies init_script (by its base name) next to the config
@@ -32,10 +33,13 @@ ISOLATION_LEVELS = ("SERVICE", "USER")
 HIDDEN = "hidden"  # what OSCAR writes in place of the minio.default keys: not a key
 # Variables that carry Conveyor's own inputs: the model never inherits them (it gets its own
 # per-record EVENT instead). Checked at load (conveyor.config.loader) and applied per record (conveyor.process).
-PRIVATE_VARS = ("FDL", "FUNCTION_CONFIG", "SCRIPT", "EVENT", "CONVEYOR_PLATFORM")
+# SEALED_VARS, those that may hold a secret (keys inline in a definition ...), conveyor.sealing also
+# takes out of Conveyor's own environment block at start (it holds the list, to stay light to import).
+PRIVATE_VARS = (*SEALED_VARS, "CONVEYOR_PLATFORM")
 # Linux refuses an exec (E2BIG) when one NAME=value environment string, NUL included, is longer.
 MAX_ARG_STRLEN = 128 * 1024
 DEFAULTS_SOURCE = "<defaults>"
+DEFAULT_MODEL_USER = "65534:65534"  # nobody:nogroup on Debian: who runs the model under conveyor.isolate_model
 ENV_SOURCE = "environment"
 
 # The `read_file` seam: read_file(path) -> the file's text, None when absent (OSError when unreadable).
@@ -197,6 +201,10 @@ class ConveyorSettings:
     # An event may name any object: by default only those under an `input[]` path, on that entry's
     # provider, are fetched (a body posted to a service cannot make it read private/payroll.csv).
     accept_any_input: bool = False
+    # Run the model as another user (conveyor.isolation): no access to the secret files, the
+    # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
+    isolate_model: bool = False
+    model_user: str = DEFAULT_MODEL_USER  # "<user>[:<group>]", names or numbers
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -213,6 +221,8 @@ class ConveyorSettings:
             "require_output": self.require_output,
             "script_shell": self.script_shell,
             "accept_any_input": self.accept_any_input,
+            "isolate_model": self.isolate_model,
+            "model_user": self.model_user,
         }
 
 

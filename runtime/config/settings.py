@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from conveyor.config.model import ConveyorSettings, HandlerSpec, frozen_mapping
+from conveyor.config.model import DEFAULT_MODEL_USER, ConveyorSettings, HandlerSpec, frozen_mapping
 from conveyor.config.values import Section, Values, join
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ _KNOWN = {
     "require_output",
     "script_shell",
     "accept_any_input",
+    "isolate_model",
+    "model_user",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 
@@ -69,8 +71,21 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         script_shell=values.choice(
             merged.get("script_shell"), at("script_shell"), defaults.script_shell, SCRIPT_SHELLS, upper=False
         ),
+        isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
+        model_user=_model_user(values, merged.get("model_user"), at("model_user")),
     )
     return settings, join(at("status"), "storage_provider")
+
+
+def _model_user(values: Values, value: Any, key: str) -> str:
+    """`<user>[:<group>]`, each a name or a number; root (0) is refused: it would isolate nothing."""
+    text = values.string(value, key, DEFAULT_MODEL_USER) or ""
+    user, colon, group = text.strip().partition(":")
+    if not user or (colon and not group) or any(c.isspace() for c in text.strip()):
+        raise values.fail(key, f"must be '<user>' or '<user>:<group>' (names or numbers), not {value!r}")
+    if user in ("0", "root") or group in ("0", "root"):
+        raise values.fail(key, "must not be root: the model would keep every access Conveyor has")
+    return text.strip()
 
 
 def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
