@@ -57,7 +57,7 @@ from conveyor.local.executors import (
 from conveyor.local.progress import Progress, Task, TaskState
 from conveyor.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
 from conveyor.outputs import safe_file_name
-from conveyor.records import results_in, uploads_in
+from conveyor.records import Status, results_in, uploads_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -481,7 +481,7 @@ class LocalRun:
         self._wake.set()
 
     def _record_for(self, task: Task, outcome: Outcome) -> dict[str, Any]:
-        """The task's result record: the executor's, the one in the status bucket, the log's, or ours."""
+        """The task's result record: the executor's, the final one in the status bucket, the log's, or ours."""
         for record in outcome.records:
             if (record.get("input") or {}).get("key") == task.key:
                 return record
@@ -489,7 +489,8 @@ class LocalRun:
         try:
             body = self.client.get_object(Bucket=defs.STATUS_BUCKET, Key=status_key)["Body"].read()
             record = json.loads(body)
-            if record.get("request_id") == task.id:
+            # A start record (RUNNING) is the job's last word only when it died before its result.
+            if record.get("request_id") == task.id and record.get("status") != Status.RUNNING:
                 return record
         except Exception as exc:  # absent (the job died before writing it), or unreadable
             log.debug("no record for job %s in %s/%s: %s", task.id, defs.STATUS_BUCKET, status_key, exc)
