@@ -50,9 +50,11 @@ test-light: $(STAMP) ## The suite without the heavy tests
 	$(BIN)/pytest -m "not heavy" $(PYTEST_ARGS)
 
 LOCAL_DIR  ?= var/local
-LOCAL_ARGS ?= --once
+LOCAL_ARGS ?=
 
-run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + YOLOv3-tiny on samples/)
+# Without --once the loop keeps running after the samples, with the gateway (the web page) beside it,
+# until Ctrl-C; `make run-local LOCAL_ARGS=--once` processes the samples, prints the summary and exits.
+run-local: $(STAMP) ## The event loop + web page on this machine (S3 server, YOLOv3-tiny, samples/); Ctrl-C stops
 	$(BIN)/conveyor local --dir $(LOCAL_DIR) $(LOCAL_ARGS)
 
 images: $(STAMP) ## Build the container images (private Docker engine; debootstrap base where no registry)
