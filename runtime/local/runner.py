@@ -400,7 +400,8 @@ class LocalRun:
                     "--user NAME:PASSWORD sets your own)")
             else:
                 names = login.users.names
-                say(f"  login        {', '.join(names)}, with the password{'s' if len(names) > 1 else ''} given by --user")
+                plural = "s" if len(names) > 1 else ""
+                say(f"  login        {', '.join(names)}, with the password{plural} given by --user")
         if not opts.once:
             say("  Ctrl-C stops (a summary is printed)")
 
