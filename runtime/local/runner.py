@@ -11,13 +11,15 @@ Layout of DIR (everything of a run lives there; delete it to start afresh):
     status/<key>.json    the result record of each input (Conveyor's, plus a "local" section)
     logs/                <job>.log per oscar/batch/docker job; conveyor.log (this process, lambda)
     .s3/                 the S3 server's data, its weed.log and notification.toml
-    .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/
+    .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/,
+                         gateway-login and gateway-secret (0600: the made-up login, the cookie key)
 
 Order of start-up: directories and definition; the model's files (its handler's prepare()); the webhook
 receiver (its URL goes into notification.toml); the S3 server and its buckets; a check that the
 model loads (the first Lambda environment's init, or a throw-away handler for oscar/batch), so a
-broken model fails the start rather than every file; the workers; the drop folder. Shutdown runs
-in reverse and always: the drop folder stops, running jobs get SIGTERM and the grace period (then
+broken model fails the start rather than every file; without --once, the gateway (the web page,
+conveyor.local.gateway); the workers; the drop folder. Shutdown runs in reverse and always: the drop
+folder and the gateway stop, running jobs get SIGTERM and the grace period (then
 SIGKILL), queued events are CANCELLED, the server gets SIGTERM (then SIGKILL). A second Ctrl-C kills at once.
 """
 
