@@ -848,6 +848,7 @@ def test_a_made_up_login_is_printed_kept_and_reused(tmp_path: Path) -> None:
     from conveyor.local import GATEWAY_PORT
 
     holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT do not hold it
     try:
         holder.bind(("127.0.0.1", GATEWAY_PORT))
         holder.listen()
@@ -910,6 +911,28 @@ def test_a_gateway_port_that_is_taken_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 69, err
     assert f"the gateway could not start on 127.0.0.1:{port}" in err
     assert_no_process(tmp_path / "run")
+
+
+def test_the_default_port_is_kept_while_past_connections_wait_out_time_wait() -> None:
+    """A restarted run keeps its page's address: connections of the previous one in TIME_WAIT
+    (a browser was connected) do not make the gateway move to another port."""
+    import socket
+
+    from conveyor.local.gateway import choose_port
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+    client.close()
+    server.close()
+    assert "06" in [line.split()[3] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                    if line.split()[1].endswith(f":{port:04X}")], "no TIME_WAIT connection to test with"
+    assert choose_port(None, default=port) == port
 
 
 def test_no_gateway_with_once_or_port_zero(tmp_path: Path) -> None:

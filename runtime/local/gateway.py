@@ -62,19 +62,22 @@ def catalogue_name(text: str) -> str:
     return name or "model"
 
 
-def choose_port(requested: int | None, host: str = HOST) -> int:
-    """`requested` as given (0 = no gateway); None: DEFAULT_PORT when it is free, else 0 (the
-    server picks a free one)."""
+def choose_port(requested: int | None, host: str = HOST, default: int = DEFAULT_PORT) -> int:
+    """`requested` as given (0 = no gateway); None: `default` when it is free, else 0 (the server
+    picks a free one)."""
     if requested is not None:
         return requested
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds: the connections of a previous run waiting out TIME_WAIT do not
+        # count, or a restart would move the page to another port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, DEFAULT_PORT))
+            probe.bind((host, default))
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
             return 0
-    return DEFAULT_PORT
+    return default
 
 
 def login(specs: Sequence[str], private: Path) -> Login:
