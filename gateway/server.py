@@ -506,6 +506,7 @@ class Gateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
+            sock.listen(2048)  # connections wait in the queue from now on, before uvicorn serves them
         except OSError:
             sock.close()
             raise
