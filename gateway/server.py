@@ -180,6 +180,8 @@ def create_app(
         return answer
 
     def session(request: Request) -> Response:
+        if "authorization" not in request.headers and sessions.session(request.cookies.get(COOKIE)) is None:
+            return JSONResponse({"user": None, "csrf_token": None})  # the page asks before anyone logged in
         who = caller(request)
         return JSONResponse({"user": who.user, "csrf_token": who.csrf, "via": who.via})
 
@@ -497,39 +499,46 @@ class Gateway:
         host, port = self._socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> str:
-        """Serve in a background thread; returns the base URL ("http://127.0.0.1:PORT")."""
+    def _server_on_socket(self) -> tuple[Any, socket.socket]:
         import uvicorn
 
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(2048)  # connections wait in the queue from now on, before uvicorn serves them
+        except OSError:
+            sock.close()
+            raise
         self._socket = sock
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+        return self._server, sock
+
+    def start(self) -> str:
+        """Serve in a background thread; returns the base URL ("http://127.0.0.1:PORT")."""
+        server, sock = self._server_on_socket()
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                                         name="conveyor-gateway", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
-        while not self._server.started:
+        while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the gateway's web server did not start")
             time.sleep(0.01)
         return self.url
 
-    def serve(self) -> None:
+    def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
         """Serve in this thread until Ctrl-C or SIGTERM (the `conveyor gateway` command)."""
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self._socket = sock
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
-        self._server.run(sockets=[sock])
+        server, sock = self._server_on_socket()
+        if on_ready is not None:
+            on_ready(self.url)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+            self.app.state.jobs.close()
 
     def stop(self) -> None:
         if self._server is not None:

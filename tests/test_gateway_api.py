@@ -189,7 +189,7 @@ def test_a_bad_user_spec_is_refused(spec) -> None:
 
 
 @pytest.mark.parametrize("method, path", [
-    ("GET", "/api/models"), ("GET", "/api/jobs"), ("GET", "/api/session"), ("POST", "/api/models/copy/files"),
+    ("GET", "/api/models"), ("GET", "/api/jobs"), ("POST", "/api/models/copy/files"),
     ("GET", "/api/jobs/20261203T223000000Z-00000000"), ("DELETE", "/api/jobs/20261203T223000000Z-00000000"),
     ("GET", "/api/models/copy/stats"), ("GET", "/api/models/copy/example"),
 ])
@@ -232,7 +232,9 @@ def test_login_sets_a_strict_httponly_cookie_and_state_changes_need_the_csrf_tok
     assert cross.status_code == 403
     assert client.post("/logout").status_code == 403  # logging out changes state too
     assert client.post("/logout", headers={"X-CSRF-Token": token}).status_code == 204
-    assert client.get("/api/session").status_code == 401
+    assert client.get("/api/session").json() == {"user": None, "csrf_token": None}
+    assert client.get("/api/jobs").status_code == 401
+    assert TestClient(client.app, auth=("alice", "wrong")).get("/api/session").status_code == 401
 
 
 def test_a_form_login_redirects_to_the_page(app) -> None:
