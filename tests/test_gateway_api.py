@@ -531,7 +531,9 @@ def test_an_upload_the_store_refuses_half_way_takes_back_what_it_stored(tmp_path
 # -- a real `conveyor run` and a real server --------------------------------------------------------
 
 
-def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s3_server, s3_client, bucket) -> None:
+@pytest.mark.parametrize("name", ["dog.png", "my dog (1)+%.png"])
+def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s3_server, s3_client, bucket,
+                                                             name) -> None:
     d = deploy(COPY_SCRIPT, status={"storage_provider": "minio.default", "path": f"{bucket}/status"})
     config = d.write()
     models = load_catalogue(catalogue_file(tmp_path, [{"name": "copy", "definition": str(config)}]), {})
@@ -541,7 +543,7 @@ def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s
         assert url.startswith("http://127.0.0.1:")
         session = requests.Session()
         session.auth = ALICE
-        created = session.post(f"{url}/api/models/copy/files", files={"file": ("dog.png", PNG)}, timeout=10)
+        created = session.post(f"{url}/api/models/copy/files", files={"file": (name, PNG)}, timeout=10)
         assert created.status_code == 201, created.text
         job = created.json()["jobs"][0]
         key = input_key(s3_client, bucket, job["id"])
@@ -552,6 +554,7 @@ def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s
         names = {o["name"]: o for o in detail["outputs"]}
         assert "key.txt" in names
         assert session.get(f"{url}{names['key.txt']['url']}", timeout=10).text == key
+        assert detail["file"] == name
         assert requests.get(f"{url}/api/jobs", timeout=10).status_code == 401
     finally:
         gateway.stop()

@@ -57,8 +57,7 @@ async function handle(answer) {
   if (type.startsWith("application/json")) data = await answer.json();
   if (answer.status === 503) {
     showStore("The storage behind Conveyor cannot be reached right now, so files cannot be uploaded " +
-              "or listed. Your files are safe; this page retries by itself." +
-              (data && data.error ? ` (${data.error})` : ""));
+              "or listed. Your files are safe; this page retries by itself.", data && data.error ? data.error : null);
     throw new ApiError(503, data ? data.error : "store down");
   }
   if (answer.status === 401) {
@@ -70,9 +69,11 @@ async function handle(answer) {
   return data;
 }
 
-function showStore(message) {
+function showStore(message, detail = null) {
   const box = $("store-status");
-  box.textContent = message || "";
+  box.replaceChildren();
+  if (message) box.append(el("span", {}, message));
+  if (message && detail) box.append(el("small", { class: "detail" }, `Details: ${detail}`));
   box.hidden = !message;
 }
 
@@ -240,6 +241,11 @@ async function refresh() {
     $("jobs-live").textContent = busy ? "Updating every second while jobs are waiting or running." : "";
   } catch (err) {
     if (err.status === 401) return;
+    if (!$("jobs").tBodies[0].rows.length) {
+      $("jobs").hidden = true;
+      $("jobs-empty").hidden = false;
+      $("jobs-empty").textContent = "Your jobs cannot be listed right now (see the message at the top).";
+    }
     busy = true;  // retry soon (the store may be back)
   }
   if (state.user) state.timer = setTimeout(refresh, busy ? POLL_BUSY_MS : POLL_IDLE_MS);
@@ -264,6 +270,7 @@ function renderJobs(data) {
     if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] || null);
   });
   $("jobs-empty").hidden = data.total > 0;
+  $("jobs-empty").textContent = "No jobs yet: upload a file above.";
   $("jobs").hidden = data.total === 0;
   $("jobs-newer").hidden = data.page <= 1;
   $("jobs-older").hidden = !data.next_page;
