@@ -246,6 +246,9 @@ def test_a_form_login_redirects_to_the_page(app) -> None:
 
 def test_basic_credentials_need_no_csrf_token_and_the_page_gets_no_basic_challenge(app, alice) -> None:
     assert upload(alice, ("a.png", PNG)).status_code == 201
+    assert TestClient(app, auth=("alice", ALICE[1] + "x")).get("/api/jobs").status_code == 401  # after a good one
+    assert TestClient(app, auth=("bob", ALICE[1])).get("/api/jobs").status_code == 401
+    assert alice.get("/api/jobs").status_code == 200
     assert "basic" in TestClient(app).get("/api/jobs").headers["www-authenticate"].lower()
     from_page = TestClient(app).get("/api/jobs", headers={"X-Requested-With": "conveyor"})
     assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers
