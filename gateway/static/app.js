@@ -81,10 +81,33 @@ function showStore(message, detail = null) {
 
 function showLogin() {
   stopPolling();
+  clearSession();
   state.user = null; state.csrf = null;
   $("app").hidden = true;
   $("account").hidden = true;
   $("login-panel").hidden = false;
+}
+
+// Nothing of one person's session stays on the page for the next one to log in on it.
+function clearSession() {
+  closeDetail();
+  state.page = 1; state.lastSignature = ""; state.detailSignature = "";
+  $("jobs").tBodies[0].replaceChildren();
+  $("jobs").hidden = true;
+  $("jobs-empty").hidden = true;
+  $("jobs-page").textContent = "";
+  $("jobs-live").textContent = "";
+  $("jobs-older").hidden = true;
+  $("jobs-newer").hidden = true;
+  $("upload-message").textContent = "";
+  $("upload-message").className = "";
+  $("upload-progress").hidden = true;
+  $("file").value = "";
+  $("timing-chart").replaceChildren();
+  $("timing-summary").textContent = "";
+  $("whoami").textContent = "";
+  $("password").value = "";
+  showStore(null);
 }
 
 async function enter(session) {
@@ -125,7 +148,6 @@ async function login(event) {
 
 async function logout() {
   try { await api("POST", "/logout"); } catch (err) { /* logged out either way */ }
-  closeDetail();
   showLogin();
 }
 
@@ -186,16 +208,18 @@ function upload() {
   request.upload.onprogress = (event) => {
     if (event.lengthComputable) progress.value = Math.round(100 * event.loaded / event.total);
   };
-  request.onerror = () => finishUpload(0, null);
+  const who = state.user;
+  request.onerror = () => finishUpload(0, null, who);
   request.onload = () => {
     let data = null;
     try { data = JSON.parse(request.responseText); } catch (err) { data = null; }
-    finishUpload(request.status, data);
+    finishUpload(request.status, data, who);
   };
   request.send(form);
 }
 
-function finishUpload(status, data) {
+function finishUpload(status, data, who) {
+  if (state.user !== who) return;  // the person who uploaded has logged out
   const message = $("upload-message");
   $("upload").disabled = false;
   $("upload-progress").hidden = true;
@@ -227,9 +251,11 @@ async function refresh() {
   stopPolling();
   if (!state.user || !state.model) return;
   let busy = false;
+  const who = state.user;
   try {
     const query = new URLSearchParams({ model: state.model.name, page: state.page, per_page: 50 });
     const data = await api("GET", `/api/jobs?${query}`);
+    if (state.user !== who) return;  // logged out (or in as someone else) meanwhile
     renderJobs(data);
     busy = data.jobs.some((j) => UNFINISHED.has(j.status));
     const signature = data.jobs.map((j) => `${j.id}:${j.status}:${j.batch_state}`).join(",") + `|${data.total}`;
@@ -324,13 +350,14 @@ function closeDetail() {
 
 async function loadDetail(id, scroll) {
   let job;
+  const who = state.user;
   try {
     job = await api("GET", `/api/jobs/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err.status === 404) closeDetail();
     return;
   }
-  if (state.openJob !== id) return;
+  if (state.openJob !== id || state.user !== who) return;
   const signature = `${job.status}:${job.batch_state}:${job.run_s}:${job.outputs.length}`;
   if (signature === state.detailSignature && !scroll) return;
   state.detailSignature = signature;
@@ -435,8 +462,10 @@ async function deleteJob() {
 
 async function loadStats() {
   if (!state.model) return;
+  const who = state.user;
   try {
-    drawChart(await api("GET", `/api/models/${encodeURIComponent(state.model.name)}/stats`));
+    const stats = await api("GET", `/api/models/${encodeURIComponent(state.model.name)}/stats`);
+    if (state.user === who) drawChart(stats);
   } catch (err) { /* the banner says why */ }
 }
 
