@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import secrets
 import threading
@@ -27,6 +28,7 @@ from conveyor.gateway.users import Users
 COOKIE = "conveyor_session"
 SESSION_SECONDS = 12 * 3600
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+BASIC_REMEMBERED = 60.0  # seconds a checked Basic login is remembered (scrypt costs ~50 ms per check)
 
 
 class AuthError(Exception):
@@ -58,6 +60,10 @@ class Sessions:
         self._signer = URLSafeTimedSerializer(secret, salt="conveyor-gateway-session")
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        # keyed HMAC of "name:password" -> until when it is known good: a script polling with
+        # `curl -u` does not pay scrypt per request; neither the password nor a plain hash is kept
+        self._basic_key = secrets.token_bytes(32)
+        self._basic_ok: dict[bytes, float] = {}
 
     def login(self, name: str, password: str) -> tuple[str, Session] | None:
         """(cookie value, session) for good credentials, None otherwise."""
@@ -91,6 +97,21 @@ class Sessions:
         with self._lock:
             return self._sessions.get(token)
 
+    def _basic_verified(self, name: str, password: str) -> bool:
+        given = f"{name}:{password}".encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._basic_key, given, hashlib.sha256).digest()
+        now = time.monotonic()
+        with self._lock:
+            if self._basic_ok.get(digest, 0.0) > now:
+                return True
+        if not self.users.verify(name, password):
+            return False
+        with self._lock:
+            if len(self._basic_ok) > 1000:
+                self._basic_ok = {k: v for k, v in self._basic_ok.items() if v > now}
+            self._basic_ok[digest] = now + BASIC_REMEMBERED
+        return True
+
     def caller(self, request: HTTPConnection, method: str) -> Caller:
         """The authenticated caller, or AuthError(401/403)."""
         changing = method.upper() not in SAFE_METHODS
@@ -105,7 +126,7 @@ class Sessions:
                 name, colon, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 raise AuthError(401, "malformed Basic credentials") from None
-            if not colon or not self.users.verify(name, password):
+            if not colon or not self._basic_verified(name, password):
                 raise AuthError(401, "wrong user name or password")
             return Caller(name, "basic")
         session = self.session(request.cookies.get(COOKIE))

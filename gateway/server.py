@@ -466,6 +466,19 @@ def _fetched(book: Jobs, model: Model, provider: Any, bucket: str, key: str, nam
                  background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
+def batch_client_for(environ: Mapping[str, str]) -> Callable[[], Any]:
+    """A factory of boto3 Batch clients in the region `environ` names (AWS_REGION, AWS_DEFAULT_REGION);
+    credentials and AWS_ENDPOINT_URL_BATCH as boto3 finds them."""
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+
+    def factory() -> Any:
+        import boto3
+
+        return boto3.client("batch", region_name=region)
+
+    return factory
+
+
 class Gateway:
     """The gateway app, served by uvicorn in a background thread (start/stop), or used as `app`."""
 
@@ -487,7 +500,7 @@ class Gateway:
         self.port = port
         self.environ = dict(environ or {})
         self.app = create_app(models, users, max_upload_bytes=max_upload_bytes, secret=secret,
-                              batch_client_factory=batch_client_factory)
+                              batch_client_factory=batch_client_factory or batch_client_for(self.environ))
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None

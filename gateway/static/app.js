@@ -57,8 +57,7 @@ async function handle(answer) {
   if (type.startsWith("application/json")) data = await answer.json();
   if (answer.status === 503) {
     showStore("The storage behind Conveyor cannot be reached right now, so files cannot be uploaded " +
-              "or listed. Your files are safe; this page retries by itself." +
-              (data && data.error ? ` (${data.error})` : ""));
+              "or listed. Your files are safe; this page retries by itself.", data && data.error ? data.error : null);
     throw new ApiError(503, data ? data.error : "store down");
   }
   if (answer.status === 401) {
@@ -70,9 +69,11 @@ async function handle(answer) {
   return data;
 }
 
-function showStore(message) {
+function showStore(message, detail = null) {
   const box = $("store-status");
-  box.textContent = message || "";
+  box.replaceChildren();
+  if (message) box.append(el("span", {}, message));
+  if (message && detail) box.append(el("small", { class: "detail" }, `Details: ${detail}`));
   box.hidden = !message;
 }
 
@@ -80,10 +81,33 @@ function showStore(message) {
 
 function showLogin() {
   stopPolling();
+  clearSession();
   state.user = null; state.csrf = null;
   $("app").hidden = true;
   $("account").hidden = true;
   $("login-panel").hidden = false;
+}
+
+// Nothing of one person's session stays on the page for the next one to log in on it.
+function clearSession() {
+  closeDetail();
+  state.page = 1; state.lastSignature = ""; state.detailSignature = "";
+  $("jobs").tBodies[0].replaceChildren();
+  $("jobs").hidden = true;
+  $("jobs-empty").hidden = true;
+  $("jobs-page").textContent = "";
+  $("jobs-live").textContent = "";
+  $("jobs-older").hidden = true;
+  $("jobs-newer").hidden = true;
+  $("upload-message").textContent = "";
+  $("upload-message").className = "";
+  $("upload-progress").hidden = true;
+  $("file").value = "";
+  $("timing-chart").replaceChildren();
+  $("timing-summary").textContent = "";
+  $("whoami").textContent = "";
+  $("password").value = "";
+  showStore(null);
 }
 
 async function enter(session) {
@@ -124,7 +148,6 @@ async function login(event) {
 
 async function logout() {
   try { await api("POST", "/logout"); } catch (err) { /* logged out either way */ }
-  closeDetail();
   showLogin();
 }
 
@@ -185,16 +208,18 @@ function upload() {
   request.upload.onprogress = (event) => {
     if (event.lengthComputable) progress.value = Math.round(100 * event.loaded / event.total);
   };
-  request.onerror = () => finishUpload(0, null);
+  const who = state.user;
+  request.onerror = () => finishUpload(0, null, who);
   request.onload = () => {
     let data = null;
     try { data = JSON.parse(request.responseText); } catch (err) { data = null; }
-    finishUpload(request.status, data);
+    finishUpload(request.status, data, who);
   };
   request.send(form);
 }
 
-function finishUpload(status, data) {
+function finishUpload(status, data, who) {
+  if (state.user !== who) return;  // the person who uploaded has logged out
   const message = $("upload-message");
   $("upload").disabled = false;
   $("upload-progress").hidden = true;
@@ -226,9 +251,11 @@ async function refresh() {
   stopPolling();
   if (!state.user || !state.model) return;
   let busy = false;
+  const who = state.user;
   try {
     const query = new URLSearchParams({ model: state.model.name, page: state.page, per_page: 50 });
     const data = await api("GET", `/api/jobs?${query}`);
+    if (state.user !== who) return;  // logged out (or in as someone else) meanwhile
     renderJobs(data);
     busy = data.jobs.some((j) => UNFINISHED.has(j.status));
     const signature = data.jobs.map((j) => `${j.id}:${j.status}:${j.batch_state}`).join(",") + `|${data.total}`;
@@ -240,6 +267,11 @@ async function refresh() {
     $("jobs-live").textContent = busy ? "Updating every second while jobs are waiting or running." : "";
   } catch (err) {
     if (err.status === 401) return;
+    if (!$("jobs").tBodies[0].rows.length) {
+      $("jobs").hidden = true;
+      $("jobs-empty").hidden = false;
+      $("jobs-empty").textContent = "Your jobs cannot be listed right now (see the message at the top).";
+    }
     busy = true;  // retry soon (the store may be back)
   }
   if (state.user) state.timer = setTimeout(refresh, busy ? POLL_BUSY_MS : POLL_IDLE_MS);
@@ -264,6 +296,7 @@ function renderJobs(data) {
     if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] || null);
   });
   $("jobs-empty").hidden = data.total > 0;
+  $("jobs-empty").textContent = "No jobs yet: upload a file above.";
   $("jobs").hidden = data.total === 0;
   $("jobs-newer").hidden = data.page <= 1;
   $("jobs-older").hidden = !data.next_page;
@@ -317,13 +350,14 @@ function closeDetail() {
 
 async function loadDetail(id, scroll) {
   let job;
+  const who = state.user;
   try {
     job = await api("GET", `/api/jobs/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err.status === 404) closeDetail();
     return;
   }
-  if (state.openJob !== id) return;
+  if (state.openJob !== id || state.user !== who) return;
   const signature = `${job.status}:${job.batch_state}:${job.run_s}:${job.outputs.length}`;
   if (signature === state.detailSignature && !scroll) return;
   state.detailSignature = signature;
@@ -428,8 +462,10 @@ async function deleteJob() {
 
 async function loadStats() {
   if (!state.model) return;
+  const who = state.user;
   try {
-    drawChart(await api("GET", `/api/models/${encodeURIComponent(state.model.name)}/stats`));
+    const stats = await api("GET", `/api/models/${encodeURIComponent(state.model.name)}/stats`);
+    if (state.user === who) drawChart(stats);
   } catch (err) { /* the banner says why */ }
 }
 
