@@ -369,9 +369,9 @@ def test_a_slow_job_is_shown_running_until_it_finishes(tmp_path: Path, browser: 
     assert local.proc.returncode == 0, stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the page's logout() leaves #upload-message (the last person's 'N file(s) "
-                   "uploaded') for the next one: it should clear it, as it closes the detail")
 def test_the_next_person_sees_nothing_of_the_last_ones_session(tmp_path: Path, browser: Any, shots: Path) -> None:
+    """Logging out leaves nothing of the session on the page: the next person to log in is not
+    greeted with the last one's upload message (the screenshots once showed bob alice's)."""
     local = Local(tmp_path / "run", "--model", "script")
     page = Page(browser, local.url, shots)
     try:
