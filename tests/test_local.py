@@ -612,9 +612,26 @@ def test_a_job_killed_hard_leaves_no_model_behind(tmp_path: Path) -> None:
         '#!/bin/sh\necho $$ > "$TMPDIR/../model.pid"\nkill -9 $PPID\nexec sleep 300\n')
     proc = run_local(root, "--once", "--config", str(config), "--workers", "1", "--no-samples")
     assert proc.returncode == 1, proc.stderr.decode()
-    assert record(root, "dog.jpg")["status"] == "FAILED"
+    rec = record(root, "dog.jpg")
+    assert rec["status"] == "FAILED"
     assert_no_process(root)
     assert "left 1 process(es) behind" in (root / "logs" / "conveyor.log").read_text()
+    # The job died after its start record (RUNNING): the loop's FAILED record takes its place in the
+    # status bucket, where the gateway reads it, so the job does not show running for ever.
+    stored = stored_record(root, "dog.jpg")
+    assert stored["status"] == "FAILED" and stored["request_id"] == rec["request_id"]
+    assert stored["started_at"] and stored["finished_at"] >= stored["started_at"]
+
+
+def stored_record(root: Path, key: str) -> dict[str, Any]:
+    """The record of `key` in a finished run's status bucket (its S3 data reopened with its own credentials)."""
+    from conveyor.local.s3server import SeaweedServer
+
+    creds = json.loads((root / ".conveyor" / "credentials.json").read_text())
+    with SeaweedServer(
+        root / ".s3", environ=os.environ, access_key=creds["access_key"], secret_key=creds["secret_key"]
+    ) as server:
+        return json.loads(server.client().get_object(Bucket="status", Key=f"input/{key}.json")["Body"].read())
 
 
 def output_keys(root: Path) -> list[str]:

@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -552,16 +553,20 @@ class LocalRun:
             if (record.get("input") or {}).get("key") == task.key:
                 return record
         status_key = f"{defs.INPUT_BUCKET}/{task.key}.json"
+        start: dict[str, Any] | None = None  # the job's start record, left in the status bucket by its death
         try:
             body = self.client.get_object(Bucket=defs.STATUS_BUCKET, Key=status_key)["Body"].read()
             record = json.loads(body)
-            # A start record (RUNNING) is the job's last word only when it died before its result.
-            if record.get("request_id") == task.id and record.get("status") != Status.RUNNING:
-                return record
+            if record.get("request_id") == task.id:
+                if record.get("status") != Status.RUNNING:
+                    return record
+                start = record  # the job died after starting: its last word is not a result
         except Exception as exc:  # absent (the job died before writing it), or unreadable
             log.debug("no record for job %s in %s/%s: %s", task.id, defs.STATUS_BUCKET, status_key, exc)
         for record in results_in(task.log_path):
             if record.get("request_id") == task.id and (record.get("input") or {}).get("key") == task.key:
+                if start is not None:
+                    self._replace_start(status_key, record)
                 return record
         # The end of the dead job's own log (not of conveyor.log, which every lambda environment shares).
         end = tail(task.log_path, JOB_LOG_TAIL) if task.log_path and task.log_path.name != "conveyor.log" else ""
@@ -585,7 +590,23 @@ class LocalRun:
         withdrawn, left = self._withdraw(uploads_in(task.log_path, task.id))
         record["extra"] = {name: targets for name, targets in (("withdrawn", withdrawn), ("not_withdrawn", left))
                            if targets}
+        if start is not None:
+            record["started_at"] = start.get("started_at", "")
+            record["finished_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self._replace_start(status_key, record)
         return record
+
+    def _replace_start(self, status_key: str, record: dict[str, Any]) -> None:
+        """A job that died after its start record left it (RUNNING) in the status bucket, where the
+        gateway reads it, and would show it running for ever: the record the loop found or made for
+        it takes its place (waiting for a restarting S3 server)."""
+        body = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode()
+        try:
+            self._patiently(partial(self.client.put_object, Bucket=defs.STATUS_BUCKET, Key=status_key, Body=body),
+                            retry=lambda exc: True)
+        except Exception as exc:
+            log.error("could not replace the start record %s/%s of a job that died: %s",
+                      defs.STATUS_BUCKET, status_key, exc)
 
     def _withdraw(self, targets: list[str]) -> tuple[list[str], list[str]]:
         """Delete these "bucket/key" objects (waiting for a restarting S3 server). Returns (removed, left)."""
