@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-EXTRAS  = test,lambda,local,darknet,deepaas,docker
+EXTRAS  = test,gateway,lambda,local,darknet,deepaas,docker
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -29,13 +29,14 @@ install: $(STAMP) ## Create .venv with Conveyor and everything the tests need
 LINT_TREE = build/lint
 
 lint: $(STAMP) ## Lint: ruff, the layering contracts (.importlinter) and mypy on the package
-	$(BIN)/ruff check runtime handlers entrypoints tests images bench
+	$(BIN)/ruff check runtime handlers entrypoints gateway tests images bench
 	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)
 	cp -r runtime $(LINT_TREE)/conveyor && cp -r handlers $(LINT_TREE)/conveyor/handlers
-	cp -r entrypoints $(LINT_TREE)/conveyor/entrypoints
+	cp -r entrypoints $(LINT_TREE)/conveyor/entrypoints && cp -r gateway $(LINT_TREE)/conveyor/gateway
 	PYTHONPATH=$(LINT_TREE) $(BIN)/lint-imports .importlinter
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../setup.cfg -p conveyor 2>&1 \
-	  | sed -e 's#^conveyor/handlers/#handlers/#; t' -e 's#^conveyor/entrypoints/#entrypoints/#; t' -e 's#^conveyor/#runtime/#'; \
+	  | sed -e 's#^conveyor/handlers/#handlers/#; t' -e 's#^conveyor/entrypoints/#entrypoints/#; t' \
+	    -e 's#^conveyor/gateway/#gateway/#; t' -e 's#^conveyor/#runtime/#'; \
 	  exit $${PIPESTATUS[0]}
 
 TEST_WORKERS ?= 2
@@ -50,9 +51,11 @@ test-light: $(STAMP) ## The suite without the heavy tests
 	$(BIN)/pytest -m "not heavy" $(PYTEST_ARGS)
 
 LOCAL_DIR  ?= var/local
-LOCAL_ARGS ?= --once
+LOCAL_ARGS ?=
 
-run-local: $(STAMP) ## Run the whole event loop locally (embedded S3 server + YOLOv3-tiny on samples/)
+# Without --once the loop keeps running after the samples, with the gateway (the web page) beside it,
+# until Ctrl-C; `make run-local LOCAL_ARGS=--once` processes the samples, prints the summary and exits.
+run-local: $(STAMP) ## The event loop + web page on this machine (S3 server, YOLOv3-tiny, samples/); Ctrl-C stops
 	$(BIN)/conveyor local --dir $(LOCAL_DIR) $(LOCAL_ARGS)
 
 images: $(STAMP) ## Build the container images (private Docker engine; debootstrap base where no registry)

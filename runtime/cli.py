@@ -25,6 +25,7 @@ from conveyor.config import FunctionConfig, load_config
 from conveyor.config.redaction import secret_values
 from conveyor.errors import ConveyorError, EventError, exit_code_for
 from conveyor.events import load_event, refs_to_json
+from conveyor.gateway.command import gateway
 from conveyor.local.command import local
 from conveyor.logs import bound_request_id, keep_job_output, setup_logging
 from conveyor.platform import Platform, detect_platform
@@ -302,6 +303,7 @@ def weights(dest: Path | None) -> None:
 
 
 cli.add_command(local)
+cli.add_command(gateway)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
@@ -332,6 +332,7 @@ def run_input(
     )
     timer = _Timer(record)
     started = time.monotonic()
+    _store_start(job, record)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=job.scratch_dir))
     mark_owner(work)
     work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # the outputs' anchor
@@ -399,6 +400,7 @@ def run_input(
         log_tail = tail(log_file, job.config.conveyor.log_tail_bytes)
         record.log_tail = mask_values(log_tail, job.config.secret_values(job.base_env))
         record.timings["total"] = round(time.monotonic() - started, 4)
+        record.finished_at = _now()
         if outputs is not None:
             outputs.close()
         os.close(work_fd)
@@ -407,6 +409,24 @@ def run_input(
     if claims is not None:
         _store_amended(job, claims)
     return record
+
+
+def _store_start(job: Job, record: ResultRecord) -> None:
+    """The start record: the record as it begins, status RUNNING, at the status key the final record
+    overwrites, so whoever watches the status location (the gateway) sees the input being processed.
+    One small PUT, when the config names a status location; a failure is logged and noted in the
+    final record, never the record's failure."""
+    spec = job.config.conveyor.status
+    if spec is None:
+        return
+    start = replace(record, status=Status.RUNNING)
+    bucket, key = status_key(spec, start)
+    try:
+        job.stores.get(spec.provider).put_bytes(start.to_json().encode(), bucket, key)
+    except Exception as exc:  # whatever it is, the input is still processed and its final record written
+        message = exc.message if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
+        log.warning("could not upload the start record to %s/%s: %s", bucket, key, message)
+        record.extra["status_start_error"] = message
 
 
 def _describe(inp: Input | None) -> str:

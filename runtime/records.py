@@ -37,9 +37,18 @@ _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 class Status(enum.StrEnum):
+    """A record's status. RUNNING is the start record's alone: written to the status key when a
+    record begins (conveyor.status configured), then overwritten by the final record. It is never
+    logged as a result, and nothing that reads results takes it for one."""
+
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     DELEGATED = "DELEGATED"
+    RUNNING = "RUNNING"
+
+    @property
+    def final(self) -> bool:
+        return self is not Status.RUNNING
 
 
 @dataclass
@@ -57,12 +66,14 @@ class ResultRecord:
     outputs: list[str] = field(default_factory=list)  # "bucket/key" of every uploaded output
     log_tail: str = ""
     job_id: str | None = None  # AWS Batch job id (delegated, or running in Batch)
-    started_at: str = ""
+    started_at: str = ""  # ISO 8601, UTC
+    finished_at: str = ""  # ISO 8601, UTC: set when the record is final ("" in a start record)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status is not Status.FAILED
+        """Did the input succeed, or go on elsewhere (DELEGATED)? A start record (RUNNING) is not a result."""
+        return self.status in (Status.SUCCEEDED, Status.DELEGATED)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

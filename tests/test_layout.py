@@ -12,9 +12,14 @@ import configparser
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"runtime": "conveyor", "handlers": "conveyor.handlers", "entrypoints": "conveyor.entrypoints"}
+FOLDERS = {
+    "runtime": "conveyor",
+    "handlers": "conveyor.handlers",
+    "entrypoints": "conveyor.entrypoints",
+    "gateway": "conveyor.gateway",
+}
 EDGES = {"conveyor.cli", "conveyor.__main__"}  # read the environment and exit; may register plugins
-PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints"}
+PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway"}
 
 
 def _packages_on_disk() -> set[str]:
@@ -63,7 +68,7 @@ def _core_modules() -> set[str]:
             names.add(f"conveyor.{path.name}")
         elif path.suffix == ".py":
             names.add(f"conveyor.{path.stem}")
-    names.update({"conveyor.handlers", "conveyor.entrypoints"})
+    names.update({"conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway"})
     return names - EDGES - PLUGINS
 
 

@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +355,88 @@ def test_result_record_uploaded_to_the_status_location(deploy, s3_client, bucket
     assert stored_key == f"status/{bucket}/in/r.txt.json"
     stored = json.loads(body(s3_client, stored_bucket, stored_key))
     assert stored["status"] == "SUCCEEDED" and stored["outputs"] == record["outputs"]
+
+
+# The model says it has started, then waits for the test's go-ahead: the record is in flight as long as the test wants.
+WAITING_SCRIPT = """#!/bin/sh
+touch "$MARKERS/started"
+i=0
+while [ ! -e "$MARKERS/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"
+"""
+
+
+def start_run(d: Deployment, event: Any) -> Any:
+    """`conveyor run` on `event`, in the background."""
+    proc = d.popen(event)
+    proc.stdin.write(json.dumps(event).encode())
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    return proc
+
+
+def wait_until(predicate: Any, what: str, proc: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"conveyor run exited ({proc.returncode}) while waiting for {what}: {err.decode()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_start_record_shows_the_input_running_until_the_final_record_replaces_it(deploy, s3_client, bucket) -> None:
+    d = deploy(WAITING_SCRIPT, status={"storage_provider": "minio.default", "path": f"{bucket}/status"})
+    s3_client.put_object(Bucket=bucket, Key="in/slow.txt", Body=b"slow")
+    proc = start_run(d, oscar_event(bucket, "in/slow.txt"))
+
+    def stored() -> dict[str, Any] | None:
+        try:
+            return json.loads(body(s3_client, bucket, f"status/{bucket}/in/slow.txt.json"))
+        except s3_client.exceptions.NoSuchKey:
+            return None
+
+    try:
+        wait_until(lambda: (d.markers / "started").exists(), "the model to start", proc)
+        start = stored()  # written before the model ran: it must be there now, while the model waits
+        assert start is not None, "no start record while the model runs"
+        assert start["status"] == "RUNNING" and start["finished_at"] == "" and start["started_at"]
+        assert start["input"]["key"] == "in/slow.txt" and start["outputs"] == [] and start["error"] is None
+    finally:
+        (d.markers / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    [record] = records(err)
+    final = stored()
+    assert final == record and final["status"] == "SUCCEEDED"
+    assert final["request_id"] == start["request_id"] and final["started_at"] == start["started_at"]
+    assert datetime.fromisoformat(final["started_at"]) <= datetime.fromisoformat(final["finished_at"])
+    assert "status_start_error" not in final["extra"]
+
+
+def test_a_status_store_that_refuses_the_start_record_does_not_fail_the_input(deploy, s3_client, bucket) -> None:
+    """The status bucket does not exist when the record starts (the store refuses the start PUT) and
+    is created while the model runs: the input succeeds and its final record is stored."""
+    status_bucket = unique_bucket_name("late-status")
+    d = deploy(WAITING_SCRIPT, status={"storage_provider": "minio.default", "path": f"{status_bucket}/records"})
+    s3_client.put_object(Bucket=bucket, Key="in/x.txt", Body=b"x")
+    proc = start_run(d, oscar_event(bucket, "in/x.txt"))
+    try:
+        wait_until(lambda: (d.markers / "started").exists(), "the model to start", proc)
+        s3_client.create_bucket(Bucket=status_bucket)
+    finally:
+        (d.markers / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    [record] = records(err)
+    assert record["status"] == "SUCCEEDED" and record["outputs"] == [f"{bucket}/out/x.txt"]
+    assert "could not upload the start record" in err.decode()
+    assert record["extra"]["status_start_error"]
+    stored = json.loads(body(s3_client, status_bucket, f"records/{bucket}/in/x.txt.json"))
+    assert stored == record
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,13 @@ def test_lines_that_are_not_the_protocol_are_ignored(tmp_path: Path) -> None:
 def test_a_missing_log_reads_as_empty(tmp_path: Path) -> None:
     assert results_in(tmp_path / "absent.log") == [] and uploads_in(tmp_path / "absent.log", "r") == []
     assert results_in(None) == [] and uploads_in(tmp_path, "r") == []
+
+
+def test_a_start_record_is_not_a_result() -> None:
+    """RUNNING marks a record in flight (the start record at the status key): never a success."""
+    start = a_record("x.jpg", status=Status.RUNNING)
+    assert not start.ok and not Status.RUNNING.final
+    assert start.to_dict()["status"] == "RUNNING" and start.to_dict()["finished_at"] == ""
+    assert a_record("x.jpg", status=Status.SUCCEEDED).ok and a_record("x.jpg", status=Status.DELEGATED).ok
+    assert not a_record("x.jpg", status=Status.FAILED).ok
+    assert [s for s in Status if s.final] == [Status.SUCCEEDED, Status.FAILED, Status.DELEGATED]

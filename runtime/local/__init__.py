@@ -12,4 +12,9 @@ for files, a progress line per file and a summary at the end.
     definition.py  the function definition: a --model preset or a --config file, made local
     dropfolder.py  DIR/inbox watched with watchdog: files dropped there are uploaded
     progress.py    progress lines and the summary table (stderr)
+    gateway.py     the web page beside the loop (conveyor.gateway): its port, login and catalogue entry
 """
+
+# The gateway's port when --gateway-port is not given (or a free one when it is taken). Here, so
+# the command's --help can show it without importing anything more.
+GATEWAY_PORT = 8642

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from conveyor.local import GATEWAY_PORT
+
 PLATFORM_CHOICES = click.Choice(["oscar", "lambda", "batch"])
 DEFAULT_DIR = ".conveyor/local"
 
@@ -32,7 +34,7 @@ DEFAULT_DIR = ".conveyor/local"
               "environment and timeouts; storage is replaced by the embedded server's buckets).")
 @click.option("--once", is_flag=True,
               help="Process what is in the drop folder (the samples when it is empty), print the summary "
-              "and exit: 0 when every file succeeded, 1 otherwise.")
+              "and exit: 0 when every file succeeded, 1 otherwise. No gateway.")
 @click.option("--docker", is_flag=True,
               help="Run the model image per event (docker run --network host) instead of a local process.")
 @click.option("--image", metavar="IMAGE", help="The image for --docker (default: the model's, e.g. conveyor/yolo).")
@@ -40,17 +42,25 @@ DEFAULT_DIR = ".conveyor/local"
               help="Seconds an event may take (the model's deadline; Lambda's function timeout).")
 @click.option("--samples/--no-samples", default=True, show_default=True,
               help="Copy the sample inputs into the drop folder when it is empty at start.")
+@click.option("--gateway-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help=f"Without --once: serve the gateway (the web page to upload files and follow them) on "
+              f"127.0.0.1:PORT; 0 = no gateway.  [default: {GATEWAY_PORT}, or a free port when it is taken]")
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
+              help="A login for the gateway (repeatable). Without it, one user is made up (scientist, a random "
+              "password), printed at start and kept in DIR/.conveyor/gateway-login for the next run.")
 @click.option("--json", "json_summary", is_flag=True, help="Also print the summary as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Conveyor's own log on stderr too (always in logs/).")
 @click.pass_obj
 def local(environ: Mapping[str, str], root: Path, platform: str, workers: int, model: str | None,
           config_path: Path | None, once: bool, docker: bool, image: str | None, timeout: float, samples: bool,
-          json_summary: bool, verbose: bool) -> int:
+          gateway_port: int | None, users: tuple[str, ...], json_summary: bool, verbose: bool) -> int:
     """Run the whole event loop on this machine: an S3 server, a drop folder and a real model.
 
     Every file uploaded to the `input` bucket (from DIR/inbox, or any S3 client with the printed
     endpoint and keys) becomes the MinIO event OSCAR would deliver and is processed as the chosen
     platform would; outputs land in DIR/results/<file>/ and a result record in DIR/status/.
+    Without --once, the gateway serves a web page beside the loop (its URL and login are printed):
+    pick the model, upload files, watch their jobs, view and download the results.
     Progress and the summary go to stderr. Ctrl-C or SIGTERM stops every job and the server.
     """
     from conveyor.local.runner import LocalOptions, LocalRun
@@ -66,6 +76,8 @@ def local(environ: Mapping[str, str], root: Path, platform: str, workers: int, m
         image=image,
         timeout=timeout,
         samples=samples,
+        gateway_port=gateway_port,
+        users=tuple(users),
         json_summary=json_summary,
         verbose=verbose,
     )

@@ -36,6 +36,7 @@ OUTPUT_BUCKET = "output"
 STATUS_BUCKET = "status"
 BUCKETS = (INPUT_BUCKET, OUTPUT_BUCKET, STATUS_BUCKET)
 DEFAULT_MODEL = "darknet"
+IMAGE_TYPES = (".jpg", ".jpeg", ".png")
 
 COPY_SCRIPT = r"""#!/bin/sh
 # conveyor local --model script: the smallest model. Copies its input and writes the input's
@@ -68,6 +69,11 @@ class Model:
     image: str  # for --docker
     script: str | None = None
     outputs_required: bool = True
+    # For the gateway's catalogue: a title, the file types the model takes (empty: any file) and
+    # an example input (a file in samples/).
+    title: str = ""
+    accepts: tuple[str, ...] = ()
+    example: str | None = None
 
 
 MODELS: dict[str, Model] = {
@@ -76,6 +82,9 @@ MODELS: dict[str, Model] = {
         handler={"name": "darknet", "backend": "auto", "threshold": 0.25},
         description="YOLOv3-tiny object detection (80 COCO classes): <name>.json and the annotated image",
         image="conveyor/yolo",
+        title="Object detection (YOLOv3-tiny)",
+        accepts=IMAGE_TYPES,
+        example="dog.jpg",
     ),
     "script": Model(
         name="script",
@@ -83,12 +92,16 @@ MODELS: dict[str, Model] = {
         description="a shell script that copies its input and writes its sha256",
         image="conveyor/base",
         script=COPY_SCRIPT,
+        title="Copy script (the smallest model)",
+        example="dog.jpg",
     ),
     "deepaas-demo": Model(
         name="deepaas-demo",
         handler={"name": "deepaas", "model": "conveyor-demo", "accept": "application/json"},
         description="the DEEPaaS demo model (tests/plugins/conveyor-demo-model): <name>.json fingerprint",
         image="conveyor/deepaas-demo",
+        title="DEEPaaS demo model",
+        example="dog.jpg",
     ),
 }
 
@@ -104,7 +117,13 @@ def model_named(name: str) -> Model:
     elif name not in (handlers := known_handlers()):
         raise ConfigError(f"unknown model {name!r}: not a preset ({', '.join(MODELS)}) nor a handler "
                           f"({', '.join(handlers)})", key="--model")
-    return Model(name=name, handler={"name": name}, description=f"the {name} handler", image="conveyor/base")
+    return Model(name=name, handler={"name": name}, description=f"the {name} handler", image="conveyor/base",
+                 title=name)
+
+
+def preset_for_handler(handler: str) -> Model | None:
+    """The preset that runs this handler (what a --config file for it accepts, its example), if any."""
+    return next((model for model in MODELS.values() if model.handler["name"] == handler), None)
 
 
 def preset_definition(model: Model) -> dict[str, Any]:

@@ -165,7 +165,7 @@ class Progress:
         else:
             self._line("FAILED", task, f"{seconds(task.run_time)}  {_one_line(task.error, 160)}")
 
-    def table(self, tasks: list[Task], wall: float, interrupted: str | None = None) -> None:
+    def table(self, tasks: list[Task], wall: float, interrupted: str | None = None, title: str = "summary") -> None:
         """The summary table: one row per file, then the counts."""
         header = ("file", "status", "wait", "run", "model", "files", "detail")
         rows = [
@@ -182,7 +182,7 @@ class Progress:
         ]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         widths[0] = min(widths[0], 40)
-        lines = ["", "summary" + (f" (stopped by {interrupted})" if interrupted else "") + ":"]
+        lines = ["", title + (f" (stopped by {interrupted})" if interrupted else "") + ":"]
         for row in [header, *rows]:
             rest = (cell.ljust(width) for cell, width in zip(row[1:], widths[1:], strict=True))
             cells = [row[0][-widths[0] :].ljust(widths[0]), *rest]

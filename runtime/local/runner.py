@@ -11,18 +11,21 @@ Layout of DIR (everything of a run lives there; delete it to start afresh):
     status/<key>.json    the result record of each input (Conveyor's, plus a "local" section)
     logs/                <job>.log per oscar/batch/docker job; conveyor.log (this process, lambda)
     .s3/                 the S3 server's data, its weed.log and notification.toml
-    .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/
+    .conveyor/           function_config.yaml (0600), credentials.json (0600), s3.json, scratch/,
+                         gateway-login and gateway-secret (0600: the made-up login, the cookie key)
 
 Order of start-up: directories and definition; the model's files (its handler's prepare()); the webhook
 receiver (its URL goes into notification.toml); the S3 server and its buckets; a check that the
 model loads (the first Lambda environment's init, or a throw-away handler for oscar/batch), so a
-broken model fails the start rather than every file; the workers; the drop folder. Shutdown runs
-in reverse and always: the drop folder stops, running jobs get SIGTERM and the grace period (then
+broken model fails the start rather than every file; without --once, the gateway (the web page,
+conveyor.local.gateway); the workers; the drop folder. Shutdown runs in reverse and always: the drop
+folder and the gateway stop, running jobs get SIGTERM and the grace period (then
 SIGKILL), queued events are CANCELLED, the server gets SIGTERM (then SIGKILL). A second Ctrl-C kills at once.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -36,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -57,7 +61,7 @@ from conveyor.local.executors import (
 from conveyor.local.progress import Progress, Task, TaskState
 from conveyor.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
 from conveyor.outputs import safe_file_name
-from conveyor.records import results_in, uploads_in
+from conveyor.records import Status, results_in, uploads_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +93,9 @@ class LocalOptions:
     samples_dir: Path = SAMPLES_DIR
     json_summary: bool = False
     verbose: bool = False
-    event_wait: float = 30.0  # --once: how long an uploaded file may wait for its notification
+    event_wait: float = 30.0  # how long an uploaded file may wait for its notification
+    gateway_port: int | None = None  # without --once: the web page's port; 0 = none; None = 8642 or a free one
+    users: tuple[str, ...] = ()  # the gateway's logins, "name:password"; none: made up (or kept) in .conveyor/
     storage_backoff: tuple[float, ...] = STORAGE_BACKOFF  # pauses between tries of the loop's own S3 steps
 
 
@@ -121,6 +127,11 @@ class LocalRun:
         self.dropfolder: Any = None
         self.workers: list[threading.Thread] = []
         self.model_label = ""
+        self.gateway: Any = None  # conveyor.gateway.server.Gateway, beside the loop without --once
+        self.gateway_url: str | None = None
+        self._entry: Any = None  # conveyor.local.gateway.Entry: the model, as the catalogue shows it
+        self._login: Any = None  # conveyor.local.gateway.Login
+        self._initial: bool = False  # without --once: files were found at start (their summary is due)
         self.image = options.image
         self._docker: Any = None
         self._saved_stdout: int | None = None
@@ -200,11 +211,17 @@ class LocalRun:
                 raise LocalRunError("give --model or --config, not both")
             doc, handler = defs.definition_from_file(opts.config_path, self.environ)
             self.model_label = f"{handler} (from {opts.config_path})"
+            preset = defs.preset_for_handler(handler)
+            entry = (doc["name"], doc["name"], f"the {handler} handler, as {opts.config_path.name} defines it",
+                     preset.accepts if preset else (), preset.example if preset else None)
         else:
             model = defs.model_named(opts.model or defs.DEFAULT_MODEL)
             doc, handler = defs.preset_definition(model), model.handler["name"]
             self.model_label = f"{model.name}: {model.description}"
             self.image = self.image or model.image
+            entry = (model.name, model.title or model.name, model.description, model.accepts, model.example)
+        if self._wants_gateway():
+            self._prepare_gateway(*entry)
         if opts.docker:
             if self.image is None:
                 raise LocalRunError("--docker with --config needs --image (the model image to run)")
@@ -311,6 +328,8 @@ class LocalRun:
             _check_model_loads(config)
         self.executor = executor
         executor.start()
+        if self._entry is not None:
+            self._start_gateway(config)
         self._banner(access_key, secret_key)
         for n in range(opts.workers):
             thread = threading.Thread(target=self._worker, name=f"worker-{n + 1}", daemon=True)
@@ -319,6 +338,43 @@ class LocalRun:
         from conveyor.local.dropfolder import DropFolder
 
         self.dropfolder = DropFolder(self.inbox, self._upload).start()
+
+    def _wants_gateway(self) -> bool:
+        return not self.opts.once and self.opts.gateway_port != 0
+
+    def _prepare_gateway(self, name: str, title: str, description: str, accepts: tuple[str, ...],
+                         example: str | None) -> None:
+        """The gateway's catalogue entry and login, before anything starts (a bad --user fails the start)."""
+        from conveyor.local import gateway
+
+        try:
+            importlib.import_module("conveyor.gateway.server")  # the web server and its libraries load, or no gateway
+            self._login = gateway.login(self.opts.users, self.private)
+        except ImportError as exc:  # installed without the `gateway` extra (starlette, uvicorn ...)
+            if self.opts.gateway_port is not None or self.opts.users:
+                raise LocalRunError(f"the gateway cannot load: {exc} (pip install 'conveyor[gateway]', "
+                                    "or --gateway-port 0 for none)") from exc
+            self.progress.say(f"conveyor local: no gateway (the web page): {exc}; pip install 'conveyor[gateway]' "
+                              "adds it (--gateway-port 0 to go without it)")
+            return
+        sample = self.opts.samples_dir / example if example else None
+        self._entry = gateway.Entry(name=gateway.catalogue_name(name), title=title, description=description,
+                                    accepts=accepts, example=sample if sample and sample.is_file() else None)
+
+    def _start_gateway(self, config: Any) -> None:
+        """The web page over the running model (conveyor.gateway), on 127.0.0.1."""
+        from conveyor.local import gateway
+
+        port = gateway.choose_port(self.opts.gateway_port)
+        try:
+            self.gateway, self.gateway_url = gateway.start(
+                self._entry, config, self._login.users, port=port, secret=gateway.session_secret(self.private),
+                environ=self.environ)
+        except ConveyorError:
+            raise
+        except Exception as exc:  # the port is taken, the server would not start
+            raise LocalRunError(f"the gateway could not start on {gateway.HOST}:{port}: "
+                                f"{type(exc).__name__}: {exc} (--gateway-port PORT, or 0 for none)") from exc
 
     def _banner(self, access_key: str, secret_key: str) -> None:
         opts = self.opts
@@ -340,6 +396,17 @@ class LocalRun:
         say(f"  drop folder  {self.inbox}  ->  {self.results}/<file>/, records in {self.status}/")
         say(f"  e.g.         AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret_key} "
             f"aws --endpoint-url {endpoint} s3 cp FILE s3://{defs.INPUT_BUCKET}/")
+        if self.gateway_url is not None:
+            say(f"  gateway      {self.gateway_url}  <- open it in a browser: upload files, follow them, see results")
+            login = self._login
+            if login.shown is not None:
+                name, _, password = login.shown.partition(":")
+                say(f"  login        user {name}  password {password}  (kept in {login.path}; "
+                    "--user NAME:PASSWORD sets your own)")
+            else:
+                names = login.users.names
+                plural = "s" if len(names) > 1 else ""
+                say(f"  login        {', '.join(names)}, with the password{plural} given by --user")
         if not opts.once:
             say("  Ctrl-C stops (a summary is printed)")
 
@@ -397,9 +464,9 @@ class LocalRun:
                                   f"the source tree): drop files into {self.inbox}")
         with self._lock:  # held until every key is expected: an upload cannot finish before that
             keys = self.dropfolder.scan()
-            if self.opts.once:
-                for key in keys:
-                    self._uploads.setdefault(key, (time.monotonic(), None))
+            for key in keys:
+                self._uploads.setdefault(key, (time.monotonic(), None))
+            self._initial = bool(keys) and not self.opts.once
         if self.opts.once:
             if not keys:
                 self.progress.say(f"conveyor local: nothing to process in {self.inbox}")
@@ -507,20 +574,25 @@ class LocalRun:
         self._wake.set()
 
     def _record_for(self, task: Task, outcome: Outcome) -> dict[str, Any]:
-        """The task's result record: the executor's, the one in the status bucket, the log's, or ours."""
+        """The task's result record: the executor's, the final one in the status bucket, the log's, or ours."""
         for record in outcome.records:
             if (record.get("input") or {}).get("key") == task.key:
                 return record
         status_key = f"{defs.INPUT_BUCKET}/{task.key}.json"
+        start: dict[str, Any] | None = None  # the job's start record, left in the status bucket by its death
         try:
             body = self.client.get_object(Bucket=defs.STATUS_BUCKET, Key=status_key)["Body"].read()
             record = json.loads(body)
             if record.get("request_id") == task.id:
-                return record
+                if record.get("status") != Status.RUNNING:
+                    return record
+                start = record  # the job died after starting: its last word is not a result
         except Exception as exc:  # absent (the job died before writing it), or unreadable
             log.debug("no record for job %s in %s/%s: %s", task.id, defs.STATUS_BUCKET, status_key, exc)
         for record in results_in(task.log_path):
             if record.get("request_id") == task.id and (record.get("input") or {}).get("key") == task.key:
+                if start is not None:
+                    self._replace_start(status_key, record)
                 return record
         # The end of the dead job's own log (not of conveyor.log, which every lambda environment shares).
         end = tail(task.log_path, JOB_LOG_TAIL) if task.log_path and task.log_path.name != "conveyor.log" else ""
@@ -544,7 +616,23 @@ class LocalRun:
         withdrawn, left = self._withdraw(uploads_in(task.log_path, task.id))
         record["extra"] = {name: targets for name, targets in (("withdrawn", withdrawn), ("not_withdrawn", left))
                            if targets}
+        if start is not None:
+            record["started_at"] = start.get("started_at", "")
+            record["finished_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self._replace_start(status_key, record)
         return record
+
+    def _replace_start(self, status_key: str, record: dict[str, Any]) -> None:
+        """A job that died after its start record left it (RUNNING) in the status bucket, where the
+        gateway reads it, and would show it running for ever: the record the loop found or made for
+        it takes its place (waiting for a restarting S3 server)."""
+        body = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode()
+        try:
+            self._patiently(partial(self.client.put_object, Bucket=defs.STATUS_BUCKET, Key=status_key, Body=body),
+                            retry=lambda exc: True)
+        except Exception as exc:
+            log.error("could not replace the start record %s/%s of a job that died: %s",
+                      defs.STATUS_BUCKET, status_key, exc)
 
     def _withdraw(self, targets: list[str]) -> tuple[list[str], list[str]]:
         """Delete these "bucket/key" objects (waiting for a restarting S3 server). Returns (removed, left)."""
@@ -617,6 +705,9 @@ class LocalRun:
                 self._restart_server(restarts)
             if self.opts.once and self._once_finished():
                 return
+            if self._initial and self._once_finished():
+                self._initial = False
+                self._interim_summary()
             self._wake.wait(0.2)
             self._wake.clear()
 
@@ -651,8 +742,16 @@ class LocalRun:
                 pause *= 2
         log.warning("S3 server restarted (pid %s)", self.server.pid)  # bench/drill.py waits for this line
 
+    def _interim_summary(self) -> None:
+        """Without --once: the files found at start are done; say so, and what the loop still offers."""
+        self.progress.table(list(self.tasks), time.monotonic() - self._started, title="the files found at start")
+        where = f"open {self.gateway_url} or drop files into {self.inbox}" if self.gateway_url else \
+            f"drop files into {self.inbox}"
+        self.progress.say(f"conveyor local: still running: {where} (Ctrl-C stops)")
+
     def _once_finished(self) -> bool:
-        """--once: every drop-folder file has a finished task, and nothing else is queued or running."""
+        """Every drop-folder file has a finished task, and nothing else is queued or running (--once:
+        the run is done; without it: the files found at start are)."""
         if self.dropfolder is not None and self.dropfolder.busy():
             return False
         now = time.monotonic()
@@ -684,6 +783,8 @@ class LocalRun:
             self.progress.say(f"conveyor local: {self._signal}: stopping{jobs}")
         if self.dropfolder is not None:
             self.dropfolder.stop()
+        if self.gateway is not None:
+            self.gateway.stop()  # no new uploads while the loop stops
         if self.executor is not None:
             self.executor.interrupt()
         while True:  # whatever is still queued will not run
