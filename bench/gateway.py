@@ -81,7 +81,8 @@ def measure(server: SeaweedServer, count: int, rounds: int, work: Path) -> dict[
         "storage_providers": {"minio": {"default": provider}},
         "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
         "output": [{"storage_provider": "minio.default", "path": f"{bucket}/out"}],
-        "conveyor": {"status": {"storage_provider": "minio.default", "path": f"{bucket}/status"}},
+        "conveyor": {"status": {"storage_provider": "minio.default", "path": f"{bucket}/status"},
+                     "keep_input_folders": True},
     }}]}))
     gateway = Gateway(load_catalogue(catalogue, {}), Users.from_specs([":".join(USER)]))
     base = gateway.start()

@@ -17,13 +17,15 @@
           input: [{storage_provider: minio.default, path: echo/in}]
           output: [{storage_provider: minio.default, path: echo/out}]
           storage_providers: {minio: {default: {endpoint: "http://127.0.0.1:9000", access_key: ..., secret_key: ...}}}
-          conveyor: {status: {storage_provider: minio.default, path: echo/status}}
+          conveyor: {status: {storage_provider: minio.default, path: echo/status}, keep_input_folders: true}
 
 Relative paths (definition, example) are relative to the catalogue file. A definition is loaded with
 conveyor.config's loader (load_config), so it is read exactly as `conveyor run --config FILE` reads
 it: SCAR, OSCAR and oscar-cli shapes, storage_providers, minio.default's secret files, `conveyor:`.
 The gateway stores an upload under the definition's first `input` entry, finds outputs through the
 result record, and reads the record from `conveyor: status:` (without it, every job stays PENDING).
+`conveyor: keep_input_folders: true` is required: it puts each upload's outputs under its own
+<user>/<upload id>/ folder of the output path.
 The top level may also be the list of models itself.
 """
 
@@ -122,6 +124,14 @@ def _entry(entry: Any, key: str, catalogue: Path, environ: Mapping[str, str]) ->
     if not config.inputs:
         raise ConfigError(
             "the function definition has no `input` entry: the gateway stores uploads under the first one",
+            key=f"{key}.definition",
+            source=source,
+        )
+    if not config.conveyor.keep_input_folders:
+        raise ConfigError(
+            "the function definition must set `conveyor: keep_input_folders: true`: the gateway stores each "
+            "upload under <input path>/<user>/<upload id>/, and without it every user's outputs of a file "
+            "name land on the same object (one person would see and delete another's results)",
             key=f"{key}.definition",
             source=source,
         )

@@ -43,7 +43,8 @@ def gateway(environ: Mapping[str, str], catalogue_path: Path, host: str, port: i
     result record (PENDING, RUNNING, SUCCEEDED, FAILED, DELEGATED with AWS Batch's state), its
     outputs, and how long jobs waited and ran. The gateway runs no model itself: a Conveyor
     deployment (Lambda, Batch, OSCAR or `conveyor local`) must process the input path, with
-    `conveyor: status:` set so its records can be read.
+    `conveyor: status:` set so its records can be read and `conveyor: keep_input_folders: true`
+    so each upload's outputs stay in its own folder.
 
     Scripts use the same API with HTTP Basic, e.g.
     `curl -u NAME:PASSWORD -F file=@dog.jpg http://127.0.0.1:8080/api/models/yolo/files`.

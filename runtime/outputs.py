@@ -181,8 +181,10 @@ def plan_uploads(
     files: Sequence[str],
     config: FunctionConfig,
     event_bucket: str | None = None,
+    folder: str = "",
 ) -> list[Upload]:
-    """Pair each output file with each matching output entry. USER isolation redirects the bucket.
+    """Pair each output file with each matching output entry. USER isolation redirects the bucket;
+    `folder` (see input_folder) goes between the output path and the file's relative path.
 
     Raises StorageError, before anything is uploaded, when a destination key is one the store would
     not keep as written (`unsendable_key`): the record must name the keys that exist afterwards."""
@@ -196,7 +198,7 @@ def plan_uploads(
         for rel in files:
             if not _matches(rel, spec):
                 continue
-            bucket, key = destination(spec, rel)
+            bucket, key = destination(spec, f"{folder}/{rel}" if folder else rel)
             problem = unsendable_key(key)
             if problem:
                 raise StorageError(
@@ -210,3 +212,21 @@ def plan_uploads(
                 )
             plan.append(Upload(output_dir / rel, rel, spec.provider, user_bucket or bucket, key))
     return plan
+
+
+def input_folder(config: FunctionConfig, provider: str, bucket: str, key: str) -> str:
+    """With `conveyor.keep_input_folders`: the folder of `key` below the `input[]` path that holds it
+    on `provider` ("alice/20261203T2230Z-1a2b" for input/alice/20261203T2230Z-1a2b/dog.jpg under the
+    path "input"), where its outputs go below the output path. "" when the setting is off, the
+    object lies directly in an input path, or under none."""
+    if not config.conveyor.keep_input_folders:
+        return ""
+    for spec in config.inputs:
+        if str(spec.provider) != provider or spec.bucket != bucket:
+            continue
+        prefix = spec.key_prefix
+        if prefix and not key.startswith(f"{prefix}/"):
+            continue
+        rest = key[len(prefix) + 1:] if prefix else key
+        return "/".join(part for part in rest.split("/")[:-1] if part)
+    return ""

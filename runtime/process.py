@@ -75,7 +75,7 @@ from conveyor.events import (
 )
 from conveyor.handler import Handler, Invocation
 from conveyor.isolation import model_user
-from conveyor.outputs import OutputFolder, Upload, plan_uploads, safe_file_name
+from conveyor.outputs import OutputFolder, Upload, input_folder, plan_uploads, safe_file_name
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord, Status, log_result, log_upload, status_key
 from conveyor.response import write_sync_response
@@ -584,7 +584,10 @@ def _publish(
     any failure withdraw what this record created (see the module docstring)."""
     deadline = deadline or job.deadline
     event_bucket = inp.bucket if isinstance(inp, ObjectRef) else None
-    plan = plan_uploads(folder.path, files, job.config, event_bucket)
+    sub = (
+        input_folder(job.config, str(input_provider(inp)), inp.bucket, inp.key) if isinstance(inp, ObjectRef) else ""
+    )
+    plan = plan_uploads(folder.path, files, job.config, event_bucket, sub)
     if files and not plan and job.config.outputs:
         log.warning("no output entry matches any of the %d output files: nothing uploaded", len(files))
     if claims is not None:

@@ -58,7 +58,7 @@ def definition(server: Any, bucket: str, endpoint: str | None = None) -> dict[st
         "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
         "output": [{"storage_provider": "minio.default", "path": f"{bucket}/out"}],
         "conveyor": {"status": {"storage_provider": "minio.default", "path": f"{bucket}/status"},
-                     "timeout": 30, "grace_period": 1},
+                     "keep_input_folders": True, "timeout": 30, "grace_period": 1},
     }
 
 
@@ -537,7 +537,8 @@ def test_an_upload_the_store_refuses_half_way_takes_back_what_it_stored(tmp_path
 @pytest.mark.parametrize("name", ["dog.png", "my dog (1)+%.png"])
 def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s3_server, s3_client, bucket,
                                                              name) -> None:
-    d = deploy(COPY_SCRIPT, status={"storage_provider": "minio.default", "path": f"{bucket}/status"})
+    d = deploy(COPY_SCRIPT, status={"storage_provider": "minio.default", "path": f"{bucket}/status"},
+               keep_input_folders=True)
     config = d.write()
     models = load_catalogue(catalogue_file(tmp_path, [{"name": "copy", "definition": str(config)}]), {})
     gateway = Gateway(models, Users.from_specs([":".join(ALICE)]))
@@ -556,6 +557,9 @@ def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s
         assert detail["status"] == "SUCCEEDED" and detail["run_s"] is not None
         names = {o["name"]: o for o in detail["outputs"]}
         assert "key.txt" in names
+        # the outputs lie in the upload's own folder: another upload of the same name cannot touch them
+        stored = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])]
+        assert stored and all(k.startswith(f"out/{ALICE[0]}/{job['id']}/") for k in stored), stored
         assert session.get(f"{url}{names['key.txt']['url']}", timeout=10).text == key
         assert detail["file"] == name
         assert requests.get(f"{url}/api/jobs", timeout=10).status_code == 401

@@ -26,7 +26,8 @@ def catalogue(tmp_path: Path, server, bucket: str) -> Path:
         "name": "copy", "title": "Copy", "description": "Returns the file.", "platform": "local",
         "function": {"storage_providers": {"minio": {"default": provider}},
                      "input": [{"storage_provider": "minio.default", "path": f"{bucket}/in"}],
-                     "conveyor": {"status": {"storage_provider": "minio.default", "path": f"{bucket}/status"}}},
+                     "conveyor": {"keep_input_folders": True,
+                                  "status": {"storage_provider": "minio.default", "path": f"{bucket}/status"}}},
     }]}))
     return path
 
@@ -81,6 +82,12 @@ def test_a_bad_catalogue_or_user_exits_with_the_configuration_code(tmp_path) -> 
         "input": [{"storage_provider": "minio.default", "path": "b/in"}],
         "storage_providers": {"minio": {"default": {"endpoint": "http://127.0.0.1:1", "access_key": "a",
                                                     "secret_key": "b"}}}}}]}))
+    # without keep_input_folders two users' outputs of one file name would be one object
+    proc = subprocess.run([*CONVEYOR, "gateway", "--catalogue", str(good)], capture_output=True, text=True)
+    assert proc.returncode == 78 and "keep_input_folders: true" in proc.stderr, proc.stderr
+    doc = yaml.safe_load(good.read_text())
+    doc["models"][0]["function"]["conveyor"] = {"keep_input_folders": True}
+    good.write_text(yaml.safe_dump(doc))
     proc = subprocess.run([*CONVEYOR, "gateway", "--catalogue", str(good), "--user", "../evil:pw"],
                           capture_output=True, text=True)
     assert proc.returncode == 78 and "not allowed" in proc.stderr and "pw" not in proc.stderr.split("'../evil'")[-1]

@@ -340,7 +340,8 @@ def test_batch_platform_with_a_config_file(tmp_path: Path) -> None:
     root = tmp_path / "run"
     fill_inbox(root, ["dog.jpg"], corrupt=None)
     (root / "inbox" / "sub").mkdir()
-    (root / "inbox" / "sub" / "notes.txt").write_text("hello")
+    (root / "inbox" / "notes.txt").write_text("hello")
+    (root / "inbox" / "sub" / "other.txt").write_text("in a folder")
     config = tmp_path / "fdl.yaml"
     config.write_text(yaml.safe_dump({
         "functions": {"aws": [{"lambda": {  # a SCAR definition: only its function part is kept
@@ -358,7 +359,7 @@ def test_batch_platform_with_a_config_file(tmp_path: Path) -> None:
     proc = run_local(root, "--once", "--platform", "batch", "--config", str(config), "--workers", "1")
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
-    for key, name in (("dog.jpg", "dog.jpg"), ("sub/notes.txt", "notes.txt")):
+    for key, name in (("dog.jpg", "dog.jpg"), ("notes.txt", "notes.txt"), ("sub/other.txt", "other.txt")):
         rec = record(root, key)
         assert rec["status"] == "SUCCEEDED" and rec["platform"] == "batch"
         assert rec["job_id"] == rec["request_id"] == rec["local"]["job_id"]  # AWS_BATCH_JOB_ID
@@ -366,10 +367,14 @@ def test_batch_platform_with_a_config_file(tmp_path: Path) -> None:
         assert result_files(root, key) == [f"{name}.out", "same-name.out"]
         assert (local_path(root / "results", key) / f"{name}.out").read_text() == f"hi {rec['job_id']}\n"
     # both inputs wrote output/same-name.out: the second overwrote the first, as on the platforms
-    second = "dog.jpg" if record(root, "dog.jpg")["local"].get("outputs_shared_with") else "sub/notes.txt"
-    first = "sub/notes.txt" if second == "dog.jpg" else "dog.jpg"
+    second = "dog.jpg" if record(root, "dog.jpg")["local"].get("outputs_shared_with") else "notes.txt"
+    first = "notes.txt" if second == "dog.jpg" else "dog.jpg"
     assert record(root, second)["local"]["outputs_shared_with"] == {"output/same-name.out": first}
     assert "warning: " + second + " wrote output/same-name.out, also written for " + first in err
+    # an input in a folder keeps its outputs in that folder (keep_input_folders): nothing shared
+    assert record(root, "sub/other.txt")["outputs"] == ["output/sub/other.txt.out", "output/sub/same-name.out"]
+    assert (local_path(root / "results", "sub/other.txt") / "same-name.out").read_text() == "other.txt\n"
+    assert "outputs_shared_with" not in record(root, "sub/other.txt")["local"]
     assert_no_process(root)
 
 
@@ -405,9 +410,10 @@ def test_any_s3_client_and_the_drop_folder_trigger_processing(tmp_path: Path) ->
         status = root / "status"
         wait_for(lambda: (local_path(status, "from boto3/photo one+two.jpg", ".json").exists()
                           and (status / "eagle.jpg.json").exists()), "both records", proc=proc)
-        # the outputs never trigger anything: only the input bucket is watched
+        # the outputs never trigger anything: only the input bucket is watched. They keep the
+        # input's folder (keep_input_folders, which local runs set).
         assert [o["Key"] for o in client.list_objects_v2(Bucket="output").get("Contents", [])] == [
-            "eagle.jpg", "eagle.jpg.sha256", "photo one+two.jpg", "photo one+two.jpg.sha256"]
+            "eagle.jpg", "eagle.jpg.sha256", "from boto3/photo one+two.jpg", "from boto3/photo one+two.jpg.sha256"]
     finally:
         out, err = stop(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
@@ -879,9 +885,6 @@ def test_the_gateway_serves_the_running_model_beside_the_loop(tmp_path: Path) ->
     assert_no_process(root)
 
 
-@pytest.mark.xfail(strict=True, reason="outputs are keyed by the output file's name alone (outputs.plan_uploads): "
-                   "two users' uploads of the same name share output/<name>, so one sees (and deletes) the other's "
-                   "result; the gateway needs outputs under the job's folder (<output path>/<user>/<upload id>/)")
 def test_two_people_uploading_the_same_name_each_get_their_own_result(tmp_path: Path) -> None:
     import requests
 

@@ -119,3 +119,22 @@ def test_sync_response_falls_back_to_the_models_stdout(tmp_path: Path) -> None:
     assert write_sync_response(out, [], stdout, sink, tmp_path) == "stdout"
     assert sink.getvalue() == b"prediction: cat\n"
     assert write_sync_response(out, [], None, io.BytesIO(), tmp_path) == "empty"
+
+
+def test_keep_input_folders_puts_outputs_under_the_inputs_folder(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from conveyor.outputs import input_folder
+
+    minio = ProviderRef("minio")
+    base = FunctionConfig(inputs=(IOSpec(minio, "input/uploads"),), outputs=(IOSpec(minio, "output/results"),))
+    config = replace(base, conveyor=replace(base.conveyor, keep_input_folders=True))
+    key = "uploads/alice/20261203T223000Z-1a2b/dog.jpg"
+    assert input_folder(base, "minio.default", "input", key) == ""  # off: faas-supervisor's layout
+    folder = input_folder(config, "minio.default", "input", key)
+    assert folder == "alice/20261203T223000Z-1a2b"
+    assert input_folder(config, "minio.default", "input", "uploads/dog.jpg") == ""
+    assert input_folder(config, "minio.default", "other", key) == ""  # under no input path
+    assert input_folder(config, "s3.default", "input", key) == ""  # another provider's bucket
+    [upload] = plan_uploads(tmp_path, ["dog.json"], config, "input", folder)
+    assert (upload.bucket, upload.key) == ("output", "results/alice/20261203T223000Z-1a2b/dog.json")

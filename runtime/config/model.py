@@ -201,6 +201,10 @@ class ConveyorSettings:
     # An event may name any object: by default only those under an `input[]` path, on that entry's
     # provider, are fetched (a body posted to a service cannot make it read private/payroll.csv).
     accept_any_input: bool = False
+    # Outputs of an input stored at <input path>/<folder>/<name> go to <output path>/<folder>/...
+    # (the gateway's <user>/<upload id>/, a drop folder's sub-folders); off: <output path>/<file>,
+    # as faas-supervisor does.
+    keep_input_folders: bool = False
     # Run the model as another user (conveyor.isolation): no access to the secret files, the
     # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
     isolate_model: bool = False
@@ -221,6 +225,7 @@ class ConveyorSettings:
             "require_output": self.require_output,
             "script_shell": self.script_shell,
             "accept_any_input": self.accept_any_input,
+            "keep_input_folders": self.keep_input_folders,
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
         }

@@ -27,6 +27,7 @@ _KNOWN = {
     "require_output",
     "script_shell",
     "accept_any_input",
+    "keep_input_folders",
     "isolate_model",
     "model_user",
 }
@@ -68,6 +69,7 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         log_max_bytes=log_max or defaults.log_max_bytes,
         require_output=values.boolean(merged.get("require_output"), at("require_output"), None),
         accept_any_input=values.boolean(merged.get("accept_any_input"), at("accept_any_input"), False) or False,
+        keep_input_folders=bool(values.boolean(merged.get("keep_input_folders"), at("keep_input_folders"), False)),
         script_shell=values.choice(
             merged.get("script_shell"), at("script_shell"), defaults.script_shell, SCRIPT_SHELLS, upper=False
         ),

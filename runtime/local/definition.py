@@ -192,6 +192,8 @@ def localize(
     conveyor = dict(out.get("conveyor") or {})
     conveyor.setdefault("timeout", timeout)
     conveyor["status"] = {"storage_provider": "minio.default", "path": STATUS_BUCKET}
+    # inbox/a/x.jpg and inbox/b/x.jpg (or two gateway users' x.jpg) must not share output/x.json
+    conveyor["keep_input_folders"] = True
     out["conveyor"] = conveyor
     out["storage_providers"] = {
         "minio": {

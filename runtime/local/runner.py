@@ -514,7 +514,8 @@ class LocalRun:
             # The outputs are published: the local copy is a convenience. It waits a little for a
             # restarting S3 server, and failing it never turns the platform's SUCCEEDED into FAILED.
             try:
-                task.results = self._patiently(lambda: self._download(record.get("outputs") or [], results_dir),
+                folder = task.key.rpartition("/")[0]  # keep_input_folders: the outputs lie under it
+                task.results = self._patiently(lambda: self._download(record.get("outputs") or [], results_dir, folder),
                                                retry=lambda exc: isinstance(exc, (StorageError, OSError)))
             except (StorageError, OSError) as exc:
                 results_error = f"could not copy the results to {results_dir}: {exc}"
@@ -675,11 +676,13 @@ class LocalRun:
                 self._stopping.wait(pauses[attempt - 1])
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _download(self, outputs: list[str], target: Path) -> list[Path]:
+    def _download(self, outputs: list[str], target: Path, folder: str = "") -> list[Path]:
+        """Copy the outputs into `target`, each by its key below the input's `folder` (where
+        keep_input_folders put it): results/<input key>/<output name>."""
         files = []
         for output in outputs:
             bucket, _, key = output.partition("/")
-            dest = local_path(target, key)
+            dest = local_path(target, key.removeprefix(f"{folder}/") if folder else key)
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.client.download_file(bucket, key, str(dest))
