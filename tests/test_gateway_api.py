@@ -592,6 +592,9 @@ def moto_batch():
                                   containerProperties={"image": "conveyor/base", "vcpus": 1, "memory": 512,
                                                        "command": ["true"]})
     yield endpoint, batch
+    # moto keeps its state per process, shared by every moto server of this pytest worker (the
+    # Lambda tests create the same role): leave none of ours behind
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
     server.stop()
 
 

@@ -25,6 +25,7 @@ from conveyor.child import run_child
 from conveyor.deadline import Deadline
 from conveyor.errors import HandlerTimeout, Interrupted
 from conveyor.handler import load_handler
+from conveyor.outputs import OutputFolder
 from conveyor.records import Status, results_in
 from tests.support.inprocess import Pipeline
 from tests.support.pipeline import body, keys, minio_event, oscar_event, records
@@ -165,16 +166,16 @@ def test_a_model_that_escapes_cannot_swap_its_output_after_collection(
     pipe.definition["environment"]["variables"]["PIDS"] = str(pids)
     pipe.put("in", "a.txt", b"input")
     seen: dict[int, str | None] = {}
-    collect = process.collect_outputs
+    collect = OutputFolder.files
 
-    def slow_collect(output_dir: Path) -> list[str]:
-        files = collect(output_dir)
+    def slow_collect(folder: OutputFolder) -> list[str]:
+        files = collect(folder)
         pid = int(pids.read_text())
         seen[pid] = state(pid)  # the escaped process when the outputs are collected
         time.sleep(1.5)  # a slow store: the escaped process would have swapped the file by now
         return files
 
-    monkeypatch.setattr(process, "collect_outputs", slow_collect)
+    monkeypatch.setattr(OutputFolder, "files", slow_collect)
     [record] = pipe.run(pipe.storage_event("in", ["a.txt"]), handler=load_handler(pipe.config))
     assert record.status == Status.SUCCEEDED, record.error
     assert list(seen.values()) == [None]  # stopped and reaped before collection

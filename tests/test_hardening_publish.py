@@ -379,8 +379,10 @@ def test_the_output_folder_opens_each_file_once_without_following_links(tmp_path
 
 def test_a_leftover_process_that_swaps_an_output_for_a_link_publishes_no_secret(deploy, s3_client, bucket, tmp_path):
     """A model leaves a process outside its group (setsid) that, as soon as the model has exited,
-    turns an output into a link to a secret file (while the 50 MB output before it is uploaded):
-    the secret is never published."""
+    would turn an output into a link to a secret file (while the 50 MB output before it is
+    uploaded): the secret is never published. Two defences meet here: the leftover is stopped
+    before the outputs are collected (child.py), and each output is read from the descriptor
+    opened for it (the in-process swap tests above check that one alone)."""
     secret = tmp_path / "secret.txt"
     secret.write_bytes(SECRET)
     script = f"""#!/bin/sh
@@ -394,13 +396,10 @@ while [ ! -e "$MARKERS/escaped" ]; do sleep 0.01; done  # it has its own session
     s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
     proc = d.run(oscar_event(bucket, "in/x.bin"))
     assert proc.returncode == 0, proc.stderr.decode()
-    deadline = time.monotonic() + 10
-    while not (d.markers / "swapper").exists():  # the swap did happen (unless the process was killed)
-        assert time.monotonic() < deadline, "the leftover process never swapped the output"
-        time.sleep(0.05)
+    assert (d.markers / "escaped").exists()  # the leftover did start
     published = {key: body(s3_client, bucket, key) for key in keys(s3_client, bucket, "out/")}
     assert SECRET not in published.values(), {k: v[:50] for k, v in published.items()}
-    assert "out/a.bin" in published
+    assert published.get("out/b.txt") == b"b" and "out/a.bin" in published
 
 
 @pytest.mark.parametrize("target", ["secrets", "/proc/self"])

@@ -254,13 +254,17 @@ def test_without_isolate_model_the_model_keeps_conveyors_user(tmp_path: Path) ->
 # --- item 9: an init reaps what the model leaves behind ------------------------------------------------
 
 ORPHAN_SCRIPT = """#!/bin/sh
-# An orphan: its parent exits at once, so it goes to PID 1, which must reap it when it ends.
+# An orphan: its parent exits at once. It goes to Conveyor (the model's parent, $PPID: it is the
+# subreaper of its model's processes and reaps them when the record ends), not to PID 1; any other
+# zombie in the namespace would be PID 1's (tini's) to reap.
 sh -c 'sh -c "exit 0" & exit 0'
 sleep 0.5
 tr '\\0' ' ' < /proc/1/cmdline > "$TMP_OUTPUT_DIR/pid1.txt"
 if tr '\\0' '\\n' < /proc/1/environ > "$TMP_OUTPUT_DIR/pid1-environ.txt" 2>/dev/null; then :; else
     echo DENIED > "$TMP_OUTPUT_DIR/pid1-environ.txt"; fi
-grep -l '^State:.*Z' /proc/[0-9]*/status > "$TMP_OUTPUT_DIR/zombies.txt" || true
+for f in /proc/[0-9]*/status; do
+    if grep -qs '^State:.*Z' "$f" && ! grep -qs "^PPid:[[:space:]]*$PPID\\$" "$f"; then echo "$f"; fi
+done > "$TMP_OUTPUT_DIR/zombies.txt"
 cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"
 """
 

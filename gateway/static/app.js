@@ -471,7 +471,7 @@ async function loadStats() {
 
 function drawChart(stats) {
   const chart = $("timing-chart");
-  const width = 800, height = 220, left = 48, bottom = 24, top = 10;
+  const width = 800, height = 220, left = 80, bottom = 24, top = 10;
   chart.replaceChildren();
   const jobs = stats.jobs;
   const values = jobs.flatMap((j) => [j.wait_s || 0, j.run_s || 0]);
