@@ -34,8 +34,8 @@ from bench.server import BUCKET, CP_SCRIPT, Bench, s3_event
 def _job(bench: Bench, scratch: Path, status: bool) -> Any:
     from conveyor.config import load_config
     from conveyor.handler import load_handler
+    from conveyor.job import Job, Stores
     from conveyor.platform import Platform
-    from conveyor.process import Job, Stores
 
     server = bench.server
     definition: dict[str, Any] = {

@@ -33,9 +33,10 @@ def _pipeline(spec: dict[str, Any]):
     from conveyor.config import load_config
     from conveyor.events import load_event
     from conveyor.handler import load_handler
+    from conveyor.job import Job, Stores
     from conveyor.logs import setup_logging
     from conveyor.platform import Platform
-    from conveyor.process import Job, Stores, run_event
+    from conveyor.process import run_event
 
     environ = dict(os.environ)
     config = load_config(environ, Platform.OSCAR, path=spec["config"])

@@ -182,7 +182,9 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     # when one is set; see conveyor.sealing): the model could read them in /proc/<our pid>/environ.
     environ = sealed_environ()
     from conveyor.handler import load_handler
-    from conveyor.process import Job, Stores, run_event, scratch_dir
+    from conveyor.job import Job, Stores
+    from conveyor.process import run_event
+    from conveyor.scratch import scratch_dir
 
     # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...; then the definition's too
     setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=secret_values(environ))

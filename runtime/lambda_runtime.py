@@ -31,10 +31,12 @@ from conveyor.delegate import LambdaContextInfo, batch_client, reason_to_delegat
 from conveyor.errors import error_for
 from conveyor.events import Event, load_event
 from conveyor.handler import Handler, load_handler
+from conveyor.job import Job, Stores
 from conveyor.logs import bound_request_id
 from conveyor.platform import Platform
-from conveyor.process import Job, Stores, responds_inline, run_event, scratch_dir
+from conveyor.process import responds_inline, run_event
 from conveyor.records import ResultRecord, Status, log_result
+from conveyor.scratch import scratch_dir
 from conveyor.storage import TransferOptions
 
 log = logging.getLogger(__name__)

@@ -131,8 +131,9 @@ def run_in_process(d: Deployment, event: Any, opener: Any = None, **job: Any) ->
     from conveyor.config import load_config
     from conveyor.events import load_event
     from conveyor.handler import load_handler
+    from conveyor.job import Job, Stores
     from conveyor.platform import Platform
-    from conveyor.process import Job, Stores, run_event
+    from conveyor.process import run_event
     from conveyor.storage import open_store
 
     environ = d.env()
@@ -555,7 +556,7 @@ def _marked(scratch: Path, name: str, mark: str | None) -> Path:
 
 
 def test_scratch_of_dead_conveyor_processes_is_removed_and_live_ones_kept(tmp_path):
-    from conveyor.process import scratch_dir, start_time
+    from conveyor.scratch import scratch_dir, start_time
 
     namespace = os.readlink("/proc/self/ns/pid")
     dead = subprocess.Popen(["sleep", "60"])

@@ -597,7 +597,7 @@ def test_a_withdrawal_the_store_refuses_is_not_retried_and_a_5xx_is() -> None:
     from conveyor.config import ProviderRef
     from conveyor.deadline import Deadline
     from conveyor.outputs import Upload
-    from conveyor.process import _withdraw
+    from conveyor.publish import withdraw
 
     store = _RefusingStore({"out/denied": 403, "out/busy": 503})
     job = SimpleNamespace(
@@ -609,7 +609,7 @@ def test_a_withdrawal_the_store_refuses_is_not_retried_and_a_5xx_is() -> None:
     )
     ref = ProviderRef("minio", "default")
     uploads = [Upload(Path(key), key, ref, "b", key) for key in ("out/denied", "out/busy")]
-    left = _withdraw(job, uploads)  # type: ignore[arg-type]
+    left = withdraw(job, uploads)  # type: ignore[arg-type]
     assert left == ["b/out/denied", "b/out/busy"]  # neither could be removed: the record names both
     assert store.calls["out/denied"] == 1  # 403: the same answer next time, asked once
     assert store.calls["out/busy"] > 2  # 503: asked again until withdraw_timeout

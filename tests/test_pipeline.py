@@ -256,8 +256,9 @@ def run_in_process(d: Deployment, event: Any, **job: Any) -> list[dict[str, Any]
     from conveyor.config import load_config
     from conveyor.events import load_event
     from conveyor.handler import load_handler
+    from conveyor.job import Job, Stores
     from conveyor.platform import Platform
-    from conveyor.process import Job, Stores, run_event
+    from conveyor.process import run_event
 
     environ = d.env()
     config = load_config(environ, Platform.OSCAR, path=d.write(), secrets_dir=None)

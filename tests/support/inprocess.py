@@ -28,9 +28,10 @@ from conveyor.config import FunctionConfig, load_config
 from conveyor.deadline import Deadline
 from conveyor.events import Event, load_event
 from conveyor.handler import Handler, HandlerResult, Invocation
+from conveyor.job import Job, Stores
 from conveyor.lambda_runtime import LambdaApp
 from conveyor.platform import Platform
-from conveyor.process import Job, Stores, run_event
+from conveyor.process import run_event
 from conveyor.records import ResultRecord
 
 DEFINITION_PATH = "/inprocess/function_config.yaml"  # never on disk: load_config reads it through read_file
