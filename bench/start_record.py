@@ -46,7 +46,7 @@ def _job(bench: Bench, scratch: Path, status: bool) -> Any:
         "storage_providers": {kind: {"default": {"endpoint": server.endpoint, "access_key": server.access_key,
                                                  "secret_key": server.secret_key, "verify": False}}
                               for kind in ("minio", "s3")},
-        "input": [{"storage_provider": "minio.default", "path": f"{BUCKET}/in"}],
+        "input": [{"storage_provider": "s3.default", "path": f"{BUCKET}/in"}],  # the event names s3.default
         "output": [{"storage_provider": "minio.default", "path": f"{BUCKET}/out-{'status' if status else 'none'}"}],
         "conveyor": {"handler": "script"},
     }
