@@ -34,8 +34,8 @@ from conveyor.handler import Handler, load_handler
 from conveyor.job import Job, Stores
 from conveyor.logs import bound_request_id
 from conveyor.platform import Platform
-from conveyor.process import responds_inline, run_event
-from conveyor.records import ResultRecord, Status, log_result
+from conveyor.process import responds_inline, run_event, store_record
+from conveyor.records import ResultRecord, Status
 from conveyor.scratch import scratch_dir
 from conveyor.storage import TransferOptions
 
@@ -132,7 +132,7 @@ class LambdaApp:
             for record in timed_out:
                 record.status, record.job_id = Status.DELEGATED, job_id
                 record.extra["delegation_reason"] = "the Lambda deadline came first; the run was killed"
-                log_result(record)
+                store_record(job, record)  # over the FAILED (timeout) one at the status location
         return Invoked(event, records, body, info)
 
     def _delegate(self, job: Job, event: Event, info: LambdaContextInfo, reason: str) -> Invoked:
@@ -149,7 +149,7 @@ class LambdaApp:
                 job_id=job_id,
                 extra={"delegation_reason": reason},
             )
-            log_result(record)
+            store_record(job, record)  # the status location (the gateway) follows the Batch job from it
             records.append(record)
         return Invoked(event, records, None, info)
 

@@ -237,7 +237,7 @@ def run_input(
             outputs.close()
         os.close(work_fd)
         shutil.rmtree(work, ignore_errors=True)
-    _store_record(job, record)
+    store_record(job, record)
     if claims is not None:
         store_amended(job, claims)
     return record
@@ -290,7 +290,7 @@ def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, t
     return path
 
 
-def _store_record(job: Job, record: ResultRecord) -> None:
+def store_record(job: Job, record: ResultRecord) -> None:
     """Log the record (the record protocol's line); upload it to the status location when the config names one."""
     spec = job.config.conveyor.status
     if spec is not None:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.support.emulator import LambdaEmulator, ensure_rie, free_port
-from tests.support.pipeline import PNG, keys, minio_event, records
+from tests.support.pipeline import PNG, body, keys, minio_event, records
 from tests.support.requirements import missing
 
 FUNCTION = "conveyor-test"
@@ -291,9 +291,10 @@ def test_lambda_batch_hands_off_and_batch_finishes_the_work(
     assert batch_record["extra"]["lambda_context"]["function_name"] == FUNCTION
 
 
-def test_batch_mode_submits_at_once_without_downloading(function, bucket, moto_batch) -> None:
+def test_batch_mode_submits_at_once_without_downloading(function, bucket, moto_batch, s3_client) -> None:
     endpoint, _ = moto_batch
-    fn = function(COPY, execution_mode="batch")
+    fn = function(COPY, execution_mode="batch",
+                  conveyor={"status": {"storage_provider": "minio.default", "path": f"{bucket}/status"}})
     # The object does not even exist: batch mode must not try to download it.
     event = minio_event(bucket, "in/not-there.bin", size=5)
     with fn.emulator(AWS_ENDPOINT_URL_BATCH=endpoint) as rie:
@@ -301,6 +302,9 @@ def test_batch_mode_submits_at_once_without_downloading(function, bucket, moto_b
     assert status == 200 and response["statusCode"] == 200, response
     [record] = json.loads(decode_body(response))
     assert record["status"] == "DELEGATED" and record["job_id"]
+    # the status location says so too (where the gateway follows the Batch job from)
+    stored = json.loads(body(s3_client, bucket, f"status/{bucket}/in/not-there.bin.json"))
+    assert stored["status"] == "DELEGATED" and stored["job_id"] == record["job_id"]
 
 
 def test_unreachable_batch_fails_the_invocation(function, bucket, closed_port) -> None:
