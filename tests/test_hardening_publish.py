@@ -170,11 +170,9 @@ class Hooked:
         return sent
 
 
-@pytest.mark.parametrize("kind", ["minio", "s3"])
-def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(deploy, s3_client, bucket,
-                                                                            closed_port, kind):
-    """This record creates out/x.bin; another run publishes out/x.bin right after; this record
-    then fails: its withdrawal must leave the other run's object (ETag compare: If-Match in S3)."""
+def _another_writer_races(deploy, s3_client, bucket, closed_port, kind: str, when: str) -> Any:
+    """Run a record that creates out/x.bin and then fails (its second destination is down), while
+    another writer publishes out/x.bin `when` ("before" or "after") this record's write of it."""
     from conveyor.storage import open_store
 
     d = deploy(withdraw_timeout=1)
@@ -188,10 +186,19 @@ def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(depl
 
     def opener(provider: Any, options: Any) -> Any:
         store = open_store(provider, options)
-        return Hooked(store, after=other_writer) if provider.ref.id == "default" else store
+        return Hooked(store, **{when: other_writer}) if provider.ref.id == "default" else store
 
     [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"), opener)
     assert record.status is Status.FAILED and record.error and record.error["kind"] == "storage"
+    return record
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+def test_a_failed_record_does_not_withdraw_what_another_writer_put_after_it(deploy, s3_client, bucket,
+                                                                            closed_port, kind):
+    """This record creates out/x.bin; another run publishes out/x.bin right after; this record
+    then fails: its withdrawal must leave the other run's object (ETag compare: If-Match in S3)."""
+    _another_writer_races(deploy, s3_client, bucket, closed_port, kind, "after")
     assert body(s3_client, bucket, "out/x.bin") == b"theirs"
 
 
@@ -201,23 +208,7 @@ def test_a_key_another_writer_creates_between_the_check_and_the_write_is_not_wit
     """out/x.bin is absent at this record's check; another run publishes it before this record's
     create-only write (refused: If-None-Match in S3, a stat in the MinIO store), so it is not this
     record's to withdraw when the record then fails."""
-    from conveyor.storage import open_store
-
-    d = deploy(withdraw_timeout=1)
-    d.definition["output"] = [{"storage_provider": f"{kind}.default", "path": f"{bucket}/out", "suffix": [".bin"]}]
-    _add_destination(d, "down", f"http://127.0.0.1:{closed_port}", f"{bucket}/elsewhere", kind)
-    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"mine")
-
-    def other_writer(key: str) -> None:
-        if key == "out/x.bin":
-            s3_client.put_object(Bucket=bucket, Key=key, Body=b"theirs")
-
-    def opener(provider: Any, options: Any) -> Any:
-        store = open_store(provider, options)
-        return Hooked(store, before=other_writer) if provider.ref.id == "default" else store
-
-    [record] = run_in_process(d, oscar_event(bucket, "in/x.bin"), opener)
-    assert record.status is Status.FAILED and record.error and record.error["kind"] == "storage"
+    record = _another_writer_races(deploy, s3_client, bucket, closed_port, kind, "before")
     assert record.extra["kept"] == [f"{bucket}/out/x.bin"]
     assert keys(s3_client, bucket, "out/") == ["out/x.bin"]  # rewritten by this record, as a rerun is: not removed
 
