@@ -14,6 +14,7 @@ from typing import Any
 from conveyor.config import FunctionConfig, ProviderRef
 from conveyor.deadline import Deadline
 from conveyor.errors import Interrupted
+from conveyor.events import Input
 from conveyor.handler import Handler
 from conveyor.platform import Platform
 from conveyor.records import ResultRecord
@@ -67,6 +68,18 @@ class Job:
     @property
     def grace(self) -> float:
         return self.config.conveyor.grace_period if self.grace_period is None else self.grace_period
+
+    def new_record(self, inp: Input | None, **fields: Any) -> ResultRecord:
+        """A result record of this run for `inp` (None: an invocation without input): the run's
+        platform, request id, handler and job id (unless `fields` name another), plus `fields`."""
+        fields.setdefault("job_id", self.job_id)
+        return ResultRecord(
+            input=inp.to_dict() if inp is not None else {"inline": True, "file_name": None, "size": 0},
+            platform=self.platform.value,
+            request_id=self.request_id,
+            handler=self.config.conveyor.handler.name,
+            **fields,
+        )
 
 
 class Timer:

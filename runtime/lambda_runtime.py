@@ -140,15 +140,7 @@ class LambdaApp:
         job_id = submit_job(self.config, event, info, self.batch_client_factory)
         records = []
         for inp in event.inputs:
-            record = ResultRecord(
-                input=inp.to_dict(),
-                platform=job.platform.value,
-                request_id=job.request_id,
-                handler=self.config.conveyor.handler.name,
-                status=Status.DELEGATED,
-                job_id=job_id,
-                extra={"delegation_reason": reason},
-            )
+            record = job.new_record(inp, status=Status.DELEGATED, job_id=job_id, extra={"delegation_reason": reason})
             store_record(job, record)  # the status location (the gateway) follows the Batch job from it
             records.append(record)
         return Invoked(event, records, None, info)

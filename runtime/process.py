@@ -148,15 +148,7 @@ def run_input(
     `inp` None runs the model once with no input file (a SCAR invocation carrying only a script).
     `claims`: the output keys the event's earlier records planned (run_event passes one per event).
     """
-    record = ResultRecord(
-        input=inp.to_dict() if inp is not None else {"inline": True, "file_name": None, "size": 0},
-        platform=job.platform.value,
-        request_id=job.request_id,
-        handler=job.config.conveyor.handler.name,
-        job_id=job.job_id,
-        started_at=_now(),
-        extra=dict(job.extra),
-    )
+    record = job.new_record(inp, started_at=_now(), extra=dict(job.extra))
     timer = Timer(record)
     started = time.monotonic()
     _store_start(job, record)
@@ -350,17 +342,8 @@ def _not_started(job: Job, inputs: list[Input], total: int) -> list[ResultRecord
     now = _now()
     records = []
     for inp in inputs:
-        record = ResultRecord(
-            input=inp.to_dict(),
-            platform=job.platform.value,
-            request_id=job.request_id,
-            handler=job.config.conveyor.handler.name,
-            status=Status.FAILED,
-            error=dict(error),
-            job_id=job.job_id,
-            started_at=now,
-            extra={**job.extra, "not_started": True},
-        )
+        record = job.new_record(inp, status=Status.FAILED, error=dict(error), started_at=now,
+                                extra={**job.extra, "not_started": True})
         records.append(record)
     return records
 
