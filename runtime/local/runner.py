@@ -59,7 +59,14 @@ from conveyor.local.executors import (
     docker_client,
 )
 from conveyor.local.progress import Progress, Task, TaskState
-from conveyor.local.webhook import WebhookReceiver, minio_event, notification_toml, object_change, oscar_event
+from conveyor.local.webhook import (
+    ObjectChange,
+    WebhookReceiver,
+    minio_event,
+    notification_toml,
+    object_change,
+    oscar_event,
+)
 from conveyor.outputs import safe_file_name
 from conveyor.records import Status, results_in, uploads_in
 
@@ -139,6 +146,8 @@ class LocalRun:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._seen: set[str] = set()  # identities of the object versions already queued
+        # (key, etag) the loop delivered itself, its notification overdue (_deliver_unnotified)
+        self._delivered_unnotified: set[tuple[str, str | None]] = set()
         self._output_owners: dict[str, str] = {}  # "bucket/key" of an output -> the input that last wrote it
         self._deliveries: dict[str, int] = {}  # task id -> deliveries of its event so far (when redelivered)
         self._uploads: dict[str, tuple[float, float | None]] = {}  # drop-folder key -> (upload start, end)
@@ -416,6 +425,19 @@ class LocalRun:
         """A POST from the filer (webhook thread): queue a task when it is a new input object."""
         change = object_change(payload, defs.INPUT_BUCKET)
         if change is None or self.server is None or not self.server.ports:
+            return
+        with self._lock:
+            if (change.key, change.etag) in self._delivered_unnotified:
+                # delivered by the loop itself when this notification was overdue: not a second event
+                self._delivered_unnotified.discard((change.key, change.etag))
+                log.info("the overdue notification for %s/%s came after all: already delivered",
+                         change.bucket, change.key)
+                return
+        self._queue_change(change)
+
+    def _queue_change(self, change: ObjectChange) -> None:
+        """Queue a task for an input object version not queued before."""
+        if self.server is None:
             return
         with self._lock:
             if change.identity in self._seen or self._stopping.is_set():
@@ -768,15 +790,47 @@ class LocalRun:
             if done:
                 continue
             if ended is not None and now - ended > self.opts.event_wait:
-                with self._lock:
-                    self._uploads.pop(key, None)
-                self._synthetic_failure(key, 0, {
-                    "kind": "local",
-                    "message": f"uploaded, but no notification came from SeaweedFS within "
-                               f"{self.opts.event_wait:.0f}s (see {self.server.log_path})",
-                })
+                with self._lock:  # pending again until the loop's own delivery is queued (or fails)
+                    self._uploads[key] = (began, None)
+                threading.Thread(target=self._deliver_unnotified, args=(key, began), name="deliver-unnotified",
+                                 daemon=True).start()
             return False
         return True
+
+    def _deliver_unnotified(self, key: str, began: float) -> None:
+        """An input the loop uploaded whose notification did not come within event_wait (SeaweedFS
+        loses one now and then around a restart): the loop read the object back and delivers its
+        event itself, as the notification would have; the notification, should it come after all,
+        is then not a second event. Only an object that cannot be read back fails, with a record."""
+        wait = f"{self.opts.event_wait:.0f}s"
+        try:
+            head = self._patiently(lambda: self.client.head_object(Bucket=defs.INPUT_BUCKET, Key=key),
+                                   retry=lambda exc: "404" not in str(exc) and "Not Found" not in str(exc))
+        except Exception as exc:  # boto3's errors: the object is gone, or the server stays down
+            with self._lock:
+                self._uploads.pop(key, None)
+            self._synthetic_failure(key, 0, {
+                "kind": "local",
+                "message": f"uploaded, but no notification came from SeaweedFS within {wait}, and the "
+                           f"object could not be read back: {' '.join(str(exc).split())[:300]} "
+                           f"(see {self.server.log_path})",
+            })
+            return
+        etag = str(head.get("ETag") or "").strip('"') or None
+        modified = head.get("LastModified")
+        change = ObjectChange(
+            bucket=defs.INPUT_BUCKET, key=key, size=int(head.get("ContentLength") or 0), etag=etag,
+            content_type=head.get("ContentType"), owner=None, multipart=bool(etag and "-" in etag),
+            mtime_ns=int(modified.timestamp() * 1e9) if modified is not None else None,
+            identity=json.dumps(["unnotified", key, etag]),
+        )
+        log.warning("no notification came from SeaweedFS within %s for %s/%s: delivering its event "
+                    "from the loop", wait, defs.INPUT_BUCKET, key)
+        with self._lock:
+            if any(t.key == key and t.queued_at >= began - 1.0 for t in self.tasks):
+                return  # the notification came while the object was read back
+            self._delivered_unnotified.add((key, etag))
+        self._queue_change(change)
 
     def _shutdown(self) -> None:
         self._stopping.set()
