@@ -54,7 +54,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
