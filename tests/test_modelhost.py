@@ -415,3 +415,29 @@ def test_deepaas_and_darknet_say_when_they_are_hosted():
     assert DarknetHandler.hosted({"backend": "opencv"})
     assert not DarknetHandler.hosted({"backend": "cli"})
     assert not DarknetHandler.hosted({"backend": "auto", "threshold": 0.1})  # auto chooses cli then
+
+
+def test_darknet_opencv_is_hosted_and_detects(invocation):
+    from conveyor.handlers.darknet import DarknetHandler
+    from conveyor.handlers.darknet.weights import DEFAULT_CFG, WEIGHTS_NAME, default_weights_dir
+    from tests.support.requirements import need
+
+    weights = default_weights_dir(os.environ)
+    dog = Path("/usr/share/darknet/data/dog.jpg")
+    need((weights / WEIGHTS_NAME).is_file() and DEFAULT_CFG.is_file() and dog.is_file(),
+         "the YOLOv3-tiny weights (conveyor weights) and the darknet package's cfg and samples")
+    handler = load_handler(config("darknet", backend="opencv", weights_dir=str(weights)))
+    assert isinstance(handler, HostedHandler) and handler.target is DarknetHandler
+    try:
+        handler.ensure_setup()
+        for _ in range(2):  # one network load, two records
+            inv = invocation()
+            inv.input_path.unlink()
+            inv.input_path = inv.input_dir / "dog.jpg"
+            inv.input_path.write_bytes(dog.read_bytes())
+            result = handler.handle(inv)
+            assert result.details["backend"] == "opencv" and "dog" in result.details["classes"]
+            assert sorted(p.name for p in inv.output_dir.iterdir()) == ["dog.jpg", "dog.json"]
+        assert result.details["model_host"] == {"pid": handler.pid, "loads": 1, "restarts": 0}
+    finally:
+        handler.close()
