@@ -54,15 +54,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.child import POLL_INTERVAL, SCAN_SHARE, _stop_all
 from conveyor.config.model import PRIVATE_VARS, frozen_mapping
 from conveyor.deadline import Deadline
-from conveyor.errors import ConveyorError, HandlerError, HandlerTimeout, Interrupted, error_for
+from conveyor.errors import ConfigError, ConveyorError, HandlerError, HandlerTimeout, Interrupted, error_for
 from conveyor.handler import Handler, HandlerResult, Invocation, handler_class
-from conveyor.isolation import model_user
+from conveyor.isolation import can_read, model_user
 from conveyor.logs import MODEL_OUTPUT, bound_request_id, setup_logging
 from conveyor.procgroup import PROCESS_MARK, ProcessSet, become_subreaper
 
@@ -144,6 +145,12 @@ class HostedHandler(Handler):
 
     def _start(self) -> None:
         user = model_user(self.config)  # conveyor.isolate_model: ConfigError when it cannot hold
+        if user is not None and not can_read(Path(sys.executable), user):
+            raise ConfigError(
+                f"the model host runs {sys.executable} as the model's user {user.uid}:{user.gid}, who cannot "
+                "reach it (a folder on its way, or the file, is closed to that user): install Conveyor where "
+                "every user may read it, or set model_host: inline", key="conveyor.isolate_model",
+            )
         become_subreaper()
         mark = uuid.uuid4().hex
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

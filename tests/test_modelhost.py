@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -78,7 +79,7 @@ class Probe(Handler):
                 time.sleep(0.01)
             time.sleep(3600)
         (inv.output_dir / "out.txt").write_text(f"{action} by {os.getpid()}")
-        return HandlerResult(details={"pid": os.getpid(), "mark": os.environ.get(PROCESS_MARK),
+        return HandlerResult(details={"pid": os.getpid(), "uid": os.geteuid(), "mark": os.environ.get(PROCESS_MARK),
                                       "secret_env": os.environ.get("FUNCTION_CONFIG"),
                                       "keys": [p.secret_key for p in self.config.providers.values()]})
 
@@ -228,6 +229,47 @@ def test_the_host_is_a_marked_session_leader_without_secrets(hosts, invocation, 
     details = handler.handle(invocation()).details
     assert os.getsid(handler.pid) == handler.pid  # its own session and process group
     assert details["mark"] and details["secret_env"] is None
+
+
+def isolated() -> Handler:
+    from conveyor.isolation import NEEDED_CAPS, has_capability
+
+    if not all(has_capability(cap) for cap in NEEDED_CAPS.values()):
+        pytest.skip("switching the model's user needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN)")
+    settings = ConveyorSettings(handler=HandlerSpec(name=PROBE), isolate_model=True, model_user="65534:65534")
+    return load_handler(FunctionConfig(conveyor=settings))
+
+
+def python_reachable_by_nobody() -> bool:
+    from conveyor.isolation import ModelUser, can_read
+
+    return can_read(Path(sys.executable), ModelUser(65534, 65534)) and all(
+        can_read(Path(entry), ModelUser(65534, 65534)) for entry in sys.path if entry and Path(entry).is_dir())
+
+
+def test_under_isolate_model_an_unreachable_python_is_a_config_error():
+    from conveyor.isolation import ModelUser, can_read
+
+    handler = isolated()
+    if can_read(Path(sys.executable), ModelUser(65534, 65534)):
+        pytest.skip("this Python is one every user may reach")  # the next test runs instead
+    with pytest.raises(ConfigError, match="cannot reach it") as caught:
+        handler.ensure_setup()
+    assert "conveyor.isolate_model" in caught.value.message and handler.pid is None
+
+
+def test_under_isolate_model_the_host_runs_as_the_models_user(invocation):
+    handler = isolated()
+    if not python_reachable_by_nobody():  # the previous test runs instead
+        pytest.skip("Python and Conveyor are not installed where every user may read them")
+    try:
+        handler.ensure_setup()
+        inv = invocation()
+        os.chown(inv.output_dir, 65534, 65534)  # as the pipeline hands the model its folders
+        details = handler.handle(inv).details
+        assert details["uid"] == 65534 and (inv.output_dir / "out.txt").stat().st_uid == 65534
+    finally:
+        handler.close()
 
 
 # -- a model that hangs, crashes, escapes ------------------------------------------------------------
