@@ -64,6 +64,9 @@ class Probe(Handler):
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "error":
             raise NoOutputError("the model wrote nothing", output_dir="/somewhere")
+        elif action == "print":  # a model that prints: never into a response on stdout
+            print("model says hello", flush=True)
+            os.write(1, b"and from C\n")
         elif action == "bug":
             raise ValueError("boom")
         elif action == "restart":
@@ -222,13 +225,18 @@ def test_one_setup_serves_many_records(hosts, invocation, tmp_path):
     assert handler.calls == 5
 
 
-def test_the_host_is_a_marked_session_leader_without_secrets(hosts, invocation, monkeypatch):
+def test_the_host_is_a_marked_session_leader_without_secrets(invocation, monkeypatch):
     monkeypatch.setenv("FUNCTION_CONFIG", "name: secret-definition")
-    handler = hosts()
-    handler.ensure_setup()
-    details = handler.handle(invocation()).details
-    assert os.getsid(handler.pid) == handler.pid  # its own session and process group
-    assert details["mark"] and details["secret_env"] is None
+    provider = StorageProvider(ProviderRef("minio"), access_key="AKIA1234", secret_key="s3cr3t-value-long")
+    settings = ConveyorSettings(handler=HandlerSpec(name=PROBE))
+    handler = load_handler(FunctionConfig(providers={"minio.default": provider}, conveyor=settings))
+    try:
+        handler.ensure_setup()
+        details = handler.handle(invocation()).details
+        assert os.getsid(handler.pid) == handler.pid  # its own session and process group
+        assert details["mark"] and details["secret_env"] is None and details["keys"] == [None]
+    finally:
+        handler.close()
 
 
 def isolated() -> Handler:
@@ -270,6 +278,15 @@ def test_under_isolate_model_the_host_runs_as_the_models_user(invocation):
         assert details["uid"] == 65534 and (inv.output_dir / "out.txt").stat().st_uid == 65534
     finally:
         handler.close()
+
+
+def test_the_models_prints_go_to_stderr_not_stdout(hosts, invocation, capfd):
+    handler = hosts()
+    handler.ensure_setup()
+    handler.handle(invocation("print"))
+    out, err = capfd.readouterr()
+    assert "model says hello" in err and "and from C" in err
+    assert "model says" not in out and "from C" not in out
 
 
 # -- a model that hangs, crashes, escapes ------------------------------------------------------------
