@@ -17,7 +17,9 @@ and stderr are Conveyor's stderr (never the response), its log lines carry each 
 Over a unix socket pair (multiprocessing.connection framing, one pickled message each way per call)
 the host receives what rebuilds the record's Invocation: paths, environment, the deadline (a
 CLOCK_MONOTONIC instant, the same in both processes), request id, log file, grace period, log cap,
-user and input (not the event: a hosted handler gets `inv.event` None). It answers the
+user, input and event, lightened so a call costs the same whatever the payload: an inline input
+without its bytes (they are the input file), the event without `raw` and its other inputs (its
+script, cmd_args, query, kind and storage_provider kept). It answers the
 HandlerResult, or the error the handler raised: a ConveyorError comes back as the same kind with
 the same message and context; any other exception as a HandlerError naming its type.
 
@@ -62,6 +64,7 @@ from conveyor.child import POLL_INTERVAL, SCAN_SHARE, _stop_all
 from conveyor.config.model import PRIVATE_VARS, frozen_mapping
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, ConveyorError, HandlerError, HandlerTimeout, Interrupted, error_for
+from conveyor.events import InlineInput
 from conveyor.handler import Handler, HandlerResult, Invocation, handler_class
 from conveyor.isolation import can_read, model_user
 from conveyor.logs import MODEL_OUTPUT, bound_request_id, setup_logging
@@ -306,7 +309,8 @@ def _host_config(config: "FunctionConfig") -> "FunctionConfig":
 
 def _invocation_message(inv: Invocation) -> dict[str, Any]:
     return {
-        "input": inv.input,
+        "input": replace(inv.input, data=b"") if isinstance(inv.input, InlineInput) else inv.input,
+        "event": None if inv.event is None else replace(inv.event, raw=None, inputs=()),
         "input_path": inv.input_path,
         "input_dir": inv.input_dir,
         "output_dir": inv.output_dir,
@@ -406,6 +410,7 @@ def _serve_one(handler: Handler, call: dict[str, Any], shutdown: threading.Event
         user = None
     inv = Invocation(
         input=call["input"],
+        event=call["event"],
         input_path=call["input_path"],
         input_dir=call["input_dir"],
         output_dir=call["output_dir"],

@@ -67,6 +67,10 @@ class Probe(Handler):
         elif action == "print":  # a model that prints: never into a response on stdout
             print("model says hello", flush=True)
             os.write(1, b"and from C\n")
+        elif action == "event":
+            event = inv.event
+            return HandlerResult(details={"kind": event.kind, "cmd_args": event.cmd_args, "raw": event.raw,
+                                          "inputs": event.inputs, "input": inv.input})
         elif action == "bug":
             raise ValueError("boom")
         elif action == "restart":
@@ -287,6 +291,20 @@ def test_the_models_prints_go_to_stderr_not_stdout(hosts, invocation, capfd):
     out, err = capfd.readouterr()
     assert "model says hello" in err and "and from C" in err
     assert "model says" not in out and "from C" not in out
+
+
+def test_the_event_and_input_arrive_without_their_payload(hosts, invocation):
+    from conveyor.events import Event, InlineInput
+
+    handler = hosts()
+    handler.ensure_setup()
+    inv = invocation("event")
+    inline = InlineInput(data=b"x" * 100_000, file_name="job.txt", content_type="text/plain")
+    inv.input = inline
+    inv.event = Event(inputs=(inline,), raw={"body": "x" * 100_000}, kind="inline", cmd_args=("-v",))
+    details = handler.handle(inv).details
+    assert (details["kind"], details["cmd_args"], details["raw"], details["inputs"]) == ("inline", ("-v",), None, ())
+    assert details["input"].file_name == "job.txt" and details["input"].data == b""
 
 
 # -- a model that hangs, crashes, escapes ------------------------------------------------------------
