@@ -11,9 +11,9 @@ up in a fresh host. With `conveyor: model_host: inline` it is Conveyor's own pro
 that outlives its deadline cannot be killed (Python cannot stop a thread): the record fails with
 HandlerTimeout (context `needs_restart`: a host seeing it is stopped too), the handler drops its
 model thread and re-runs setup() (a fresh thread, warm() again) before the next record; while the
-abandoned prediction is still running, records fail at once rather than pile up on a wedged model. deepaas's own ModelWrapper is
-not used: it needs an asyncio loop and runs every call in a pool of spawned processes (CONF.workers),
-i.e. not in-process at all.
+abandoned prediction is still running, records fail at once rather than pile up on a wedged model.
+deepaas's own ModelWrapper is not used: it needs an asyncio loop and runs every call in a pool of
+spawned processes (CONF.workers), i.e. not in-process at all.
 
 The input is passed as deepaas's API passes an upload: UploadedFile(name=<file_arg>, filename=<copy>,
 content_type=<guessed from the name>, original_filename=<name>); so is every file `args` names for
