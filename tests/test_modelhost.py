@@ -518,3 +518,30 @@ def test_darknet_opencv_is_hosted_and_detects(invocation):
         assert result.details["model_host"] == {"pid": handler.pid, "loads": 1, "restarts": 0}
     finally:
         handler.close()
+
+
+# -- through `conveyor run`: a real process, a real S3 server ------------------------------------------------
+
+
+def test_conveyor_run_kills_a_hung_warm_model_and_fails_the_record(deploy, s3_client, bucket):
+    from tests.support.pipeline import keys, oscar_event, records
+
+    d = deploy(None, handler={"name": "deepaas", "mode": "warm", "model": "conveyor-sleeper",
+                              "args": {"seconds": 3600}}, timeout=2, grace_period=1)
+    s3_client.put_object(Bucket=bucket, Key="in/x.bin", Body=b"x")
+    before = {p for p in os.listdir("/proc") if p.isdigit()}
+    proc = d.run(oscar_event(bucket, "in/x.bin"))
+    assert proc.returncode == 124, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    assert record["status"] == "FAILED" and record["error"]["kind"] == "timeout"
+    assert "host process group was stopped" in record["error"]["message"]
+    assert keys(s3_client, bucket, "out/") == []
+    leftovers = [int(p) for p in {p for p in os.listdir("/proc") if p.isdigit()} - before]
+    assert not [p for p in leftovers if not gone(p) and "conveyor.modelhost" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
