@@ -229,9 +229,10 @@ def load_handler(config: "FunctionConfig") -> Handler:
     says its model lives in-process (Handler.hosted)."""
     spec = config.conveyor.handler
     cls = handler_class(spec.name)
+    handler = cls(config, spec.options)  # hosted too: its options are checked here, before any record
     where = config.conveyor.model_host
     if where == "process" or (where == "auto" and cls.hosted(spec.options)):
         module_name, _, attr = HOST.partition(":")
         host: Any = getattr(importlib.import_module(module_name), attr)
         return host(config, spec.options, target=cls)
-    return cls(config, spec.options)
+    return handler

@@ -187,6 +187,11 @@ def test_load_handler_hosts_what_the_handler_says_and_model_host_overrides():
     assert type(load_handler(config("script"))).__name__ == "ScriptHandler"
 
 
+def test_a_hosted_handlers_options_are_checked_when_it_is_loaded():
+    with pytest.raises(ConfigError, match="conveyor.handler.args"):
+        load_handler(config("deepaas", mode="warm", args=["not", "a", "mapping"]))
+
+
 def test_model_host_key_is_parsed_and_checked():
     from conveyor.config.settings import parse_settings
     from conveyor.config.values import Values
