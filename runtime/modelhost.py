@@ -122,7 +122,7 @@ class HostedHandler(Handler):
             inv.check(f"handing the input to the model host ({self.target.name})")
             self.calls += 1
             pid = self.pid
-            self._send(("handle", _invocation_message(inv)), inv)
+            self._send(("handle", _invocation_message(inv)))
             reply = self._receive(inv.deadline, inv, "handling the input")
             if reply[0] == "result":
                 result: HandlerResult = reply[1]
@@ -190,13 +190,14 @@ class HostedHandler(Handler):
             "log_level": logging.getLogger().level,
             "model_output_level": logging.getLogger(MODEL_OUTPUT).level,
         }
-        self._send(("boot", boot), None)
+        self._send(("boot", boot))
 
-    def _send(self, message: tuple, inv: Invocation | None) -> None:
+    def _send(self, message: tuple) -> None:
+        """One message to the host; a host already gone is noticed by the _receive that follows."""
         assert self._conn is not None
         try:
             self._conn.send_bytes(dumps(message))
-        except OSError:  # the host is gone: _receive reports how it ended
+        except OSError:
             pass
 
     def _receive(self, deadline: Deadline, inv: Invocation | None, doing: str) -> tuple:

@@ -188,7 +188,7 @@ def test_load_handler_hosts_what_the_handler_says_and_model_host_overrides():
 
 
 def test_a_hosted_handlers_options_are_checked_when_it_is_loaded():
-    with pytest.raises(ConfigError, match="conveyor.handler.args"):
+    with pytest.raises(ConfigError, match=r"conveyor\.handler\.args"):
         load_handler(config("deepaas", mode="warm", args=["not", "a", "mapping"]))
 
 
