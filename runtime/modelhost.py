@@ -132,6 +132,8 @@ class HostedHandler(Handler):
             if error.context.get("needs_restart"):
                 inv.log.warning("model host %s: the handler asks for a restart: stopping it", pid)
                 self._stop(reason="needs_restart", grace=inv.grace_period, logger=inv.log)
+                error.message = f"{error.message}; the model host was stopped and starts again for the next input"
+                error.args = (error.message,)
             raise error
 
     def close(self) -> None:
@@ -226,8 +228,8 @@ class HostedHandler(Handler):
                 elapsed = time.monotonic() - started
                 sig = self._stop(reason="deadline", grace=_grace(inv), logger=_logger(inv))
                 raise HandlerTimeout(
-                    f"the model ({self.target.name}) ran {elapsed:.1f} s and passed its deadline; its host "
-                    f"process group was stopped with {sig} and starts again for the next input",
+                    f"the model ({self.target.name}) ran {elapsed:.1f} s and passed its deadline; its model host "
+                    f"was stopped ({sig} to its process group) and starts again for the next input",
                     elapsed=round(elapsed, 3), signal=sig,
                 )
             now = time.monotonic()

@@ -386,7 +386,7 @@ def test_needs_restart_gives_a_fresh_host(hosts, invocation):
     handler = hosts()
     handler.ensure_setup()
     first = handler.pid
-    with pytest.raises(HandlerError, match="wedged") as caught:
+    with pytest.raises(HandlerError, match="wedged; the model host was stopped") as caught:
         handler.handle(invocation("restart"))
     assert caught.value.context["needs_restart"] is True
     assert group_gone(first) and handler.restarts == 1
@@ -539,7 +539,8 @@ def test_conveyor_run_kills_a_hung_warm_model_and_fails_the_record(deploy, s3_cl
     assert proc.returncode == 124, proc.stderr.decode()
     [record] = records(proc.stderr)
     assert record["status"] == "FAILED" and record["error"]["kind"] == "timeout"
-    assert "host process group was stopped" in record["error"]["message"]
+    # the parent's kill at the deadline, or deepaas's own timeout (needs_restart) and then the kill
+    assert "model host was stopped" in record["error"]["message"]
     assert keys(s3_client, bucket, "out/") == []
     leftovers = [int(p) for p in {p for p in os.listdir("/proc") if p.isdigit()} - before]
     assert not [p for p in leftovers if not gone(p) and "conveyor.modelhost" in _cmdline(p)]
