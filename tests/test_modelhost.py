@@ -45,6 +45,8 @@ class Probe(Handler):
     def setup(self) -> None:
         if self.options.get("fail_setup"):
             raise ConfigError("the model's weights are missing", key="conveyor.handler.weights")
+        if self.options.get("slow_setup"):
+            time.sleep(3600)
         if self.options.get("setups"):
             with open(self.options["setups"], "a") as fh:
                 fh.write(f"{os.getpid()}\n")
@@ -416,6 +418,14 @@ def test_close_from_another_thread_stops_a_call(hosts, invocation):
     with pytest.raises(Interrupted, match="closing"):
         handler.handle(invocation("hang"))
     assert group_gone(first)
+
+
+def test_close_stops_a_setup_that_never_ends(hosts):
+    handler = hosts(slow_setup=True)
+    threading.Timer(0.5, handler.close).start()
+    with pytest.raises(Interrupted, match="setting the model up"):
+        handler.ensure_setup()
+    assert handler.pid is None and not handler.ready
 
 
 def test_close_runs_the_models_close_and_the_host_exits(hosts, invocation):
