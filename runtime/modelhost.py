@@ -19,9 +19,12 @@ the host receives what rebuilds the record's Invocation: paths, environment, the
 CLOCK_MONOTONIC instant, the same in both processes), request id, log file, grace period, log cap,
 user, input and event, lightened so a call costs the same whatever the payload: an inline input
 without its bytes (they are the input file), the event without `raw` and its other inputs (its
-script, cmd_args, query, kind and storage_provider kept). It answers the
-HandlerResult, or the error the handler raised: a ConveyorError comes back as the same kind with
-the same message and context; any other exception as a HandlerError naming its type.
+script, cmd_args, query, kind and storage_provider kept). It answers the HandlerResult, or the
+error the handler raised: a ConveyorError comes back as the same kind with the same message and
+context; any other exception as a HandlerError naming its type. The host never stops a call
+itself: it has the record's deadline, and a handler may raise its own HandlerTimeout (the host
+lives on), but the parent kills it when the deadline passes. A host whose Conveyor is gone reads
+EOF and exits after the call in hand.
 
 Supervision (the parent waits on the socket with the record's deadline and shutdown event):
 - deadline passed: the host's process group and every process of the host (conveyor.child's
@@ -29,7 +32,7 @@ Supervision (the parent waits on the socket with the record's deadline and shutd
 - shutdown set, or close() called from another thread: the same, Interrupted;
 - the host dies (EOF): HandlerError naming its exit code or signal (exit_code 128+N in the context);
 - the handler's error says `needs_restart` (DEEPaaS warm gave up a call it could not stop): the
-  host is stopped after the error is passed on.
+  host is stopped, then the error raised.
 The next record then starts a fresh host (setup() runs again). `ready` is True once the host has
 finished setup(). Counters for metrics, attributes of the HostedHandler: `loads` (setups finished),
 `restarts` (hosts stopped by a timeout, crash, shutdown or needs_restart), `calls`; each record's
