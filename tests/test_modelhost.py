@@ -561,3 +561,22 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_model_host_process_hosts_even_the_script_handler(tmp_path):
+    from tests.support.inprocess import Pipeline
+
+    pipe = Pipeline(tmp_path)
+    pipe.definition["conveyor"]["handler"] = {"name": "script"}
+    pipe.definition["conveyor"]["model_host"] = "process"
+    pipe.definition["script"] = '#!/bin/sh\necho "$$" > "$TMP_OUTPUT_DIR/pid"\n'
+    pipe.put("in", "a.txt", b"hello")
+    handler = load_handler(pipe.config)
+    assert isinstance(handler, HostedHandler)
+    try:
+        [record] = pipe.run(pipe.storage_event("in", ["a.txt"]), job=pipe.job(handler=handler))
+        assert record.ok, record.error
+        assert record.extra["model_host"]["pid"] == handler.pid
+        assert pipe.keys("out") == ["pid"] and int(pipe.read("out", "pid")) not in (os.getpid(), handler.pid)
+    finally:
+        handler.close()
