@@ -142,6 +142,23 @@ def throughput(result: dict[str, Any]) -> str:
     return _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
 
 
+def host(result: dict[str, Any]) -> str:
+    calls = result["per_call"]
+    hop = result.get("hop_ms")
+    start = _median(result.get("host_start"))
+    return _table(
+        ["no-op handler, 1 KiB input", "inline per call", "hosted per call", "hop", f"< {result['target_ms']:g} ms",
+         "host start"],
+        [["handle()", _fine(_median(calls["inline"])), _fine(_median(calls["hosted"])),
+          "-" if hop is None else f"{hop:.3f} ms", verdict(result.get("met")), seconds(start)]],
+    )
+
+
+def _fine(value: float | None) -> str:
+    """Seconds as milliseconds with three decimals (a hop is tens of microseconds)."""
+    return "-" if value is None else f"{value * 1000:.3f} ms"
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     load = m.get("load_average_at_start")
@@ -169,6 +186,10 @@ def render(results: dict[str, Any]) -> str:
     if "throughput" in sections:
         r = sections["throughput"]
         parts.append(f"**5. Throughput** ({r.get('rounds', 0)} rounds)\n\n" + throughput(r))
+    if "host" in sections:
+        r = sections["host"]
+        parts.append(f"**6. Model host hop per input** ({r['rounds']} rounds of {r['calls_per_round']} calls)\n\n"
+                     + host(r))
     return "\n\n".join(parts) + "\n"
 
 

@@ -6,7 +6,10 @@ upload, result record. A handler instance lives as long as the process, so it ma
 loaded model across records and across warm Lambda invocations: `setup()` runs once, before
 the first record; `handle()` runs per record; `close()` at shutdown. Two class-level hooks serve
 the tools around a run: `prepare()` (a local run readies the model's files before it starts) and
-`fetch_weights()` (`conveyor weights`).
+`fetch_weights()` (`conveyor weights`). A third, `hosted(options)`, says whether the handler keeps its
+model in Conveyor's process: load_handler then returns a conveyor.modelhost.HostedHandler, which runs
+it in a supervised child process instead (a hang or a crash is killed and set up again), unless
+`conveyor: model_host` says otherwise (auto: as the handler says; process: always; inline: never).
 
 Handlers are found by name: the built-ins below, a direct `package.module:Class` reference, then
 the `conveyor.handlers` entry-point group, so a third-party package can add one with
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from conveyor.isolation import ModelUser
 
 ENTRY_POINT_GROUP = "conveyor.handlers"
+HOST = "conveyor.modelhost:HostedHandler"  # found by name as handlers are: the host depends on this port
 BUILTIN = {
     "script": "conveyor.handlers.script:ScriptHandler",
     "deepaas": "conveyor.handlers.deepaas:DeepaasHandler",
@@ -157,6 +161,13 @@ class Handler(ABC):
         """Release what setup() took."""
 
     @classmethod
+    def hosted(cls, options: Mapping[str, Any]) -> bool:
+        """With these options, does the model live in Conveyor's own process (loaded once, called
+        in-process)? Then, under `model_host: auto`, it runs in a supervised model host. By default
+        no: a handler that runs a process per record (the script handler) is supervised already."""
+        return False
+
+    @classmethod
     def prepare(
         cls,
         options: Mapping[str, Any],
@@ -213,6 +224,15 @@ def handler_class(name: str) -> type[Handler]:
 
 
 def load_handler(config: "FunctionConfig") -> Handler:
-    """The handler the function definition names, built with its options (not yet set up)."""
+    """The handler the function definition names, built with its options (not yet set up); in a
+    model host (conveyor.modelhost) when `conveyor.model_host` is process, or auto and the handler
+    says its model lives in-process (Handler.hosted)."""
     spec = config.conveyor.handler
-    return handler_class(spec.name)(config, spec.options)
+    cls = handler_class(spec.name)
+    handler = cls(config, spec.options)  # hosted too: its options are checked here, before any record
+    where = config.conveyor.model_host
+    if where == "process" or (where == "auto" and cls.hosted(spec.options)):
+        module_name, _, attr = HOST.partition(":")
+        host: Any = getattr(importlib.import_module(module_name), attr)
+        return host(config, spec.options, target=cls)
+    return handler

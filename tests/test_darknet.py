@@ -48,6 +48,7 @@ from conveyor.handlers.darknet.weights import (
     extract_weights,
     verify_weights,
 )
+from conveyor.modelhost import HostedHandler
 from conveyor.platform import Platform
 from tests.support.requirements import need, requirement
 
@@ -80,7 +81,9 @@ def weights_dir() -> Path:
 
 def make_handler(weights_dir: Path, **options) -> DarknetHandler:
     options = {"weights_dir": str(weights_dir), **options}
-    config = FunctionConfig(conveyor=ConveyorSettings(handler=HandlerSpec(name="darknet", options=options)))
+    # in this process (model_host: inline): the handler's own logic; tests/test_modelhost.py hosts it
+    config = FunctionConfig(conveyor=ConveyorSettings(handler=HandlerSpec(name="darknet", options=options),
+                                                      model_host="inline"))
     handler = load_handler(config)
     assert isinstance(handler, DarknetHandler)
     handler.ensure_setup()
@@ -508,8 +511,9 @@ def test_cli_reports_files_that_vanished_although_darknet_exits_0(weights_dir, m
 
 def test_the_yolo_image_config_parses():
     config = load_config({}, Platform.LOCAL, Path(__file__).parents[1] / "images/yolo/function_config.yaml")
-    handler = load_handler(config)
-    assert isinstance(handler, DarknetHandler)
+    hosted = load_handler(config)  # the OpenCV backend runs in a model host
+    assert isinstance(hosted, HostedHandler) and hosted.target is DarknetHandler
+    handler = DarknetHandler(config, hosted.options)
     assert (handler.opts.backend, handler.opts.weights_dir) == ("opencv", "/opt/conveyor/weights")
     assert [o.path for o in config.outputs] == ["yolo/out"] and config.conveyor.require_output
 

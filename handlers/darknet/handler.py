@@ -4,6 +4,7 @@ and the preparation of the YOLOv3-tiny files for a local run (prepare) and for `
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -129,6 +130,18 @@ class DarknetHandler(Handler):
         self._names_path: Path | None = None
         self._out_names: list[str] = []
         self._net_lock = threading.Lock()  # cv2.dnn.Net is not safe to share between threads
+
+    @classmethod
+    def hosted(cls, options: Mapping[str, Any]) -> bool:
+        """The OpenCV backend keeps the network in memory: a model host (conveyor.modelhost) supervises
+        it; so does auto when it would choose OpenCV (cv2 installed, threshold high enough). The CLI
+        backend runs darknet per record, supervised already."""
+        backend = options.get("backend", "auto")
+        if backend == "opencv":
+            return True
+        threshold = options.get("threshold", DarknetOptions.threshold)
+        return (backend == "auto" and isinstance(threshold, (int, float)) and threshold >= OPENCV_MIN_THRESHOLD
+                and importlib.util.find_spec("cv2") is not None)
 
     # -- setup ----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Mapping
@@ -56,6 +57,14 @@ class DeepaasHandler(Handler):
         self._worker: ModelThread | None = None
         self._stuck: ModelThread | None = None  # a thread still busy with an abandoned prediction
         self._not_here = ""  # why auto mode could not load the model in this process
+
+    @classmethod
+    def hosted(cls, options: Mapping[str, Any]) -> bool:
+        """Warm mode keeps the model in memory: a model host (conveyor.modelhost) supervises it, so a
+        hung prediction is killed rather than abandoned; so does auto mode when deepaas is installed
+        here (the host then loads it warm, or runs cli/predict children when it cannot)."""
+        mode = str(options.get("mode", "auto")).strip().lower()
+        return mode == "warm" or (mode == "auto" and importlib.util.find_spec("deepaas") is not None)
 
     # -- life cycle ---------------------------------------------------------------------------------
 

@@ -3,14 +3,17 @@
 The model is loaded through its `deepaas.v2.model` entry point (deepaas.model.loading), `warm()` runs
 once, then `predict(**kwargs)` runs per record, across warm Lambda invocations too. Every call into the
 model happens on one daemon thread (ModelThread) owned by the handler; the caller waits for it until
-`inv.deadline` or `inv.shutdown`. A call that outlives its deadline cannot be killed (Python cannot
-stop a thread): the record fails with HandlerTimeout (context `needs_restart`), the handler drops its
+`inv.deadline` or `inv.shutdown`.
+
+"This process" is, by default, a model host (conveyor.modelhost; DeepaasHandler.hosted): a prediction
+that outlives its deadline is killed with the host's process group and the next record sets the model
+up in a fresh host. With `conveyor: model_host: inline` it is Conveyor's own process, where a call
+that outlives its deadline cannot be killed (Python cannot stop a thread): the record fails with
+HandlerTimeout (context `needs_restart`: a host seeing it is stopped too), the handler drops its
 model thread and re-runs setup() (a fresh thread, warm() again) before the next record; while the
 abandoned prediction is still running, records fail at once rather than pile up on a wedged model.
-In Lambda the platform's own timeout still ends the whole environment; in Batch/OSCAR the process
-ends with the job (the thread is a daemon and never holds the exit). deepaas's own ModelWrapper is
-not used: it needs an asyncio loop and runs every call in a pool of spawned processes (CONF.workers),
-i.e. not in-process at all.
+deepaas's own ModelWrapper is not used: it needs an asyncio loop and runs every call in a pool of
+spawned processes (CONF.workers), i.e. not in-process at all.
 
 The input is passed as deepaas's API passes an upload: UploadedFile(name=<file_arg>, filename=<copy>,
 content_type=<guessed from the name>, original_filename=<name>); so is every file `args` names for

@@ -209,6 +209,9 @@ class ConveyorSettings:
     # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
     isolate_model: bool = False
     model_user: str = DEFAULT_MODEL_USER  # "<user>[:<group>]", names or numbers
+    # Where an in-process handler's model lives (conveyor.modelhost): auto (a child process where the
+    # handler asks for it), process (always a supervised child), inline (in Conveyor's own process).
+    model_host: str = "auto"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -228,6 +231,7 @@ class ConveyorSettings:
             "keep_input_folders": self.keep_input_folders,
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
+            "model_host": self.model_host,
         }
 
 

@@ -30,8 +30,10 @@ _KNOWN = {
     "keep_input_folders",
     "isolate_model",
     "model_user",
+    "model_host",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
+MODEL_HOSTS = ("auto", "process", "inline")
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -75,6 +77,7 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         ),
         isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
         model_user=_model_user(values, merged.get("model_user"), at("model_user")),
+        model_host=values.choice(merged.get("model_host"), at("model_host"), "auto", MODEL_HOSTS, upper=False),
     )
     return settings, join(at("status"), "storage_provider")
 
