@@ -209,6 +209,9 @@ class ConveyorSettings:
     # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
     isolate_model: bool = False
     model_user: str = DEFAULT_MODEL_USER  # "<user>[:<group>]", names or numbers
+    # The s3 and minio providers' transfer engine: "obstore" (Rust object_store) or "sdk" (boto3
+    # for s3, the minio SDK for minio).
+    transfer_engine: str = "obstore"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -228,6 +231,7 @@ class ConveyorSettings:
             "keep_input_folders": self.keep_input_folders,
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
+            "transfer_engine": self.transfer_engine,
         }
 
 

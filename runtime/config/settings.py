@@ -30,8 +30,10 @@ _KNOWN = {
     "keep_input_folders",
     "isolate_model",
     "model_user",
+    "transfer_engine",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
+TRANSFER_ENGINES = ("obstore", "sdk")  # conveyor.storage.base.ENGINES
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -75,6 +77,8 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         ),
         isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
         model_user=_model_user(values, merged.get("model_user"), at("model_user")),
+        transfer_engine=values.choice(merged.get("transfer_engine"), at("transfer_engine"),
+                                      defaults.transfer_engine, TRANSFER_ENGINES, upper=False),
     )
     return settings, join(at("status"), "storage_provider")
 

@@ -24,6 +24,7 @@ CREDENTIAL_CODES = frozenset(
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
 # 4xx answers that may change when asked again (S3 answers RequestTimeout with 400, throttling with 400/503).
+ENGINES = ("obstore", "sdk")  # TransferOptions.engine
 TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
 PRECONDITION_FAILED = "PreconditionFailed"  # a conditional write or delete found another version
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
@@ -70,6 +71,9 @@ class TransferOptions:
     # The edges pass SSL_CERT_FILE. boto3 and requests find theirs themselves (AWS_CA_BUNDLE,
     # REQUESTS_CA_BUNDLE).
     ca_bundle: str | None = None
+    # The s3 and minio providers' transfer engine: "obstore" (Rust object_store, the default) or
+    # "sdk" (boto3 for s3, the minio SDK for minio). `conveyor: transfer_engine` in the definition.
+    engine: str = "obstore"
 
 
 @dataclass(frozen=True)
