@@ -291,14 +291,14 @@ class ObstoreStore(BaseStore):
         self, file: BinaryIO, bucket: str, key: str, content_type: str | None = None, *, create_only: bool = False
     ) -> Written:
         if not addressable(key):
-            return self.sdk().put_file(file, bucket, key, content_type, create_only=create_only)
+            return _quoted(self.sdk().put_file(file, bucket, key, content_type, create_only=create_only))
         import obstore
 
         with self._errors("upload", bucket, key):
             size = file_size(file)
             part = self.part_size(size)
             if create_only and size > part:  # obstore's create mode is a single PUT, held in memory
-                return self.sdk().put_file(file, bucket, key, content_type, create_only=True)
+                return _quoted(self.sdk().put_file(file, bucket, key, content_type, create_only=True))
             file.seek(0)
             answer = obstore.put(
                 self._store(bucket),
@@ -325,7 +325,8 @@ class ObstoreStore(BaseStore):
     def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
         """obstore sends no If-Match: `if_match` is compared with a HEAD just before."""
         if not addressable(key):
-            return self.sdk().delete(bucket, key, if_match)
+            sdk_etag = if_match.strip('"') if if_match and self.provider.ref.type == "minio" else if_match
+            return self.sdk().delete(bucket, key, sdk_etag)
         import obstore
 
         if if_match is not None and self.version(bucket, key) not in (if_match, None):
@@ -340,7 +341,8 @@ class ObstoreStore(BaseStore):
 
     def version(self, bucket: str, key: str) -> str | None:
         if not addressable(key):
-            return self.sdk().version(bucket, key)
+            version = self.sdk().version(bucket, key)
+            return _quoted(Written(0, version)).etag if version not in (None, "-") else version
         import obstore
 
         try:
@@ -385,6 +387,15 @@ class _StaticKeys:
 
     def __repr__(self) -> str:
         return "_StaticKeys(***)"
+
+
+def _quoted(written: Written) -> Written:
+    """The ETag as obstore (and S3) gives it, in quotes: the minio SDK drops them. One store, one
+    form, whichever engine wrote the object (a delete compares it)."""
+    etag = written.etag
+    if etag and not etag.startswith(('"', "W/")):
+        return Written(written.size, f'"{etag}"')
+    return written
 
 
 def _tail(first_line: str) -> str:

@@ -1,0 +1,223 @@
+"""The obstore transfer engine's own traps (tests/test_storage.py runs the shared suite with every
+engine), against the real S3 server: what the environment must not change for an explicit
+provider, keys obstore cannot address as they are, the error kinds of a refused key and a stopped
+server, large create-only writes, the timeouts it is given, and the `transfer_engine` key."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.config import load_config
+from conveyor.errors import ConfigError, CredentialsError, StorageError
+from conveyor.job import Stores
+from conveyor.platform import Platform
+from conveyor.storage import ObstoreStore, TransferOptions, is_not_found, is_permanent, is_taken, open_store
+
+MiB = 1024 * 1024
+KINDS = ["s3", "minio"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_foreign_aws_variables_do_not_reach_an_explicit_provider(
+    kind: str, make_provider, bucket: str, s3_client, monkeypatch, closed_port: int, tmp_path: Path
+) -> None:
+    """Under Lambda the environment holds the function's own AWS session (keys and a token); an
+    endpoint variable may point elsewhere. A provider with its own keys and endpoint uses those
+    alone: obstore's builder would attach the token to the provider's keys (the server refuses
+    the mix) and send every request to AWS_ENDPOINT_URL_S3."""
+    elsewhere = f"http://127.0.0.1:{closed_port}"
+    for name, value in {
+        "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLETOKEN",
+        "AWS_ACCESS_KEY_ID": "ASIAFOREIGNKEY",
+        "AWS_SECRET_ACCESS_KEY": "foreign-secret",
+        "AWS_ENDPOINT_URL_S3": elsewhere,
+        "AWS_ENDPOINT_URL": elsewhere,
+        "AWS_ENDPOINT": elsewhere,
+        "AWS_REGION": "eu-west-3",
+        "AWS_DEFAULT_REGION": "eu-west-3",
+        "AWS_SKIP_SIGNATURE": "true",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    store = open_store(make_provider(kind), max_attempts=1)
+    assert isinstance(store, ObstoreStore)
+    src = tmp_path / "x.txt"
+    src.write_bytes(b"mine")
+    assert store.upload(src, bucket, "in/x.txt") == 4
+    assert s3_client.get_object(Bucket=bucket, Key="in/x.txt")["Body"].read() == b"mine"
+    assert store.download(bucket, "in/x.txt", tmp_path / "back.txt") == 4
+    assert store.list_keys(bucket) == ["in/x.txt"]
+
+
+# Keys the test server stores as they are (SeaweedFS itself folds "a//b", "/a" and "a\\b", refuses
+# "." and ".." segments and keeps no body under "a/"); obstore alone would refuse these.
+ODD_KEYS = ["tab\tx.txt", "in/bell\x07.txt"]
+
+
+def test_which_keys_obstore_addresses() -> None:
+    from conveyor.storage.objstore import addressable
+
+    for key in ("a/b.txt", "in/dir with space/naïve café+plus 1 ümlaut.txt", "a%20b", "x#y?z", ".x", "a/.../b"):
+        assert addressable(key), key
+    for key in ("a//b", "/a", "a/", "", ".", "a/./b", "a/../b", "a\\b", "a\tb", "a\x7fb"):
+        assert not addressable(key), key
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_keys_obstore_cannot_address_keep_their_exact_name(
+    kind: str, make_provider, bucket: str, s3_client, tmp_path: Path, key: str
+) -> None:
+    """obstore's path type refuses empty, '.' and '..' segments and control characters, and
+    rewrites a leading or trailing '/' and a backslash: those keys go through the SDK store, unchanged."""
+    store = open_store(make_provider(kind))
+    src = tmp_path / "odd.bin"
+    src.write_bytes(b"odd")
+    with open(src, "rb") as file:
+        written = store.put_file(file, bucket, key, create_only=True)
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [key]
+    assert store.version(bucket, key) == written.etag and store.exists(bucket, key)
+    assert store.download(bucket, key, tmp_path / "back.bin") == 3
+    assert (tmp_path / "back.bin").read_bytes() == b"odd"
+    assert store.delete(bucket, key, if_match=written.etag) is True
+    assert store.version(bucket, key) is None
+
+
+def test_a_list_prefix_need_not_end_at_a_folder(kind: str, make_provider, bucket: str) -> None:
+    """obstore lists whole path segments; list_keys keeps S3's character prefixes."""
+    store = open_store(make_provider(kind))
+    for key in ("in/abc.txt", "in/abd/1.txt", "in/x.txt", "inbox/y.txt", "top.txt"):
+        store.put_bytes(b"x", bucket, key)
+    assert store.list_keys(bucket, "in/ab") == ["in/abc.txt", "in/abd/1.txt"]
+    assert store.list_keys(bucket, "in") == ["in/abc.txt", "in/abd/1.txt", "in/x.txt", "inbox/y.txt"]
+    assert store.list_keys(bucket, "in/") == ["in/abc.txt", "in/abd/1.txt", "in/x.txt"]
+    assert store.list_keys(bucket, "t") == ["top.txt"]
+
+
+def test_a_refused_key_is_a_credentials_error_without_the_secret(kind: str, make_provider, bucket: str,
+                                                                 tmp_path: Path) -> None:
+    provider = make_provider(kind, secret_key="not-the-secret-key-0123456789")
+    store = open_store(provider, max_attempts=1)
+    for call in (
+        lambda: store.version(bucket, "k.txt"),
+        lambda: store.delete(bucket, "k.txt"),
+        lambda: store.download(bucket, "k.txt", tmp_path / "k.txt"),
+    ):
+        with pytest.raises(CredentialsError) as info:
+            call()
+        error = info.value
+        assert error.exit_code == 77 and is_permanent(error) and not is_not_found(error)
+        assert "credentials refused" in error.message and "\n" not in error.message
+        assert provider.secret_key not in error.message and provider.secret_key not in repr(error.context)
+        assert f"{kind}.default" in error.message and bucket in error.message
+
+
+def test_a_stopped_server_is_a_transient_storage_error(kind: str, s3_server_factory, tmp_path: Path,
+                                                       make_provider) -> None:
+    """The store was working; then its server stops: each call ends, after the bounded retries,
+    with a StorageError (74) naming the endpoint, transient, neither 'not found' nor credentials."""
+    server = s3_server_factory(buckets=["kept"])
+    provider = make_provider(kind, endpoint=server.endpoint, access_key=server.access_key,
+                             secret_key=server.secret_key)
+    store = open_store(provider, max_attempts=2, backoff_factor=0.05, connect_timeout=1.0)
+    store.put_bytes(b"{}", "kept", "k.json")
+    server.stop()
+    outcome: dict[str, Any] = {}
+
+    def calls() -> None:
+        errors = []
+        for call in (lambda: store.download("kept", "k.json", tmp_path / "k.json"),
+                     lambda: store.put_bytes(b"{}", "kept", "k2.json"),
+                     lambda: store.version("kept", "k.json")):
+            try:
+                call()
+            except StorageError as exc:
+                errors.append(exc)
+        outcome["errors"] = errors
+
+    worker = threading.Thread(target=calls, daemon=True)
+    worker.start()
+    worker.join(60)  # a bound, not a timing: obstore's own default would retry for 3 minutes
+    assert not worker.is_alive(), "the calls to a stopped server did not end"
+    errors = outcome["errors"]
+    assert len(errors) == 3
+    for error in errors:
+        assert type(error) is StorageError and error.exit_code == 74
+        assert not is_permanent(error) and not is_not_found(error) and not is_taken(error)
+        assert server.endpoint in error.message and "after 2 attempts" in error.message
+        assert "\n" not in error.message
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_a_large_create_only_write_is_atomic_with_bounded_memory(kind: str, make_provider, bucket: str,
+                                                                 s3_client, tmp_path: Path) -> None:
+    """obstore sends If-None-Match only in a single PUT (the whole body in memory): a create-only
+    file larger than one part goes through the SDK store, in parts, and still refuses a taken key."""
+    store = open_store(make_provider(kind), part_size=5 * MiB, multipart_threshold=5 * MiB)
+    assert isinstance(store, ObstoreStore) and store.part_size(6 * MiB) == 5 * MiB
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(6 * MiB))
+    with open(src, "rb") as file:
+        written = store.put_file(file, bucket, "out/big.bin", create_only=True)
+    assert written.size == 6 * MiB and store.version(bucket, "out/big.bin") == written.etag
+    assert s3_client.head_object(Bucket=bucket, Key="out/big.bin", PartNumber=1).get("PartsCount", 1) > 1
+    with open(src, "rb") as file, pytest.raises(StorageError) as caught:
+        store.put_file(file, bucket, "out/big.bin", create_only=True)
+    assert is_taken(caught.value)
+
+
+def test_the_engine_is_given_explicit_timeouts_and_retries(make_provider, bucket: str) -> None:
+    """obstore's default whole-request timeout (30 s, body included) would cut a large transfer:
+    it is lifted, and the connect and read timeouts and the retries come from TransferOptions."""
+    store = open_store(make_provider("minio"), connect_timeout=1.5, read_timeout=20, max_attempts=4,
+                       backoff_factor=0.3, backoff_max=2)
+    assert isinstance(store, ObstoreStore)
+    bucket_store = store._store(bucket)
+    client = bucket_store.client_options  # obstore gives them back as duration strings
+    assert (client["connect_timeout"], client["read_timeout"], client["timeout"]) == ("1s 500ms", "20s", "1day")
+    retry = bucket_store.retry_config
+    assert retry["max_retries"] == 3
+    assert (retry["backoff"]["init_backoff"].total_seconds(), retry["backoff"]["max_backoff"].total_seconds()) == (
+        0.3, 2.0)
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_a_config_error(make_provider, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CA bundle"):
+        open_store(make_provider("s3"), ca_bundle=str(tmp_path / "missing.pem"))
+
+
+def test_transfer_engine_key_reaches_the_stores(tmp_path: Path) -> None:
+    definition = tmp_path / "f.yaml"
+    base = "name: f\nstorage_providers: {minio: {default: {endpoint: 'http://127.0.0.1:9', access_key: a, secret_key: b}}}\n"
+    seen: list[TransferOptions] = []
+
+    def opener(provider: Any, options: TransferOptions) -> Any:
+        seen.append(options)
+        return object()
+
+    for text, engine in (("", "obstore"), ("conveyor: {transfer_engine: sdk}\n", "sdk"),
+                         ("conveyor: {transfer_engine: OBSTORE}\n", "obstore")):
+        definition.write_text(base + text)
+        config = load_config({}, Platform.LOCAL, path=definition, secrets_dir=None)
+        assert config.conveyor.transfer_engine == engine
+        assert config.conveyor.redacted()["transfer_engine"] == engine
+        Stores(config, opener, TransferOptions(max_attempts=7)).get(config.inputs[0].provider if config.inputs
+                                                                     else _minio_default())
+        assert (seen[-1].engine, seen[-1].max_attempts) == (engine, 7)
+    definition.write_text(base + "conveyor: {transfer_engine: boto}\n")
+    with pytest.raises(ConfigError, match="conveyor.transfer_engine"):
+        load_config({}, Platform.LOCAL, path=definition, secrets_dir=None)
+
+
+def _minio_default() -> Any:
+    from conveyor.config import ProviderRef
+
+    return ProviderRef("minio", "default")
