@@ -196,7 +196,8 @@ def test_a_ca_bundle_that_cannot_be_read_is_a_config_error(make_provider, tmp_pa
 
 def test_transfer_engine_key_reaches_the_stores(tmp_path: Path) -> None:
     definition = tmp_path / "f.yaml"
-    base = "name: f\nstorage_providers: {minio: {default: {endpoint: 'http://127.0.0.1:9', access_key: a, secret_key: b}}}\n"
+    base = ("name: f\nstorage_providers:\n"
+            "  {minio: {default: {endpoint: 'http://127.0.0.1:9', access_key: a, secret_key: b}}}\n")
     seen: list[TransferOptions] = []
 
     def opener(provider: Any, options: TransferOptions) -> Any:
@@ -213,7 +214,7 @@ def test_transfer_engine_key_reaches_the_stores(tmp_path: Path) -> None:
                                                                      else _minio_default())
         assert (seen[-1].engine, seen[-1].max_attempts) == (engine, 7)
     definition.write_text(base + "conveyor: {transfer_engine: boto}\n")
-    with pytest.raises(ConfigError, match="conveyor.transfer_engine"):
+    with pytest.raises(ConfigError, match=r"conveyor\.transfer_engine"):
         load_config({}, Platform.LOCAL, path=definition, secrets_dir=None)
 
 

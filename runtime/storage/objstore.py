@@ -192,7 +192,7 @@ class ObstoreStore(BaseStore):
                         config=self._config(bucket),  # type: ignore[arg-type]
                         client_options=self._client,  # type: ignore[arg-type]
                         retry_config=self._retry,  # type: ignore[arg-type]
-                        credential_provider=credentials,
+                        credential_provider=credentials,  # type: ignore[arg-type]
                     )
                 self._buckets[bucket] = store
             return store
