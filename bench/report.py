@@ -169,6 +169,12 @@ def render(results: dict[str, Any]) -> str:
     if "throughput" in sections:
         r = sections["throughput"]
         parts.append(f"**5. Throughput** ({r.get('rounds', 0)} rounds)\n\n" + throughput(r))
+    if "large" in sections:
+        from bench import large
+
+        r = sections["large"]
+        parts.append(f"**4b. One large object, GET and PUT, Conveyor vs boto3** ({r['rounds']} rounds)\n\n"
+                     + large.render(r))
     return "\n\n".join(parts) + "\n"
 
 

@@ -59,6 +59,7 @@ class TransferOptions:
     max_attempts: int = 3  # total tries per request, first one included
     connect_timeout: float = 2.0  # seconds
     read_timeout: float = 60.0  # seconds without a byte
+    # The SDK engines' parts (the obstore engine sends parts of 5 MiB, 3 in flight: conveyor.storage.objstore).
     multipart_threshold: int = 64 * MiB  # larger uploads/downloads go in parts
     part_size: int = 16 * MiB  # S3 minimum is 5 MiB
     max_concurrency: int = 4  # parts in flight
