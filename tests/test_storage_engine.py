@@ -222,3 +222,26 @@ def _minio_default() -> Any:
     from conveyor.config import ProviderRef
 
     return ProviderRef("minio", "default")
+
+
+def test_a_create_only_write_whose_answer_was_lost_is_not_taken_for_another_writers(
+    kind: str, make_provider, bucket: str, s3_client, tmp_path: Path
+) -> None:
+    """The server stored the object, its answer never came. obstore would send the PUT again, the
+    server would refuse it (412: the key exists, by this very write) and the record would take its
+    own object for another writer's (kept, not withdrawn). A create-only write is asked again only
+    when it cannot have landed: here it fails as an unreachable store, not as a taken key."""
+    from tests.support.lossy import LostAnswers
+
+    proxy = LostAnswers(make_provider(kind).endpoint, method="PUT", path_part=f"/{bucket}/out/x.bin")
+    try:
+        store = open_store(make_provider(kind, endpoint=proxy.endpoint))
+        src = tmp_path / "x.bin"
+        src.write_bytes(b"mine")
+        with open(src, "rb") as file, pytest.raises(StorageError) as caught:
+            store.put_file(file, bucket, "out/x.bin", create_only=True)
+    finally:
+        proxy.close()
+    assert not is_taken(caught.value) and not is_permanent(caught.value), caught.value.message
+    assert len(proxy.dropped) == 1, proxy.dropped  # sent once, stored once
+    assert s3_client.get_object(Bucket=bucket, Key="out/x.bin")["Body"].read() == b"mine"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -135,7 +136,7 @@ class ObstoreStore(BaseStore):
                 "base": 2,
             },
         }
-        self._buckets: dict[str, Any] = {}
+        self._buckets: dict[tuple[str, bool], Any] = {}
         self._sdk: ObjectStore | None = None
         self._lock = threading.Lock()
 
@@ -179,9 +180,10 @@ class ObstoreStore(BaseStore):
         config.update(endpoint=endpoint, aws_endpoint_url_s3=endpoint, virtual_hosted_style_request=virtual)
         return config
 
-    def _store(self, bucket: str) -> Any:
+    def _store(self, bucket: str, retries: bool = True) -> Any:
+        """The obstore store of `bucket`; `retries=False`: one that never asks twice (create-only writes)."""
         with self._lock:
-            store = self._buckets.get(bucket)
+            store = self._buckets.get((bucket, retries))
             if store is None:
                 from obstore.store import S3Store as Bucket
 
@@ -192,10 +194,10 @@ class ObstoreStore(BaseStore):
                         bucket,
                         config=self._config(bucket),  # type: ignore[arg-type]
                         client_options=self._client,  # type: ignore[arg-type]
-                        retry_config=self._retry,  # type: ignore[arg-type]
+                        retry_config=self._retry if retries else {"max_retries": 0},  # type: ignore[arg-type]
                         credential_provider=credentials,  # type: ignore[arg-type]
                     )
-                self._buckets[bucket] = store
+                self._buckets[(bucket, retries)] = store
             return store
 
     def sdk(self) -> ObjectStore:
@@ -302,18 +304,42 @@ class ObstoreStore(BaseStore):
             part = self.part_size(size)
             if create_only and size > part:  # obstore's create mode is a single PUT, held in memory
                 return _quoted(self.sdk().put_file(file, bucket, key, content_type, create_only=True))
+            attributes = {"Content-Type": content_type or guess_content_type(key)}
+            if create_only:
+                return self._create(file, bucket, key, size, attributes)
             file.seek(0)
             answer = obstore.put(
                 self._store(bucket),
                 key,
                 file,
-                attributes={"Content-Type": content_type or guess_content_type(key)},
-                mode="create" if create_only else "overwrite",
-                use_multipart=size > part and not create_only,
+                attributes=attributes,  # type: ignore[arg-type]
+                use_multipart=size > part,
                 chunk_size=part,
                 max_concurrency=max(1, min(self.options.max_concurrency, MAX_IN_FLIGHT)),
             )
             return Written(size, answer.get("e_tag"))
+
+    def _create(self, file: BinaryIO, bucket: str, key: str, size: int, attributes: dict[str, str]) -> Written:
+        """A create-only PUT (If-None-Match: *), asked again only when it cannot have landed: the
+        server answered 5xx/429, or no connection was made. obstore would also resend it after a
+        lost answer, and the server would then refuse the retry (412) of a write that did land:
+        this record's own object taken for another writer's."""
+        import obstore
+        from obstore.exceptions import BaseError
+
+        pause = self.options.backoff_factor
+        for attempt in range(1, max(1, self.options.max_attempts) + 1):
+            file.seek(0)
+            try:
+                answer = obstore.put(self._store(bucket, retries=False), key, file,
+                                     attributes=attributes, mode="create")  # type: ignore[arg-type]
+                return Written(size, answer.get("e_tag"))
+            except BaseError as exc:
+                if attempt >= self.options.max_attempts or not _not_written(exc):
+                    raise
+            time.sleep(min(pause, self.options.backoff_max))
+            pause *= 2
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/json") -> None:
         if not addressable(key):
@@ -399,6 +425,16 @@ def _quoted(written: Written) -> Written:
     if etag and not etag.startswith(('"', "W/")):
         return Written(written.size, f'"{etag}"')
     return written
+
+
+def _not_written(exc: BaseException) -> bool:
+    """Whether a failed write surely stored nothing: the server answered 5xx or 429, or the
+    connection was never made."""
+    text = str(exc)
+    status, kind = _STATUS.search(text), _HTTP_KIND.search(text)
+    if status:
+        return int(status.group(1)) in (429, 500, 502, 503, 504)
+    return bool(kind and kind.group(1) == "Connect")
 
 
 def _tail(first_line: str) -> str:
