@@ -312,7 +312,7 @@ class ObstoreStore(BaseStore):
                 self._store(bucket),
                 key,
                 file,
-                attributes=attributes,  # type: ignore[arg-type]
+                attributes=attributes,
                 use_multipart=size > part,
                 chunk_size=part,
                 max_concurrency=max(1, min(self.options.max_concurrency, MAX_IN_FLIGHT)),
@@ -332,7 +332,7 @@ class ObstoreStore(BaseStore):
             file.seek(0)
             try:
                 answer = obstore.put(self._store(bucket, retries=False), key, file,
-                                     attributes=attributes, mode="create")  # type: ignore[arg-type]
+                                     attributes=attributes, mode="create")
                 return Written(size, answer.get("e_tag"))
             except BaseError as exc:
                 if attempt >= self.options.max_attempts or not _not_written(exc):
