@@ -245,3 +245,45 @@ def test_a_create_only_write_whose_answer_was_lost_is_not_taken_for_another_writ
     assert not is_taken(caught.value) and not is_permanent(caught.value), caught.value.message
     assert len(proxy.dropped) == 1, proxy.dropped  # sent once, stored once
     assert s3_client.get_object(Bucket=bucket, Key="out/x.bin")["Body"].read() == b"mine"
+
+
+def test_aws_s3_gets_the_platforms_region_and_its_own_endpoint() -> None:
+    """An s3 provider with no endpoint is AWS S3: its region, else the platform's (AWS_REGION at
+    the edge), since obstore does not follow S3's redirects to a bucket's region; the endpoint is
+    pinned (virtual-hosted where the bucket name allows), so AWS_ENDPOINT_URL_S3 cannot move it."""
+    from conveyor.cli import transfer_options
+    from conveyor.config import ProviderRef, StorageProvider
+
+    options = transfer_options({"AWS_REGION": "eu-west-3", "SSL_CERT_FILE": ""})
+    assert options.default_region == "eu-west-3" and options.ca_bundle is None
+    assert transfer_options({"AWS_DEFAULT_REGION": "us-west-2"}).default_region == "us-west-2"
+    aws = open_store(StorageProvider(ProviderRef("s3", "default")), options)
+    assert isinstance(aws, ObstoreStore)
+    config = aws._config("my-bucket")
+    assert config["region"] == "eu-west-3" and config["virtual_hosted_style_request"] is True
+    assert config["endpoint"] == config["aws_endpoint_url_s3"] == "https://my-bucket.s3.eu-west-3.amazonaws.com"
+    dotted = aws._config("my.dotted.bucket")
+    assert dotted["endpoint"] == "https://s3.eu-west-3.amazonaws.com" and not dotted["virtual_hosted_style_request"]
+    named = open_store(StorageProvider(ProviderRef("s3", "x"), region="ap-south-1"), options)
+    assert named._config("b")["region"] == "ap-south-1"  # type: ignore[attr-defined]
+    minio = open_store(StorageProvider(ProviderRef("minio", "x"), access_key="a", secret_key="b",
+                                       endpoint="http://127.0.0.1:9"), options)
+    assert minio._config("b")["region"] == "us-east-1"  # type: ignore[attr-defined]  # not the platform's
+
+
+def test_a_bucket_in_another_region_is_a_clear_error(make_provider) -> None:
+    from obstore.exceptions import GenericError
+
+    store = open_store(make_provider("s3"))
+    assert isinstance(store, ObstoreStore)
+    answer = GenericError(
+        "Generic S3 error: Error performing GET https://b.s3.us-east-1.amazonaws.com/k in 20ms - Server returned "
+        'non-2xx status code: 400 Bad Request: <?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+        "AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region "
+        "'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>\n\nDebug source: ..."
+    )
+    with pytest.raises(StorageError) as caught, store._errors("download", "b", "k"):
+        raise answer
+    error = caught.value
+    assert "region eu-west-1" in error.message and "give the provider's region" in error.message
+    assert is_permanent(error) and type(error) is StorageError and "\n" not in error.message

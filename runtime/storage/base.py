@@ -75,6 +75,9 @@ class TransferOptions:
     # The s3 and minio providers' transfer engine: "obstore" (Rust object_store, the default) or
     # "sdk" (boto3 for s3, the minio SDK for minio). `conveyor: transfer_engine` in the definition.
     engine: str = "obstore"
+    # The platform's region (AWS_REGION, read by the edges) for an s3 provider that names none: the
+    # obstore engine, unlike boto3, does not follow S3's redirects to a bucket's region.
+    default_region: str | None = None
 
 
 @dataclass(frozen=True)

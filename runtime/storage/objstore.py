@@ -73,6 +73,8 @@ REQUEST_TIMEOUT = timedelta(days=1)  # obstore's whole-request timeout: the reco
 _ODD_SEGMENTS = frozenset({"", ".", ".."})
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+_REGION = re.compile(r"<Region>([^<]+)</Region>")
+_WRONG_REGION = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IncorrectEndpoint"})
 _STATUS = re.compile(r"status(?: code)?: (\d{3})")
 _OS_MESSAGE = re.compile(r'message: "([^"]+)"')
 _HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
@@ -116,8 +118,10 @@ class ObstoreStore(BaseStore):
                 "default AWS credential chain)",
                 provider=str(provider.ref),
             )
-        self.region = provider.region or "us-east-1"
         endpoint = provider.endpoint or (MINIO_DEFAULT_ENDPOINT if kind == "minio" else None)
+        # AWS S3 itself: the provider's region, else the platform's (Lambda, Batch); obstore does not
+        # follow S3's redirects to the bucket's region as boto3 does (a wrong one is a clear error).
+        self.region = provider.region or (None if endpoint else options.default_region) or "us-east-1"
         self.endpoint: str | None = None
         if endpoint:
             parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -257,6 +261,11 @@ class ObstoreStore(BaseStore):
         if refused or status in (401, 403) or code in CREDENTIAL_CODES:
             reason = f"credentials refused ({detail or f'HTTP {status}'})"
             self._raise(operation, bucket, key, reason, credentials=True, cause=code or str(status), status=status)
+        region = _REGION.search(text)
+        if code in _WRONG_REGION:
+            where = f"in region {region.group(1)}" if region else "in another region"
+            reason = f"the bucket is {where}, not {self.region}: give the provider's region ({code})"
+            self._raise(operation, bucket, key, reason, cause=code, status=status)
         if status is not None:
             self._raise(operation, bucket, key, f"{detail or 'error'} (HTTP {status})", cause=code, status=status)
         if "credential" in first.lower():  # the AWS chain found none, or could not fetch them
