@@ -287,3 +287,41 @@ def test_a_bucket_in_another_region_is_a_clear_error(make_provider) -> None:
     error = caught.value
     assert "region eu-west-1" in error.message and "give the provider's region" in error.message
     assert is_permanent(error) and type(error) is StorageError and "\n" not in error.message
+
+
+def test_a_create_only_write_the_server_refused_with_503_is_asked_again(
+    kind: str, make_provider, bucket: str, s3_client, tmp_path: Path
+) -> None:
+    """A 503 (SlowDown) says nothing was stored: that create-only write is sent again."""
+    import socket
+
+    from tests.support.lossy import LostAnswers, _content_length, _read_head
+
+    class SlowDownOnce(LostAnswers):  # forwards every request (losing none) but answers the first 503
+        def __init__(self, upstream: str) -> None:
+            self.refused: list[bytes] = []
+            super().__init__(upstream, method="NONE")
+
+        def _proxy(self, client: socket.socket) -> None:
+            if self.refused:
+                return super()._proxy(client)
+            head, body = _read_head(client)
+            while len(body) < _content_length(head):
+                body += client.recv(1 << 20)
+            self.refused.append(head.split(b"\r\n", 1)[0])
+            xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: "
+                           + str(len(xml)).encode() + b"\r\nConnection: close\r\n\r\n" + xml)
+
+    proxy = SlowDownOnce(make_provider(kind).endpoint)
+    try:
+        store = open_store(make_provider(kind, endpoint=proxy.endpoint), backoff_factor=0.01)
+        src = tmp_path / "x.bin"
+        src.write_bytes(b"mine")
+        with open(src, "rb") as file:
+            written = store.put_file(file, bucket, "out/x.bin", create_only=True)
+    finally:
+        proxy.close()
+    assert proxy.refused[0].startswith(b"PUT ") and written.size == 4, proxy.errors
+    assert proxy.seen[-1].startswith(b"PUT ")  # sent again, and stored
+    assert s3_client.get_object(Bucket=bucket, Key="out/x.bin")["Body"].read() == b"mine"
