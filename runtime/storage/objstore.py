@@ -10,7 +10,9 @@ How it keeps the seam's promises:
 - create_only: `If-None-Match: *` (obstore's PutMode "create", atomic on the server). obstore sends
   it only in a single PUT, which holds the whole body in memory: a create-only file larger than one
   part goes through the provider's SDK store instead (atomic there too for s3: boto3 sends the
-  header with the multipart completion; the minio SDK stats just before).
+  header with the multipart completion; the minio SDK stats just before). It is sent again only
+  when it cannot have landed (5xx, 429, no connection): after a lost answer the server would
+  refuse the resent write of an object that did land, and the record would take it for another's.
 - delete(if_match=...): obstore has no conditional delete: the ETag is compared (HEAD) just before
   the DELETE, which leaves a window of one request in which another writer's object can be taken
   for ours, as in the stores that cannot send If-Match.
@@ -23,7 +25,9 @@ provider would otherwise pick up AWS_ENDPOINT_URL_S3 (it beats `endpoint`) or, u
 function's AWS_SESSION_TOKEN next to its own keys. Here the endpoint is always pinned
 (`aws_endpoint_url_s3` too) and explicit keys come from a credential provider (no token, never
 the environment's). A provider without keys (s3 only) uses obstore's standard AWS chain:
-environment (with session token), web identity, container and instance credentials.
+environment (with session token), web identity, container and instance credentials. AWS S3
+itself gets the provider's region, else the platform's (TransferOptions.default_region): obstore
+does not follow S3's redirects to a bucket's region (a wrong region is an error that names it).
 
 Timeouts: connect and read (between bytes) from TransferOptions; the whole-request `timeout`
 (30 s by default, body included) is lifted to a day, since large transfers last longer and the
