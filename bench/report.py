@@ -190,6 +190,12 @@ def render(results: dict[str, Any]) -> str:
         r = sections["host"]
         parts.append(f"**6. Model host hop per input** ({r['rounds']} rounds of {r['calls_per_round']} calls)\n\n"
                      + host(r))
+    if "large" in sections:
+        from bench import large
+
+        r = sections["large"]
+        parts.append(f"**4b. One large object, GET and PUT, Conveyor vs boto3** ({r['rounds']} rounds)\n\n"
+                     + large.render(r))
     return "\n\n".join(parts) + "\n"
 
 

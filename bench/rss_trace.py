@@ -1,6 +1,6 @@
 """Where does a `conveyor run` process's memory go? An RSS timeline against its own log.
 
-    python -m bench.rss_trace --size 1GiB --provider minio [--every 0.02]
+    python -m bench.rss_trace --size 1GiB --provider minio [--engine obstore|sdk] [--every 0.02]
 
 Starts a SeaweedFS server, uploads one object of that size, runs `conveyor run` on its MinIO
 (or S3) event with the `cp` script, samples the process's VmRSS from /proc every `--every`
@@ -58,12 +58,14 @@ def downloading(scratch: Path) -> bool:
     return any(scratch.glob("conveyor-*/input/*.conveyor-part*"))
 
 
-def trace(bench: Bench, size: int, provider: str, every: float, extra_env: dict[str, str]) -> dict:
+def trace(bench: Bench, size: int, provider: str, every: float, extra_env: dict[str, str],
+          engine: str = "obstore") -> dict:
     key = f"in/trace-{size}.bin"
     bench.put_random(key, size)
     event = (minio_event if provider == "minio" else s3_event)(BUCKET, key, size)
     env = bench.child_env(
-        FUNCTION_CONFIG=b64_yaml(bench.definition("out-trace", provider_type=provider)),
+        FUNCTION_CONFIG=b64_yaml(bench.definition("out-trace", provider_type=provider,
+                                                  conveyor={"transfer_engine": engine})),
         SCRIPT=b64(CP_SCRIPT),
         PYTHONUNBUFFERED="1",
         **extra_env,
@@ -122,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss_trace", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     parser.add_argument("--provider", choices=("minio", "s3"), default="minio")
+    parser.add_argument("--engine", choices=("obstore", "sdk"), default="obstore",
+                        help="the providers' transfer engine (conveyor: transfer_engine)")
     parser.add_argument("--every", type=float, default=0.02, help="seconds between samples")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
     with Bench.start() as bench:
-        print(json.dumps(trace(bench, args.size, args.provider, args.every, extra), indent=2))
+        print(json.dumps(trace(bench, args.size, args.provider, args.every, extra, args.engine), indent=2))
     return 0
 
 

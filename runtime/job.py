@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ class Stores:
     ) -> None:
         self._config = config
         self._opener = opener
-        self._options = options  # retries, timeouts, CA bundle: built at the edge (cli, LambdaApp)
+        # retries, timeouts, CA bundle: built at the edge (cli, LambdaApp); the engine: the definition's
+        self._options = replace(options or TransferOptions(), engine=config.conveyor.transfer_engine)
         self._open: dict[str, ObjectStore] = {}
         self._lock = threading.Lock()
 

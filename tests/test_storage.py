@@ -20,6 +20,7 @@ from conveyor.storage import (
     LocalStore,
     MinioStore,
     ObjectStore,
+    ObstoreStore,
     S3Store,
     guess_content_type,
     is_taken,
@@ -30,6 +31,7 @@ MiB = 1024 * 1024
 BIG = 100 * 1000 * 1000  # "a 100 MB object"
 ODD_KEY = "in/dir with space/naïve café+plus 1 ümlaut.txt"
 KINDS = ["s3", "minio"]
+ENGINES = ["obstore", "sdk"]  # every test of the s3 and minio providers runs with each transfer engine
 
 
 def strays(folder: Path) -> list[str]:
@@ -42,15 +44,24 @@ def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def store(kind: str, make_provider) -> ObjectStore:
-    return open_store(make_provider(kind))
+def store(kind: str, engine: str, make_provider) -> ObjectStore:
+    return open_store(make_provider(kind), engine=engine)
 
 
 # -- both providers against the real server ------------------------------------------------------
 def test_open_store_picks_the_implementation(make_provider, tmp_path: Path) -> None:
-    assert isinstance(open_store(make_provider("s3")), S3Store)
-    assert isinstance(open_store(make_provider("minio")), MinioStore)
+    assert isinstance(open_store(make_provider("s3")), ObstoreStore)  # the default engine
+    assert isinstance(open_store(make_provider("minio")), ObstoreStore)
+    assert isinstance(open_store(make_provider("s3"), engine="sdk"), S3Store)
+    assert isinstance(open_store(make_provider("minio"), engine="sdk"), MinioStore)
+    with pytest.raises(ConfigError, match="transfer_engine"):
+        open_store(make_provider("s3"), engine="boto4")
     local = open_store(StorageProvider(ref=ProviderRef("local"), root=str(tmp_path)))
     assert isinstance(local, LocalStore)
     for store in (open_store(make_provider("s3")), local):
@@ -174,9 +185,9 @@ def test_missing_source_file(store: ObjectStore, bucket: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("which", ["secret", "access"])
-def test_wrong_credentials(kind: str, make_provider, bucket: str, tmp_path: Path, which: str) -> None:
+def test_wrong_credentials(kind: str, engine: str, make_provider, bucket: str, tmp_path: Path, which: str) -> None:
     wrong = {"secret_key": "not-the-secret-key"} if which == "secret" else {"access_key": "NOSUCHACCESSKEY"}
-    store = open_store(make_provider(kind, **wrong), max_attempts=1)
+    store = open_store(make_provider(kind, **wrong), max_attempts=1, engine=engine)
     src = tmp_path / "f.txt"
     src.write_text("x")
     dest = tmp_path / "dest.txt"
@@ -193,33 +204,38 @@ def test_wrong_credentials(kind: str, make_provider, bucket: str, tmp_path: Path
     assert not dest.exists() and strays(tmp_path) == []
 
 
-def test_s3_without_any_credentials(monkeypatch, make_provider, bucket: str, tmp_path: Path) -> None:
-    # The default chain finds nothing: no env keys, no files, no instance metadata (never leave loopback).
+def test_s3_without_any_credentials(monkeypatch, engine: str, make_provider, bucket: str, tmp_path: Path,
+                                   closed_port: int) -> None:
+    # The default chain finds nothing: no env keys, no files, no instance metadata (never leave
+    # loopback: obstore asks the metadata endpoint whatever AWS_EC2_METADATA_DISABLED says).
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    store = open_store(make_provider("s3", access_key=None, secret_key=None), max_attempts=1)
+    store = open_store(make_provider("s3", access_key=None, secret_key=None), max_attempts=1, engine=engine)
     with pytest.raises(CredentialsError, match="no credentials"):
         store.download(bucket, "k.txt", tmp_path / "k.txt")
 
 
-def test_s3_half_credentials_fail_at_open(make_provider) -> None:
+def test_s3_half_credentials_fail_at_open(engine: str, make_provider) -> None:
     with pytest.raises(CredentialsError, match="together"):
-        open_store(make_provider("s3", secret_key=None))
+        open_store(make_provider("s3", secret_key=None), engine=engine)
 
 
-def test_minio_without_credentials_fails_at_open(make_provider) -> None:
+def test_minio_without_credentials_fails_at_open(engine: str, make_provider) -> None:
     with pytest.raises(CredentialsError, match=r"minio\.default"):
-        open_store(make_provider("minio", access_key=None, secret_key=None))
+        open_store(make_provider("minio", access_key=None, secret_key=None), engine=engine)
 
 
 @pytest.mark.parametrize("attempts", [1, None])
-def test_unreachable_endpoint(kind: str, make_provider, closed_port: int, tmp_path: Path, attempts) -> None:
+def test_unreachable_endpoint(kind: str, engine: str, make_provider, closed_port: int, tmp_path: Path,
+                              attempts) -> None:
     provider = make_provider(kind, endpoint=f"http://127.0.0.1:{closed_port}")
-    store = open_store(provider) if attempts is None else open_store(provider, max_attempts=attempts)
+    store = open_store(provider, engine=engine) if attempts is None else open_store(
+        provider, max_attempts=attempts, engine=engine)
     src = tmp_path / "f.txt"
     src.write_text("x")
     dest = tmp_path / "dest.txt"
@@ -245,9 +261,9 @@ def test_unknown_option_is_rejected(make_provider) -> None:
         open_store(make_provider("s3"), max_atempts=1)
 
 
-def test_minio_endpoint_must_be_a_url(make_provider) -> None:
+def test_minio_endpoint_must_be_a_url(engine: str, make_provider) -> None:
     with pytest.raises(ConfigError, match="endpoint"):
-        open_store(make_provider("minio", endpoint="ftp://127.0.0.1:9"))
+        open_store(make_provider("minio", endpoint="ftp://127.0.0.1:9"), engine=engine)
 
 
 def test_transfer_options_reach_the_minio_client(make_provider, monkeypatch, tmp_path: Path) -> None:
@@ -256,11 +272,11 @@ def test_transfer_options_reach_the_minio_client(make_provider, monkeypatch, tmp
     import certifi
 
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ignored.pem"))
-    default = open_store(make_provider("minio")).client._http.connection_pool_kw
+    default = open_store(make_provider("minio"), engine="sdk").client._http.connection_pool_kw
     assert default["ca_certs"] == certifi.where()
     assert (default["retries"].backoff_factor, default["retries"].backoff_max) == (0.2, 5.0)
     bundle = str(tmp_path / "ca.pem")
-    store = open_store(make_provider("minio"), ca_bundle=bundle, backoff_factor=0.01, backoff_max=0.5)
+    store = open_store(make_provider("minio"), ca_bundle=bundle, backoff_factor=0.01, backoff_max=0.5, engine="sdk")
     pool = store.client._http.connection_pool_kw
     assert pool["ca_certs"] == bundle
     assert (pool["retries"].backoff_factor, pool["retries"].backoff_max) == (0.01, 0.5)
@@ -330,11 +346,11 @@ from pathlib import Path
 from conveyor.config import ProviderRef, StorageProvider
 from conveyor.storage import open_store
 
-kind, endpoint, access_key, secret_key, bucket, src, dest = sys.argv[1:]
+kind, engine, endpoint, access_key, secret_key, bucket, src, dest = sys.argv[1:]
 provider = StorageProvider(ref=ProviderRef(kind), access_key=access_key, secret_key=secret_key, endpoint=endpoint)
 MiB = 1024 * 1024
 BIG = 100 * 1000 * 1000  # "a 100 MB object"
-store = open_store(provider, multipart_threshold=8 * MiB, part_size=8 * MiB, max_concurrency=2)
+store = open_store(provider, multipart_threshold=8 * MiB, part_size=8 * MiB, max_concurrency=2, engine=engine)
 store.put_bytes(b"{}", bucket, "warm-up.json")  # imports, connections, first request done
 store.download(bucket, "warm-up.json", Path(dest))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -347,13 +363,13 @@ print(json.dumps({"growth_mib": (after - before) / 1024}))
 
 @pytest.mark.heavy
 def test_transfers_stream_with_bounded_memory(
-    kind: str, s3_server, bucket: str, tmp_path: Path, big_file: tuple[Path, str]
+    kind: str, engine: str, s3_server, bucket: str, tmp_path: Path, big_file: tuple[Path, str]
 ) -> None:
     # In a fresh interpreter, so the peak RSS is this transfer's: a store that held the object in
     # memory would grow by at least its 100 MB; parts of 8 MiB, two in flight, stay far below.
     src, expected = big_file
     dest = tmp_path / "dest.bin"
-    args = [kind, s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket, str(src), str(dest)]
+    args = [kind, engine, s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket, str(src), str(dest)]
     done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     growth = json.loads(done.stdout)["growth_mib"]
@@ -362,7 +378,7 @@ def test_transfers_stream_with_bounded_memory(
 
 
 # -- conditional writes and removals (issue 14: never destroy what another writer published) ------
-@pytest.fixture(params=[*KINDS, "local"])
+@pytest.fixture(params=[*(f"{kind}/{engine}" for kind in KINDS for engine in ENGINES), "local"])
 def any_store(request: pytest.FixtureRequest, make_provider, s3_client, bucket: str, tmp_path: Path):
     """(store, read(key) -> bytes | None, write(key, data)) for each store with its own raw view."""
     if request.param == "local":
@@ -391,7 +407,8 @@ def any_store(request: pytest.FixtureRequest, make_provider, s3_client, bucket: 
     def write(key: str, data: bytes) -> None:
         s3_client.put_object(Bucket=bucket, Key=key, Body=data)
 
-    return open_store(make_provider(request.param)), read, write
+    kind, engine = request.param.split("/")
+    return open_store(make_provider(kind), engine=engine), read, write
 
 
 def test_create_only_put_refuses_a_taken_key(any_store, bucket: str, tmp_path: Path) -> None:
@@ -424,10 +441,11 @@ def test_conditional_delete_removes_only_the_version_it_names(any_store, bucket:
     assert read("out/x.bin") is None and store.version(bucket, "out/x.bin") is None
 
 
-def test_a_failed_multipart_upload_leaves_no_parts(kind: str, make_provider, s3_client, bucket, tmp_path) -> None:
+def test_a_failed_multipart_upload_leaves_no_parts(kind: str, engine: str, make_provider, s3_client, bucket,
+                                                   tmp_path) -> None:
     """A large upload cut mid-way (the file stops being readable after its first parts): the
     store aborts the multipart upload, so the server lists none in progress."""
-    store = open_store(make_provider(kind), multipart_threshold=5 * MiB, part_size=5 * MiB)
+    store = open_store(make_provider(kind), multipart_threshold=5 * MiB, part_size=5 * MiB, engine=engine)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(16 * MiB))
 

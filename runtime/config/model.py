@@ -212,6 +212,9 @@ class ConveyorSettings:
     # Where an in-process handler's model lives (conveyor.modelhost): auto (a child process where the
     # handler asks for it), process (always a supervised child), inline (in Conveyor's own process).
     model_host: str = "auto"
+    # The s3 and minio providers' transfer engine: "obstore" (Rust object_store) or "sdk" (boto3
+    # for s3, the minio SDK for minio).
+    transfer_engine: str = "obstore"
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -232,6 +235,7 @@ class ConveyorSettings:
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
             "model_host": self.model_host,
+            "transfer_engine": self.transfer_engine,
         }
 
 

@@ -31,9 +31,11 @@ _KNOWN = {
     "isolate_model",
     "model_user",
     "model_host",
+    "transfer_engine",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 MODEL_HOSTS = ("auto", "process", "inline")
+TRANSFER_ENGINES = ("obstore", "sdk")  # conveyor.storage.base.ENGINES
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -78,6 +80,8 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
         model_user=_model_user(values, merged.get("model_user"), at("model_user")),
         model_host=values.choice(merged.get("model_host"), at("model_host"), "auto", MODEL_HOSTS, upper=False),
+        transfer_engine=values.choice(merged.get("transfer_engine"), at("transfer_engine"),
+                                      defaults.transfer_engine, TRANSFER_ENGINES, upper=False),
     )
     return settings, join(at("status"), "storage_provider")
 

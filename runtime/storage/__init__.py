@@ -1,8 +1,10 @@
 """The ObjectStore seam: the protocol every store implements, its TransferOptions and the
-`open_store` factory. One module per store: s3 (boto3), minio (minio SDK), local (a folder),
-webdav and onedata (both on the shared HTTP base, http).
+`open_store` factory. One module per store: objstore (obstore, the default engine of s3 and
+minio), s3 (boto3), minio (minio SDK), local (a folder), webdav and onedata (both on the shared
+HTTP base, http).
 
-    store = open_store(provider)                  # s3 -> S3Store, minio -> MinioStore, local -> LocalStore,
+    store = open_store(provider)                  # s3, minio -> ObstoreStore (engine "sdk": S3Store,
+                                                  # MinioStore), local -> LocalStore,
                                                   # webdav -> WebDavStore, onedata -> OnedataStore
     store.download(bucket, key, Path("in/x.jpg")) # bytes written
     store.upload(Path("out/y.png"), bucket, key)  # bytes sent, Content-Type guessed from the key
@@ -29,8 +31,10 @@ Conditional writes, for publishing without destroying what others published (con
 `put_file(..., create_only=True)` writes only when no object has the key and `delete(...,
 if_match=etag)` removes only that version. The S3 store sends them as `If-None-Match: *` and
 `If-Match` (S3, MinIO and SeaweedFS 4.48, the test server, honour both: the server checks and writes atomically).
-The other stores cannot send them: they compare `version` just before, which leaves a window of a
-request's length in which another writer's object can be taken for theirs.
+The obstore store sends `If-None-Match: *` (a create-only file larger than one part goes through
+the S3 or MinIO store) but no `If-Match`. What a store cannot send, it checks: it compares
+`version` just before, which leaves a window of a request's length in which another writer's
+object can be taken for theirs.
 
 The factory imports a store's module only when a provider of its type is opened, and so do the
 names re-exported here (S3Store, MinioStore, ...): the seam does not load every implementation.
@@ -47,6 +51,7 @@ from conveyor.config import StorageProvider
 from conveyor.errors import ConfigError
 from conveyor.storage.base import (
     DEFAULT_CONTENT_TYPE,
+    ENGINES,
     PART_SUFFIX,
     TransferOptions,
     Written,
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     from conveyor.storage.http import HttpStore, http_base_url
     from conveyor.storage.local import LocalStore
     from conveyor.storage.minio import MinioStore
+    from conveyor.storage.objstore import ObstoreStore
     from conveyor.storage.onedata import OnedataStore
     from conveyor.storage.s3 import S3Store
     from conveyor.storage.webdav import WebDavStore
@@ -71,6 +77,7 @@ __all__ = [
     "LocalStore",
     "MinioStore",
     "ObjectStore",
+    "ObstoreStore",
     "OnedataStore",
     "S3Store",
     "TransferOptions",
@@ -87,6 +94,7 @@ __all__ = [
 _LAZY = {  # re-exported name -> the module defining it
     "S3Store": "s3",
     "MinioStore": "minio",
+    "ObstoreStore": "objstore",
     "LocalStore": "local",
     "HttpStore": "http",
     "http_base_url": "http",
@@ -134,13 +142,22 @@ class ObjectStore(Protocol):
 
 
 def open_store(provider: StorageProvider, options: TransferOptions | None = None, **overrides: Any) -> ObjectStore:
-    """Build the store for a provider (s3 -> boto3, minio -> minio SDK, local -> folder,
-    webdav -> WebDAV over requests, onedata -> Onedata CDMI over requests).
+    """Build the store for a provider (s3 and minio -> obstore, or with `engine="sdk"` boto3 and
+    the minio SDK; local -> folder, webdav -> WebDAV over requests, onedata -> Onedata CDMI over
+    requests).
 
     `overrides` are TransferOptions fields, e.g. `open_store(p, max_attempts=1, connect_timeout=0.5)`.
     """
     options = replace(options or TransferOptions(), **overrides)
     kind = provider.ref.type
+    if options.engine not in ENGINES:
+        raise ConfigError(
+            f"transfer engine '{options.engine}' is not one of {', '.join(ENGINES)}", key="conveyor.transfer_engine"
+        )
+    if kind in ("s3", "minio") and options.engine == "obstore":
+        from conveyor.storage.objstore import ObstoreStore
+
+        return ObstoreStore(provider, options)
     if kind == "s3":
         from conveyor.storage.s3 import S3Store
 

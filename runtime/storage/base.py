@@ -24,6 +24,7 @@ CREDENTIAL_CODES = frozenset(
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound", "ResourceNotFound", "404"})
 # 4xx answers that may change when asked again (S3 answers RequestTimeout with 400, throttling with 400/503).
+ENGINES = ("obstore", "sdk")  # TransferOptions.engine
 TRANSIENT_CODES = frozenset({"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
 PRECONDITION_FAILED = "PreconditionFailed"  # a conditional write or delete found another version
 _ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
@@ -58,6 +59,7 @@ class TransferOptions:
     max_attempts: int = 3  # total tries per request, first one included
     connect_timeout: float = 2.0  # seconds
     read_timeout: float = 60.0  # seconds without a byte
+    # The SDK engines' parts (the obstore engine sends parts of 5 MiB, 3 in flight: conveyor.storage.objstore).
     multipart_threshold: int = 64 * MiB  # larger uploads/downloads go in parts
     part_size: int = 16 * MiB  # S3 minimum is 5 MiB
     max_concurrency: int = 4  # parts in flight
@@ -70,6 +72,12 @@ class TransferOptions:
     # The edges pass SSL_CERT_FILE. boto3 and requests find theirs themselves (AWS_CA_BUNDLE,
     # REQUESTS_CA_BUNDLE).
     ca_bundle: str | None = None
+    # The s3 and minio providers' transfer engine: "obstore" (Rust object_store, the default) or
+    # "sdk" (boto3 for s3, the minio SDK for minio). `conveyor: transfer_engine` in the definition.
+    engine: str = "obstore"
+    # The platform's region (AWS_REGION, read by the edges) for an s3 provider that names none: the
+    # obstore engine, unlike boto3, does not follow S3's redirects to a bucket's region.
+    default_region: str | None = None
 
 
 @dataclass(frozen=True)
