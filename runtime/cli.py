@@ -29,9 +29,10 @@ from conveyor.gateway.command import gateway
 from conveyor.local.command import local
 from conveyor.logs import bound_request_id, keep_job_output, setup_logging
 from conveyor.platform import Platform, detect_platform
-from conveyor.records import ResultRecord
+from conveyor.records import failure_lines
 from conveyor.response import RESPONSE_END
 from conveyor.sealing import sealed_environ
+from conveyor.serve.command import serve
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -227,20 +228,9 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     failed = [r for r in records if not r.ok]
     if failed:
         log.error("%d of %d records failed", len(failed), len(records))
-        shown = [r for r in failed if not r.extra.get("not_started")]  # those are counted, not listed
-        for record in shown:  # whatever log_level says: a failed run never ends in silence
-            click.echo(failure_line(record), err=True)
-        if len(shown) < len(failed):
-            click.echo(f"conveyor: interrupted error: {len(failed) - len(shown)} input(s) not started", err=True)
+        for line in failure_lines(failed):  # whatever log_level says: a failed run never ends in silence
+            click.echo(line, err=True)
         sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
-
-
-def failure_line(record: ResultRecord) -> str:
-    """`conveyor: <kind> error: <message> (input <what>)`, the line fail() prints, for a FAILED record."""
-    error = record.error or {}
-    ref = record.input
-    what = (ref.get("file_name") or "payload") if ref.get("inline") else f"{ref.get('bucket')}/{ref.get('key')}"
-    return f"conveyor: {error.get('kind', 'internal')} error: {error.get('message', 'unknown error')} (input {what})"
 
 
 def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, str | None, dict[str, Any]]:
@@ -306,6 +296,7 @@ def weights(dest: Path | None) -> None:
 
 cli.add_command(local)
 cli.add_command(gateway)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -178,6 +178,15 @@ class HandlerSpec:
 
 
 @dataclass(frozen=True)
+class WarmSettings:
+    """`conveyor: warm:` / `warm_idle_timeout:` - the per-pod warm daemon behind `conveyor run`
+    (OSCAR sync services; conveyor.serve.daemon)."""
+
+    enabled: bool = False
+    idle_timeout: float = 600.0  # the daemon exits after this many seconds without a request
+
+
+@dataclass(frozen=True)
 class ConveyorSettings:
     """Conveyor's own additions, all under the top-level `conveyor:` key."""
 
@@ -209,6 +218,7 @@ class ConveyorSettings:
     # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
     isolate_model: bool = False
     model_user: str = DEFAULT_MODEL_USER  # "<user>[:<group>]", names or numbers
+    warm: WarmSettings = field(default_factory=WarmSettings)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -228,6 +238,8 @@ class ConveyorSettings:
             "keep_input_folders": self.keep_input_folders,
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
+            "warm": self.warm.enabled,
+            "warm_idle_timeout": self.warm.idle_timeout,
         }
 
 

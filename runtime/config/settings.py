@@ -6,10 +6,10 @@ Sections merge key by key, later ones win: the image's defaults, the document's 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from conveyor.config.model import DEFAULT_MODEL_USER, ConveyorSettings, HandlerSpec, frozen_mapping
+from conveyor.config.model import DEFAULT_MODEL_USER, ConveyorSettings, HandlerSpec, WarmSettings, frozen_mapping
 from conveyor.config.values import Section, Values, join
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ _KNOWN = {
     "keep_input_folders",
     "isolate_model",
     "model_user",
+    "warm",
+    "warm_idle_timeout",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 
@@ -75,6 +77,7 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         ),
         isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
         model_user=_model_user(values, merged.get("model_user"), at("model_user")),
+        warm=_warm(values, merged.get("warm"), merged.get("warm_idle_timeout"), at),
     )
     return settings, join(at("status"), "storage_provider")
 
@@ -104,3 +107,13 @@ def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
     if not name or not name.strip():
         raise values.fail(key, "must name a handler (e.g. 'script')")
     return HandlerSpec(name=name.strip())
+
+
+def _warm(values: Values, warm: Any, idle: Any, at: Callable[[str], str]) -> WarmSettings:
+    """`warm` and `warm_idle_timeout`: the per-pod warm daemon of OSCAR sync services (conveyor.serve)."""
+    defaults = WarmSettings()
+    idle_timeout = values.number(idle, at("warm_idle_timeout"), defaults.idle_timeout)
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise values.fail(at("warm_idle_timeout"), "must be a positive number of seconds")
+    return WarmSettings(enabled=bool(values.boolean(warm, at("warm"), False)),
+                        idle_timeout=idle_timeout or defaults.idle_timeout)
