@@ -200,6 +200,8 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):
         event = load_event(raw)
+        if config.conveyor.warm.enabled:  # this pod's warm daemon answers, when there is one
+            _forward_to_warm_daemon(config, platform, environ, raw, len(event.inputs), request_id, config_path)
         keep_job_output(not event.wants_response)  # a sync answer: the model's lines follow log_level
         shutdown = threading.Event()
         install_signal_handlers(shutdown)
@@ -231,6 +233,21 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
         for line in failure_lines(failed):  # whatever log_level says: a failed run never ends in silence
             click.echo(line, err=True)
         sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
+
+
+def _forward_to_warm_daemon(config: FunctionConfig, platform: Platform, environ: Mapping[str, str], raw: bytes,
+                            inputs: int, request_id: str, config_path: str | None) -> None:
+    """Exit with the warm daemon's answer, written as run writes it; return when it did not take the
+    request (none yet: one is started for the next requests). See conveyor.serve.daemon."""
+    from conveyor.serve.daemon import forward
+
+    answer = forward(config, platform, environ, raw, inputs, request_id, config_path)
+    if answer is not None:
+        sys.stdout.buffer.write(answer.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(answer.stderr)
+        sys.stderr.flush()
+        sys.exit(answer.exit_code)
 
 
 def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, str | None, dict[str, Any]]:

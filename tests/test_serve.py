@@ -91,7 +91,7 @@ def test_a_body_that_is_no_event_is_refused(deploy, served) -> None:
 
 
 def test_a_model_past_its_deadline_is_408_and_the_next_request_is_fine(deploy, served) -> None:
-    script = '#!/bin/sh\nif grep -q hang "$INPUT_FILE_PATH"; then sleep 300; fi\necho "done $(cat "$INPUT_FILE_PATH")"\n'
+    script = '#!/bin/sh\ngrep -q hang "$INPUT_FILE_PATH" && sleep 300\necho "done $(cat "$INPUT_FILE_PATH")"\n'
     d = deploy(script=script, timeout=1, grace_period=1)
     d.definition["output"] = []
     server = served(d)

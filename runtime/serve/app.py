@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 RETRY_AFTER = "1"
+LOCK_WAIT = 3.0  # seconds a new daemon waits for the socket's lock
 
 
 def watchdog_vars(request: Request) -> dict[str, str]:
@@ -169,11 +170,16 @@ def _socket_lock(path: Path) -> Iterator[bool]:
     """Hold `<path>.lock` for the server's life: True when this process is the one that serves `path`."""
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + LOCK_WAIT  # a daemon just killed (hung) lets go of it soon
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         yield True
     finally:
         os.close(fd)
@@ -238,7 +244,8 @@ def _serve(
         draining.set()
 
     server = _Server(config, on_signal).server
-    where = str(socket_path) if socket_path is not None else "http://%s:%d" % sock.getsockname()[:2]
+    host_port = sock.getsockname()[:2] if socket_path is None else ("", 0)
+    where = str(socket_path) if socket_path is not None else f"http://{host_port[0]}:{host_port[1]}"
     log.info("conveyor serve on %s (%d model slot(s)); loading the model", where, worker.slots)
     worker.start_setup()
     if idle_timeout:
