@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -235,7 +236,7 @@ def _serve(
     app = create_app(worker, metrics, draining)
     sock = listen(host, port, socket_path)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=max(grace, 0.1), timeout_keep_alive=5)
+                            timeout_graceful_shutdown=max(1, math.ceil(grace)), timeout_keep_alive=5)
 
     def on_signal(sig: int) -> None:
         if not draining.is_set():
