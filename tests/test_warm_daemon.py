@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -209,3 +210,12 @@ def test_two_definitions_never_share_a_daemon(pod) -> None:
     p.config_path = p.d.write()
     assert p.socket != first
     assert first.parent == p.scratch
+
+
+def test_the_client_side_imports_no_web_server() -> None:
+    """`conveyor run` with warm stays light: neither the CLI nor the daemon client imports the server."""
+    code = ("import sys, conveyor.cli, conveyor.serve.daemon; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'prometheus_client')"
+            " or m in ('conveyor.serve.app', 'conveyor.serve.worker')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
