@@ -219,3 +219,23 @@ def test_the_client_side_imports_no_web_server() -> None:
             " or m in ('conveyor.serve.app', 'conveyor.serve.worker')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+SHIM = REPO / "images" / "oscar" / "supervisor-shim.sh"
+
+
+@pytest.mark.parametrize("has_conveyor", [True, False])
+def test_the_oscar_shim_runs_conveyor_when_the_image_has_it_else_the_old_supervisor(tmp_path, has_conveyor) -> None:
+    oscar_bin, image_bin = tmp_path / "oscar-bin", tmp_path / "image-bin"
+    oscar_bin.mkdir()
+    image_bin.mkdir()
+    shutil.copy(SHIM, oscar_bin / "supervisor")
+    (oscar_bin / "supervisor.orig").write_text('#!/bin/sh\necho "old supervisor: $(cat)"\n')
+    (oscar_bin / "supervisor.orig").chmod(0o755)
+    if has_conveyor:
+        (image_bin / "conveyor-entrypoint").write_text('#!/bin/sh\necho "conveyor $*: $(cat)"\n')
+        (image_bin / "conveyor-entrypoint").chmod(0o755)
+    env = {"PATH": f"{image_bin}:/usr/bin:/bin"}
+    out = subprocess.run([str(oscar_bin / "supervisor"), "--flag"], input=b"the body", capture_output=True,
+                         env=env, check=True).stdout
+    assert out == (b"conveyor --flag: the body\n" if has_conveyor else b"old supervisor: the body\n")
