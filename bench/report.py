@@ -169,6 +169,11 @@ def render(results: dict[str, Any]) -> str:
     if "throughput" in sections:
         r = sections["throughput"]
         parts.append(f"**5. Throughput** ({r.get('rounds', 0)} rounds)\n\n" + throughput(r))
+    if "serve" in sections:
+        from bench import serve
+
+        r = sections["serve"]
+        parts.append(f"**6. Warm OSCAR sync and conveyor serve** ({r.get('rounds', 0)} rounds)\n\n" + serve.render(r))
     return "\n\n".join(parts) + "\n"
 
 

@@ -26,8 +26,8 @@ from bench.server import Bench
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("cold", "warm", "models", "memory", "throughput")
-DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2}
+SECTIONS = ("cold", "warm", "models", "memory", "throughput", "serve")
+DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2, "serve": 10}
 
 
 def log(message: str) -> None:
@@ -87,6 +87,10 @@ def run_section(name: str, bench: Bench, rounds: int) -> dict[str, Any]:
         from bench import throughput
 
         return throughput.measure(bench, rounds, log=log)
+    if name == "serve":
+        from bench import serve
+
+        return serve.measure(bench, rounds, log=log)
     raise ValueError(name)
 
 
