@@ -11,6 +11,7 @@ The model (tests/support/serve_models.py) writes one line per run and per load: 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -183,6 +184,23 @@ def test_a_killed_daemon_means_the_next_request_runs_here_and_a_new_daemon_start
     assert new != daemon
     assert [text for _pid, text in p.ran()] == ["one:x", "two:x"]  # each once
     assert p.ran()[1][0] not in (daemon, new)  # the second ran in `conveyor run` itself
+
+
+def test_a_hung_daemon_is_replaced_and_the_request_runs_here(pod) -> None:
+    p = pod()
+    p.request(b"one:x")
+    daemon = p.wait_daemon()
+    os.kill(daemon, signal.SIGSTOP)  # it accepts connections (the kernel does) and answers nothing
+    try:
+        after = p.request(b"two:x")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, signal.SIGCONT)
+    assert after.returncode == 0, after.stderr.decode()
+    assert base64.b64decode(after.stdout) == b"TWO:X POST"
+    _wait_gone(daemon)  # killed by the request that found it hung
+    assert p.wait_daemon() != daemon
+    assert [text for _pid, text in p.ran()] == ["one:x", "two:x"]
 
 
 def test_a_daemon_that_dies_with_the_request_fails_it_and_never_runs_it_twice(pod) -> None:
