@@ -200,7 +200,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):
         event = load_event(raw)
-        if config.conveyor.warm.enabled:  # this pod's warm daemon answers, when there is one
+        if config.conveyor.warm.enabled and "Http_Method" in environ:  # a watchdog's request: the pod's warm daemon
             _forward_to_warm_daemon(config, platform, environ, raw, len(event.inputs), request_id, config_path)
         keep_job_output(not event.wants_response)  # a sync answer: the model's lines follow log_level
         shutdown = threading.Event()

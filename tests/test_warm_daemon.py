@@ -213,6 +213,17 @@ def test_a_daemon_that_dies_with_the_request_fails_it_and_never_runs_it_twice(po
     assert [(pid, text) for pid, text in p.ran() if text == "crash:now"] == [(daemon, "crash:now")]  # once
 
 
+def test_a_run_that_is_no_watchdog_request_never_starts_a_daemon(pod) -> None:
+    """An async job (`echo $EVENT | supervisor`, no Http_* variables) of a service with warm: true."""
+    p = pod()
+    env = {k: v for k, v in p.env().items() if not k.startswith("Http_")}
+    run = subprocess.run([*CONVEYOR, "run", "--config", str(p.config_path), "--platform", "oscar"],
+                         input=b"async:job", capture_output=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    assert b"warm daemon" not in run.stderr
+    assert not list(p.scratch.glob("conveyor-warm-*"))
+
+
 def test_the_daemon_exits_after_its_idle_time(pod) -> None:
     p = pod(warm_idle_timeout=0.5)
     p.request(b"one:x")
