@@ -268,3 +268,22 @@ def test_the_oscar_shim_runs_conveyor_when_the_image_has_it_else_the_old_supervi
     out = subprocess.run([str(oscar_bin / "supervisor"), "--flag"], input=b"the body", capture_output=True,
                          env=env, check=True).stdout
     assert out == (b"conveyor --flag: the body\n" if has_conveyor else b"old supervisor: the body\n")
+
+
+def test_the_warm_keys_parse_with_their_defaults_and_refuse_a_bad_idle_time(tmp_path) -> None:
+    from conveyor.errors import ConfigError
+
+    def load(conveyor: dict[str, Any]) -> Any:
+        path = tmp_path / "fc.yaml"
+        path.write_text(json.dumps({"name": "svc", "conveyor": conveyor}))
+        return load_config({}, Platform.OSCAR, path=str(path))
+
+    default = load({})
+    assert (default.conveyor.warm.enabled, default.conveyor.warm.idle_timeout) == (False, 600.0)
+    warm = load({"warm": True, "warm_idle_timeout": 30})
+    assert (warm.conveyor.warm.enabled, warm.conveyor.warm.idle_timeout) == (True, 30.0)
+    assert warm.redacted()["conveyor"]["warm"] is True
+    assert warm.redacted()["conveyor"]["warm_idle_timeout"] == 30.0
+    for bad in (0, -5, "soon"):
+        with pytest.raises(ConfigError, match="warm_idle_timeout"):
+            load({"warm": True, "warm_idle_timeout": bad})
