@@ -292,6 +292,24 @@ def _samples(server: Served) -> dict[str, float]:
     return found
 
 
+def test_a_port_in_use_is_a_clean_config_error(deploy) -> None:
+    import socket
+    import subprocess
+
+    from tests.support.pipeline import CONVEYOR
+
+    d = serve_deployment(deploy)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([*CONVEYOR, "serve", "--config", str(d.write()), "--platform", "oscar",
+                               "--port", str(port)], capture_output=True, env=d.env(PYTHONPATH=str(REPO)), timeout=60)
+    assert proc.returncode == 78
+    assert f"conveyor: config error: cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "environ", "expected"),
     [(9000, {"port": "1", "PORT": "2"}, 9000), (None, {"port": "7001", "PORT": "2"}, 7001),

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.logs import bound_request_id
 from conveyor.serve import EXIT_CODE_HEADER, HTTP_VARS_HEADER, REQUEST_ID_HEADER, RUN_HEADER
 from conveyor.serve.metrics import CONTENT_TYPE, Metrics
@@ -234,7 +234,11 @@ def _serve(
     draining = threading.Event()
     metrics = Metrics(worker)
     app = create_app(worker, metrics, draining)
-    sock = listen(host, port, socket_path)
+    try:
+        sock = listen(host, port, socket_path)
+    except OSError as exc:
+        where = str(socket_path) if socket_path is not None else f"{host}:{port}"
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=max(1, math.ceil(grace)), timeout_keep_alive=5)
 
