@@ -209,6 +209,33 @@ def test_sigterm_lets_the_requests_under_way_finish_then_exits_0(deploy, served,
     assert server.stop() == 0
 
 
+def test_a_request_past_the_grace_period_is_stopped_and_the_server_still_exits_0(deploy, served) -> None:
+    from tests.support.pipeline import assert_no_process
+
+    d = deploy(script='#!/bin/sh\necho $$ > "$MARKERS/pid"\nexec sleep 300\n', grace_period=1, timeout=3600)
+    d.definition["output"] = []
+    server = served(d)
+    server.wait_ready()
+    held: list[requests.Response | Exception] = []
+
+    def hold() -> None:
+        try:
+            held.append(server.post(b"long:one"))
+        except requests.RequestException as exc:
+            held.append(exc)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    server.wait_in_flight(1)
+    while not (d.markers / "pid").exists():
+        threading.Event().wait(0.02)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.stop() == 0
+    holder.join(timeout=60)
+    assert_no_process(d.markers / "pid")  # the model's process did not outlive the server
+    assert len(held) == 1 and not (isinstance(held[0], requests.Response) and held[0].status_code == 200)
+
+
 def _wait_closed(server: Served) -> None:
     import time
 
