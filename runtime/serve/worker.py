@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from conveyor.config import FunctionConfig
-from conveyor.errors import ConveyorError, exit_code_for
+from conveyor.errors import ConveyorError, EventError, exit_code_for
 from conveyor.events import Event, load_event
 from conveyor.handler import Handler, load_handler
 from conveyor.job import Job, Stores
@@ -39,9 +39,6 @@ from conveyor.scratch import scratch_dir
 from conveyor.storage import TransferOptions
 
 log = logging.getLogger(__name__)
-
-HTTP_VARS = ("Http_Method", "Http_Content_Type", "Http_Query", "Http_Path")  # what the watchdog sets
-
 
 @dataclass
 class Answer:
@@ -56,8 +53,6 @@ class Answer:
 
 def parse_body(body: bytes) -> Event:
     """The request body as `conveyor run` parses its stdin (no EVENT fallback: the body is the event)."""
-    from conveyor.errors import EventError
-
     if not body.strip():
         raise EventError("no event: the request body is empty")
     return load_event(body)
