@@ -196,6 +196,11 @@ def render(results: dict[str, Any]) -> str:
         r = sections["large"]
         parts.append(f"**4b. One large object, GET and PUT, Conveyor vs boto3** ({r['rounds']} rounds)\n\n"
                      + large.render(r))
+    if "serve" in sections:
+        from bench import serve
+
+        r = sections["serve"]
+        parts.append(f"**7. Warm OSCAR sync and conveyor serve** ({r.get('rounds', 0)} rounds)\n\n" + serve.render(r))
     return "\n\n".join(parts) + "\n"
 
 

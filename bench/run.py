@@ -6,7 +6,7 @@
     python -m bench --cold-rounds 30       # or set one section's
 
 Sections: cold (1), warm (2), models (3), memory (4), throughput (5; needs `conveyor local`), host (6),
-large (4b: 1 GiB GET and PUT, Conveyor's store vs boto3's transfer manager; bench/large.py).
+large (4b: 1 GiB GET and PUT, Conveyor's store vs boto3's transfer manager; bench/large.py), serve (7).
 Progress goes to stderr, the markdown table to stdout, everything measured (every sample, the
 machine, the load average before and after) to bench/results/latest.json and a dated copy.
 One SeaweedFS server on 127.0.0.1 serves the whole run and is stopped at the end.
@@ -27,8 +27,9 @@ from bench.server import Bench
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("cold", "warm", "models", "memory", "throughput", "host", "large")
-DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2, "host": 5, "large": 2}
+SECTIONS = ("cold", "warm", "models", "memory", "throughput", "host", "large", "serve")
+DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2, "host": 5, "large": 2,
+                  "serve": 10}
 
 
 def log(message: str) -> None:
@@ -96,6 +97,10 @@ def run_section(name: str, bench: Bench, rounds: int) -> dict[str, Any]:
         from bench import large
 
         return large.measure(bench, rounds, log=log)
+    if name == "serve":
+        from bench import serve
+
+        return serve.measure(bench, rounds, log=log)
     raise ValueError(name)
 
 

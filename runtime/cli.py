@@ -29,9 +29,10 @@ from conveyor.gateway.command import gateway
 from conveyor.local.command import local
 from conveyor.logs import bound_request_id, keep_job_output, setup_logging
 from conveyor.platform import Platform, detect_platform
-from conveyor.records import ResultRecord
+from conveyor.records import failure_lines
 from conveyor.response import RESPONSE_END
 from conveyor.sealing import sealed_environ
+from conveyor.serve.command import serve
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -203,6 +204,8 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):
         event = load_event(raw)
+        if config.conveyor.warm.enabled and "Http_Method" in environ:  # a watchdog's request: the pod's warm daemon
+            _forward_to_warm_daemon(config, platform, environ, raw, len(event.inputs), request_id, config_path)
         keep_job_output(not event.wants_response)  # a sync answer: the model's lines follow log_level
         shutdown = threading.Event()
         install_signal_handlers(shutdown)
@@ -231,20 +234,24 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
     failed = [r for r in records if not r.ok]
     if failed:
         log.error("%d of %d records failed", len(failed), len(records))
-        shown = [r for r in failed if not r.extra.get("not_started")]  # those are counted, not listed
-        for record in shown:  # whatever log_level says: a failed run never ends in silence
-            click.echo(failure_line(record), err=True)
-        if len(shown) < len(failed):
-            click.echo(f"conveyor: interrupted error: {len(failed) - len(shown)} input(s) not started", err=True)
+        for line in failure_lines(failed):  # whatever log_level says: a failed run never ends in silence
+            click.echo(line, err=True)
         sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
 
 
-def failure_line(record: ResultRecord) -> str:
-    """`conveyor: <kind> error: <message> (input <what>)`, the line fail() prints, for a FAILED record."""
-    error = record.error or {}
-    ref = record.input
-    what = (ref.get("file_name") or "payload") if ref.get("inline") else f"{ref.get('bucket')}/{ref.get('key')}"
-    return f"conveyor: {error.get('kind', 'internal')} error: {error.get('message', 'unknown error')} (input {what})"
+def _forward_to_warm_daemon(config: FunctionConfig, platform: Platform, environ: Mapping[str, str], raw: bytes,
+                            inputs: int, request_id: str, config_path: str | None) -> None:
+    """Exit with the warm daemon's answer, written as run writes it; return when it did not take the
+    request (none yet: one is started for the next requests). See conveyor.serve.daemon."""
+    from conveyor.serve.daemon import forward
+
+    answer = forward(config, platform, environ, raw, inputs, request_id, config_path)
+    if answer is not None:
+        sys.stdout.buffer.write(answer.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(answer.stderr)
+        sys.stderr.flush()
+        sys.exit(answer.exit_code)
 
 
 def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, str | None, dict[str, Any]]:
@@ -310,6 +317,7 @@ def weights(dest: Path | None) -> None:
 
 cli.add_command(local)
 cli.add_command(gateway)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> None:

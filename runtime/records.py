@@ -101,6 +101,26 @@ def status_key(spec: IOSpec, record: ResultRecord) -> tuple[str, str]:
 # -- the protocol: writers --------------------------------------------------------------------------
 
 
+def failure_line(record: ResultRecord) -> str:
+    """`conveyor: <kind> error: <message> (input <what>)`, the line a failed run prints on stderr for
+    a FAILED record (and `conveyor serve` answers with)."""
+    error = record.error or {}
+    ref = record.input
+    what = (ref.get("file_name") or "payload") if ref.get("inline") else f"{ref.get('bucket')}/{ref.get('key')}"
+    return f"conveyor: {error.get('kind', 'internal')} error: {error.get('message', 'unknown error')} (input {what})"
+
+
+def failure_lines(records: Iterable[ResultRecord]) -> list[str]:
+    """What a failed run prints on stderr, whatever log_level says: a failure_line per FAILED record,
+    and one line counting those a shutdown left unstarted (counted, not listed)."""
+    failed = [r for r in records if not r.ok]
+    shown = [r for r in failed if not r.extra.get("not_started")]
+    lines = [failure_line(record) for record in shown]
+    if len(shown) < len(failed):
+        lines.append(f"conveyor: interrupted error: {len(failed) - len(shown)} input(s) not started")
+    return lines
+
+
 def log_result(record: ResultRecord) -> None:
     """Log the record as one protocol line (the last line of its work)."""
     log.info("%s", _line(RESULT, record.to_json()))

@@ -178,6 +178,15 @@ class HandlerSpec:
 
 
 @dataclass(frozen=True)
+class WarmSettings:
+    """`conveyor: warm:` / `warm_idle_timeout:` - the per-pod warm daemon behind `conveyor run`
+    (OSCAR sync services; conveyor.serve.daemon)."""
+
+    enabled: bool = False
+    idle_timeout: float = 600.0  # the daemon exits after this many seconds without a request
+
+
+@dataclass(frozen=True)
 class ConveyorSettings:
     """Conveyor's own additions, all under the top-level `conveyor:` key."""
 
@@ -215,6 +224,7 @@ class ConveyorSettings:
     # The s3 and minio providers' transfer engine: "obstore" (Rust object_store) or "sdk" (boto3
     # for s3, the minio SDK for minio).
     transfer_engine: str = "obstore"
+    warm: WarmSettings = field(default_factory=WarmSettings)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -236,6 +246,8 @@ class ConveyorSettings:
             "model_user": self.model_user,
             "model_host": self.model_host,
             "transfer_engine": self.transfer_engine,
+            "warm": self.warm.enabled,
+            "warm_idle_timeout": self.warm.idle_timeout,
         }
 
 

@@ -6,10 +6,10 @@ Sections merge key by key, later ones win: the image's defaults, the document's 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from conveyor.config.model import DEFAULT_MODEL_USER, ConveyorSettings, HandlerSpec, frozen_mapping
+from conveyor.config.model import DEFAULT_MODEL_USER, ConveyorSettings, HandlerSpec, WarmSettings, frozen_mapping
 from conveyor.config.values import Section, Values, join
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ _KNOWN = {
     "model_user",
     "model_host",
     "transfer_engine",
+    "warm",
+    "warm_idle_timeout",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 MODEL_HOSTS = ("auto", "process", "inline")
@@ -82,6 +84,7 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         model_host=values.choice(merged.get("model_host"), at("model_host"), "auto", MODEL_HOSTS, upper=False),
         transfer_engine=values.choice(merged.get("transfer_engine"), at("transfer_engine"),
                                       defaults.transfer_engine, TRANSFER_ENGINES, upper=False),
+        warm=_warm(values, merged.get("warm"), merged.get("warm_idle_timeout"), at),
     )
     return settings, join(at("status"), "storage_provider")
 
@@ -111,3 +114,13 @@ def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
     if not name or not name.strip():
         raise values.fail(key, "must name a handler (e.g. 'script')")
     return HandlerSpec(name=name.strip())
+
+
+def _warm(values: Values, warm: Any, idle: Any, at: Callable[[str], str]) -> WarmSettings:
+    """`warm` and `warm_idle_timeout`: the per-pod warm daemon of OSCAR sync services (conveyor.serve)."""
+    defaults = WarmSettings()
+    idle_timeout = values.number(idle, at("warm_idle_timeout"), defaults.idle_timeout)
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise values.fail(at("warm_idle_timeout"), "must be a positive number of seconds")
+    return WarmSettings(enabled=bool(values.boolean(warm, at("warm"), False)),
+                        idle_timeout=idle_timeout or defaults.idle_timeout)
