@@ -110,14 +110,13 @@ def test_a_script_that_crashes_is_500_and_the_next_request_is_fine(deploy, serve
     assert server.post(b"next:one").text == "fine\n\n"
 
 
-# HOST: an in-process model that hangs or kills its process; only the supervised model host
-# (issue 17 item 1) survives them. The lead runs these after merging the host's branch.
+# An in-process model that hangs or kills its process: the supervised model host (conveyor.modelhost)
+# is stopped and started again, and the server around it carries on.
 
 
 def test_host_a_hung_in_process_model_is_408_then_restarted(deploy, served, tmp_path) -> None:
-    d = serve_deployment(deploy, conveyor={"timeout": 1, "grace_period": 1})
-    if not _has_host(d):
-        pytest.skip("HOST: needs the supervised model host (issue 17 item 1)")
+    d = serve_deployment(deploy, conveyor={"timeout": 1, "grace_period": 1, "model_host": "process"})
+    assert _has_host(d)
     server = served(d)
     assert server.post(b"hang:now").status_code == 408
     assert base64.b64decode(server.post(b"next:one").content) == b"NEXT:ONE POST"
@@ -126,9 +125,8 @@ def test_host_a_hung_in_process_model_is_408_then_restarted(deploy, served, tmp_
 
 
 def test_host_an_in_process_model_that_crashes_is_500_then_restarted(deploy, served) -> None:
-    d = serve_deployment(deploy)
-    if not _has_host(d):
-        pytest.skip("HOST: needs the supervised model host (issue 17 item 1)")
+    d = serve_deployment(deploy, conveyor={"model_host": "process"})
+    assert _has_host(d)
     server = served(d)
     assert server.post(b"crash:now").status_code == 500
     assert base64.b64decode(server.post(b"next:one").content) == b"NEXT:ONE POST"
