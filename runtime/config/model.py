@@ -209,6 +209,12 @@ class ConveyorSettings:
     # definition or Conveyor's /proc entries. Needs root (CAP_SETUID, CAP_SETGID, CAP_CHOWN).
     isolate_model: bool = False
     model_user: str = DEFAULT_MODEL_USER  # "<user>[:<group>]", names or numbers
+    # "zip": an input that is a zip archive is unpacked and each member goes through the model
+    # (conveyor.unpack); None: inputs are handed to the model as they are. The caps are checked
+    # against the archive's central directory before anything is extracted, and again while writing.
+    unpack: str | None = None
+    unpack_max_members: int = 10_000
+    unpack_max_bytes: int = 10 * 1024**3
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -228,6 +234,9 @@ class ConveyorSettings:
             "keep_input_folders": self.keep_input_folders,
             "isolate_model": self.isolate_model,
             "model_user": self.model_user,
+            "unpack": self.unpack,
+            "unpack_max_members": self.unpack_max_members,
+            "unpack_max_bytes": self.unpack_max_bytes,
         }
 
 

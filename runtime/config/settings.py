@@ -30,8 +30,12 @@ _KNOWN = {
     "keep_input_folders",
     "isolate_model",
     "model_user",
+    "unpack",
+    "unpack_max_members",
+    "unpack_max_bytes",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
+UNPACK_FORMATS = ("zip", "off")
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -75,6 +79,11 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         ),
         isolate_model=bool(values.boolean(merged.get("isolate_model"), at("isolate_model"), False)),
         model_user=_model_user(values, merged.get("model_user"), at("model_user")),
+        unpack=_unpack(values, merged.get("unpack"), at("unpack")),
+        unpack_max_members=_cap(values, merged.get("unpack_max_members"), at("unpack_max_members"),
+                                defaults.unpack_max_members),
+        unpack_max_bytes=_cap(values, merged.get("unpack_max_bytes"), at("unpack_max_bytes"),
+                              defaults.unpack_max_bytes),
     )
     return settings, join(at("status"), "storage_provider")
 
@@ -88,6 +97,22 @@ def _model_user(values: Values, value: Any, key: str) -> str:
     if user in ("0", "root") or group in ("0", "root"):
         raise values.fail(key, "must not be root: the model would keep every access Conveyor has")
     return text.strip()
+
+
+def _unpack(values: Values, value: Any, key: str) -> str | None:
+    """`unpack: zip` (archives are unpacked, each member through the model); off, false or absent: None."""
+    if value is False:
+        return None
+    choice = values.choice(value, key, "off", UNPACK_FORMATS, upper=False)
+    return None if choice == "off" else choice
+
+
+def _cap(values: Values, value: Any, key: str, default: int) -> int:
+    """A positive count or size (an `unpack_max_*` cap)."""
+    cap = values.size(value, key, default)
+    if not cap:
+        raise values.fail(key, "must be a positive number")
+    return cap
 
 
 def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
