@@ -134,8 +134,9 @@ def decode_yolo(
     probs = rows[:, 5:5 + len(names)]
     width, height = image_size
     detections = []
-    for k in range(probs.shape[1]):
-        candidates = np.flatnonzero(probs[:, k] > threshold)
+    above = probs > threshold
+    for k in np.flatnonzero(above.any(axis=0)):  # the classes some row holds: a few of the 80
+        candidates = np.flatnonzero(above[:, k])
         for i in _nms(x[candidates], y[candidates], bw[candidates], bh[candidates], probs[candidates, k], nms):
             j = candidates[i]
             left = max(0, int((x[j] - bw[j] / 2) * width))
