@@ -31,8 +31,9 @@ The record: the archive has one record. It SUCCEEDS when every member's model su
 outputs are required, wrote a file); then every output is published at once. One failed member
 fails the record (a HandlerError naming the members that failed), and then, as for any failed
 record, none of its outputs is published (conveyor.publish). After MAX_FAILED failed members the
-rest are not run. `record.extra["unpack"]` holds the counts and one entry per member (name, status,
-outputs written or the error). A timeout or a termination signal stops the archive (the timeout
+rest are not run. `record.extra["unpack"]` holds the counts, the skipped members, and a result per
+member (name, status, the number of files written or the error): every failed member, the first
+MEMBERS_SHOWN others. A timeout or a termination signal stops the archive (the timeout
 bounds the whole record, as for any record).
 """
 
@@ -72,7 +73,7 @@ MEMBERS_DIR = "members"  # the member being processed, under the work directory
 TREE_DIR = "unpacked"  # the members' output folders, under the work directory: what is published
 SYSTEM_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
 MAX_FAILED = 10  # failed members after which the archive's other members are not run
-MEMBERS_SHOWN = 1000  # member entries kept in the record
+MEMBERS_SHOWN = 100  # succeeded members listed in the record (the failed ones always are), skipped ones too
 CHUNK = 1024 * 1024
 
 _EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
@@ -266,14 +267,14 @@ def extract(archive: Archive, member: Member, root: Path, inv: Invocation | None
     StorageError when the work directory has no room for it. `inv`: the deadline and the shutdown
     flag, looked at between chunks."""
     dest = root.joinpath(*member.parts)
-    if dest.parent != root:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    _folders(root, member.parts[:-1])
     free = shutil.disk_usage(root).free
     if member.info.file_size > free:
         raise StorageError(f"archive {archive.path.name}: member {member.name!r} needs {member.info.file_size} "
                            f"bytes, the work directory has {free} free", archive=archive.path.name,
                            member=member.name, cause="NoRoom")
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    os.fchmod(fd, 0o644)  # whatever the umask: an isolated model reads it, and writes nothing beside it
     try:
         with os.fdopen(fd, "wb") as out, archive.zip.open(member.info) as src:
             for chunk in _chunks(src):
@@ -299,6 +300,19 @@ def extract(archive: Archive, member: Member, root: Path, inv: Invocation | None
     return dest
 
 
+def _folders(root: Path, parts: tuple[str, ...]) -> Path:
+    """root/parts..., each folder made (mode 0755: the model may enter, never write) when absent."""
+    folder = root
+    for part in parts:
+        folder = folder / part
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        folder.chmod(0o755)
+    return folder
+
+
 def _chunks(src: IO[bytes]) -> Iterator[bytes]:
     while chunk := src.read(CHUNK):
         yield chunk
@@ -317,7 +331,8 @@ class _Progress:
     seconds: float = 0.0
 
     def add(self, entry: dict[str, Any]) -> None:
-        if len(self.entries) < MEMBERS_SHOWN:
+        """Every failed member's entry (MAX_FAILED at most), the first MEMBERS_SHOWN others."""
+        if entry["status"] != "SUCCEEDED" or self.succeeded <= MEMBERS_SHOWN:
             self.entries.append(entry)
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,8 +369,9 @@ def _run_members(
     job: Job, inv: Invocation, record: ResultRecord, work: Path, archive: Archive, required: bool
 ) -> tuple[HandlerResult, Path]:
     members_root, tree = work / MEMBERS_DIR, work / TREE_DIR
-    members_root.mkdir(mode=0o755)
-    tree.mkdir(mode=0o755)
+    for folder in (members_root, tree):
+        folder.mkdir()
+        folder.chmod(0o755)  # Conveyor's: the model may enter, never write (under conveyor.isolate_model)
     progress = _Progress(archive.path.name, len(archive.members), archive.skipped)
     log.info("unpacking %s: %d member(s) to process, %d skipped", archive.path.name, len(archive.members),
              len(archive.skipped))
@@ -423,9 +439,9 @@ def _run_member(
 
 def _output_folder(tree: Path, parts: tuple[str, ...], inv: Invocation) -> Path:
     """The member's own, new output folder (its parents Conveyor's), given to the model's user."""
-    out = tree.joinpath(*parts)
-    out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    out.mkdir(mode=0o755)  # new: no member's path is a folder of another (open_archive)
+    out = _folders(tree, parts[:-1]) / parts[-1]
+    out.mkdir()  # new: no member's path is a folder of another (open_archive)
+    out.chmod(0o755)
     if inv.user is not None:
         inv.user.hand_over(out)
     return out

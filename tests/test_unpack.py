@@ -5,19 +5,25 @@ the model, outputs under the member's path, a failing member failing the archive
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import stat
 import struct
+import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conveyor.config import load_config
 from conveyor.errors import ConfigError, EventError
 from conveyor.platform import Platform
 from conveyor.unpack import Archive, count_entries, extract, is_archive, open_archive
-from tests.support.pipeline import PNG, body, keys, oscar_event, records
+from tests.support.pipeline import CONVEYOR, PNG, body, keys, oscar_event, records
 
 MAX_MEMBERS, MAX_BYTES = 50, 1024 * 1024
 
@@ -395,3 +401,39 @@ def test_without_unpack_an_archive_is_one_input(deploy, s3_client, bucket) -> No
     assert body(s3_client, bucket, "out/batch.zip") == archive
     [record] = records(proc.stderr)
     assert "unpack" not in record["extra"]
+
+
+ISOLATED_SCRIPT = """#!/bin/sh
+id -u > "$TMP_OUTPUT_DIR/uid.txt"
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"
+try() { if "$@" 2>/dev/null; then echo WROTE; else echo DENIED; fi; }
+try touch "$TMP_INPUT_DIR/planted" > "$TMP_OUTPUT_DIR/input-dir.txt"
+try ln -s /etc "$TMP_OUTPUT_DIR/../planted" > "$TMP_OUTPUT_DIR/tree.txt"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the model's user needs root")
+def test_an_isolated_model_reads_its_members_and_writes_only_its_own_folder(deploy, s3_client, bucket) -> None:
+    # Under conveyor.isolate_model the model (nobody) reads each member and writes its own output
+    # folder, but cannot plant anything where Conveyor extracts the next member or makes its folder.
+    open_dir = Path(tempfile.mkdtemp(prefix="conveyor-unpack-"))
+    try:
+        open_dir.chmod(0o755)  # pytest's tmp_path is closed to other users
+        d = deploy(ISOLATED_SCRIPT, unpack="zip", isolate_model=True)
+        config = open_dir / "function_config.yaml"
+        config.write_text(yaml.safe_dump(d.definition))
+        scratch = open_dir / "scratch"
+        scratch.mkdir(mode=0o755)
+        s3_client.put_object(Bucket=bucket, Key="in/set.zip", Body=zip_bytes({"a/one.txt": b"1", "two.txt": b"2"}))
+        proc = subprocess.run([*CONVEYOR, "run", "--config", str(config), "--platform", "oscar"],
+                              input=json.dumps(oscar_event(bucket, "in/set.zip")).encode(), capture_output=True,
+                              env=d.env(TMPDIR=str(scratch)), timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        for folder, name, data in (("out/set/a/one.txt/", "one.txt", b"1"), ("out/set/two.txt/", "two.txt", b"2")):
+            assert body(s3_client, bucket, f"{folder}uid.txt").strip() == b"65534"
+            assert body(s3_client, bucket, folder + name) == data
+            assert body(s3_client, bucket, f"{folder}input-dir.txt") == b"DENIED\n"
+            assert body(s3_client, bucket, f"{folder}tree.txt") == b"DENIED\n"
+        assert list(scratch.iterdir()) == []
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
