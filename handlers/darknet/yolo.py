@@ -135,7 +135,7 @@ def decode_yolo(
     width, height = image_size
     detections = []
     above = probs > threshold
-    for k in np.flatnonzero(above.any(axis=0)):  # the classes some row holds: a few of the 80
+    for k in np.flatnonzero(above.any(axis=0)).tolist():  # the classes some row holds: a few of the 80
         candidates = np.flatnonzero(above[:, k])
         for i in _nms(x[candidates], y[candidates], bw[candidates], bh[candidates], probs[candidates, k], nms):
             j = candidates[i]
