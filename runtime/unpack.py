@@ -1,9 +1,9 @@
 """Zip inputs (`conveyor: unpack: zip`): each member of an archive through the model, in the
 archive's one record, the handler loaded once (as it is for every record of the process).
 
-Which inputs: a fetched file whose first bytes say zip (conveyor.media.sniff) and whose name ends
-in `.zip` or has no extension. A name ending in `.zip` that is not a zip is refused as corrupt; a
-zip under another extension (.docx, .jar, .xlsx, .apk) goes to the model as it is.
+Which inputs: a fetched file named `*.zip` (any case), or without an extension and whose first
+bytes say zip (conveyor.media.sniff). A `.zip` that is not a zip is refused as corrupt; a zip
+under another extension (.docx, .jar, .xlsx, .apk: formats built on zip) goes to the model as it is.
 
 Checked from the central directory before anything is extracted (a refusal is an EventError,
 exit 65, EX_DATAERR: the input itself is bad, no retry helps): the entries (folders included) are
@@ -192,20 +192,23 @@ def _central_directory(path: Path, fh: IO[bytes]) -> tuple[int, int]:
     if at < 0 or len(tail) - at < _EOCD.size:
         raise _refuse(path, "not a zip archive (no end of central directory)", "CorruptArchive")
     eocd_at = tail_start + at
-    *_, total, size, offset, _comment = _EOCD.unpack_from(tail, at)
-    if total != 0xFFFF and 0xFFFFFFFF not in (size, offset):
-        return eocd_at - size, size
-    # zip64: its end record, then its locator, just before the end record (as zipfile reads them)
+    size = _EOCD.unpack_from(tail, at)[-3]
+    # zip64 (whatever the end record says: some writers always add it): its end record, then its
+    # locator, just before the end record, as zipfile reads them
     locator_at = eocd_at - _EOCD64_LOCATOR.size
     record_at = locator_at - _EOCD64.size
-    if record_at < 0:
-        raise _refuse(path, "its zip64 end records are missing", "CorruptArchive")
-    fh.seek(record_at)
-    record = fh.read(_EOCD64.size + _EOCD64_LOCATOR.size)
-    if record[:4] != b"PK\x06\x06" or record[_EOCD64.size:_EOCD64.size + 4] != b"PK\x06\x07":
-        raise _refuse(path, "its zip64 end records are missing or damaged", "CorruptArchive")
-    size = _EOCD64.unpack_from(record)[8]
-    return record_at - size, size
+    if locator_at >= 0:
+        fh.seek(locator_at)
+        if fh.read(4) == b"PK\x06\x07":
+            if record_at < 0:
+                raise _refuse(path, "its zip64 end record is missing", "CorruptArchive")
+            fh.seek(record_at)
+            record = fh.read(_EOCD64.size)
+            if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+                raise _refuse(path, "its zip64 end record is damaged", "CorruptArchive")
+            size = _EOCD64.unpack(record)[8]
+            return record_at - size, size
+    return eocd_at - size, size
 
 
 def _select(path: Path, infos: list[zipfile.ZipInfo]) -> tuple[list[Member], list[dict[str, str]]]:

@@ -193,6 +193,21 @@ def test_a_zip64_archive_is_counted(tmp_path: Path) -> None:
     assert [m.name for m in opened(path).members] == ["f0.txt", "f1.txt", "f2.txt"]
 
 
+def test_zip64_end_records_are_read_even_when_the_plain_one_suffices(tmp_path: Path) -> None:
+    # Some writers always add the zip64 end records (before the plain one), whatever the sizes:
+    # the central directory then ends where the zip64 record begins, not at the plain end record.
+    plain = make_zip(tmp_path / "plain.zip", {"a.txt": b"a", "b.txt": b"b"}).read_bytes()
+    eocd = plain.rfind(b"PK\x05\x06")
+    _, _, _, _, total, size, offset, _ = struct.unpack("<4s4H2LH", plain[eocd:eocd + 22])
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, total, total, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, eocd, 1)
+    path = tmp_path / "always64.zip"
+    path.write_bytes(plain[:eocd] + record + locator + plain[eocd:])
+    assert zipfile.ZipFile(path).namelist() == ["a.txt", "b.txt"]
+    assert count_entries(path, 100) == 2
+    assert [m.name for m in opened(path).members] == ["a.txt", "b.txt"]
+
+
 def test_too_many_bytes_uncompressed_is_refused_before_extraction(tmp_path: Path) -> None:
     path = make_zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(4 * MAX_BYTES)})
     assert path.stat().st_size < MAX_BYTES // 50  # deflate makes zeros tiny: that is the bomb
