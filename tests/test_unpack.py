@@ -4,6 +4,7 @@ the model, outputs under the member's path, a failing member failing the archive
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -452,3 +453,17 @@ def test_an_isolated_model_reads_its_members_and_writes_only_its_own_folder(depl
         assert list(scratch.iterdir()) == []
     finally:
         shutil.rmtree(open_dir, ignore_errors=True)
+
+
+def test_a_zip_posted_for_a_response_answers_with_every_members_outputs(deploy) -> None:
+    d = deploy('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n', unpack="zip")
+    d.definition["output"] = []
+    proc = d.run(None, stdin=base64.b64encode(zip_bytes({"a.png": PNG, "b/c.png": PNG + b"c"})) + b"\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(proc.stdout))) as answer:
+        names = sorted(answer.namelist())
+        [stem] = {name.split("/")[0] for name in names}
+        assert names == [f"{stem}/a.png/a.png", f"{stem}/b/c.png/c.png"]
+        assert answer.read(f"{stem}/b/c.png/c.png") == PNG + b"c"
+    [record] = records(proc.stderr)
+    assert record["extra"]["unpack"]["succeeded"] == 2 and record["extra"]["response"] == "zip"
