@@ -23,7 +23,7 @@ import yaml
 from conveyor.config import load_config
 from conveyor.errors import ConfigError, EventError
 from conveyor.platform import Platform
-from conveyor.unpack import Archive, count_entries, extract, is_archive, open_archive
+from conveyor.unpack import MAX_FAILED, Archive, count_entries, extract, is_archive, open_archive
 from tests.support.pipeline import CONVEYOR, PNG, body, keys, oscar_event, records
 
 MAX_MEMBERS, MAX_BYTES = 50, 1024 * 1024
@@ -393,6 +393,19 @@ def test_a_member_that_fails_the_model_fails_the_record_and_publishes_nothing(de
     assert "cannot read b-fail.png" in record["log_tail"]
     assert record["outputs"] == [] and keys(s3_client, bucket, "out/") == []
     assert list(d.scratch.iterdir()) == []
+
+
+def test_after_ten_failed_members_the_rest_are_not_run(deploy, s3_client, bucket) -> None:
+    d = deploy(MEMBER_SCRIPT, unpack="zip")
+    archive = zip_bytes({f"m{i:02}-fail.png": PNG for i in range(13)})
+    s3_client.put_object(Bucket=bucket, Key="in/broken.zip", Body=archive)
+    proc = d.run(oscar_event(bucket, "in/broken.zip"))
+    assert proc.returncode == 70, proc.stderr.decode()
+    [record] = records(proc.stderr)
+    unpack = record["extra"]["unpack"]
+    assert (unpack["members"], unpack["failed"], unpack["not_run"]) == (13, MAX_FAILED, 13 - MAX_FAILED)
+    assert len(record["error"]["failed_members"]) == MAX_FAILED
+    assert record["log_tail"].count("cannot read") <= MAX_FAILED and "m10-fail.png" not in record["log_tail"]
 
 
 def test_a_zip_bomb_is_refused_with_nothing_run(deploy, s3_client, bucket) -> None:
