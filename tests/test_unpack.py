@@ -374,6 +374,14 @@ def test_each_member_goes_through_the_model_with_its_own_outputs(deploy, s3_clie
     assert list(d.scratch.iterdir()) == []
 
 
+def test_with_keep_input_folders_the_archive_folder_goes_below_the_input_folder(deploy, s3_client, bucket) -> None:
+    d = deploy(MEMBER_SCRIPT, unpack="zip", keep_input_folders=True)
+    s3_client.put_object(Bucket=bucket, Key="in/alice/up1/set.zip", Body=zip_bytes({"x/a.png": PNG}))
+    proc = d.run(oscar_event(bucket, "in/alice/up1/set.zip"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert keys(s3_client, bucket, "out/") == ["out/alice/up1/set/x/a.png/a.png", "out/alice/up1/set/x/a.png/key.txt"]
+
+
 def test_a_member_that_fails_the_model_fails_the_record_and_publishes_nothing(deploy, s3_client, bucket) -> None:
     d = deploy(MEMBER_SCRIPT, unpack="zip")
     archive = zip_bytes({"a.png": PNG, "b-fail.png": PNG, "c.png": PNG, "d-empty.png": PNG})
