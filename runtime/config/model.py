@@ -225,6 +225,12 @@ class ConveyorSettings:
     # for s3, the minio SDK for minio).
     transfer_engine: str = "obstore"
     warm: WarmSettings = field(default_factory=WarmSettings)
+    # "zip": an input that is a zip archive is unpacked and each member goes through the model
+    # (conveyor.unpack); None: inputs are handed to the model as they are. The caps are checked
+    # against the archive's central directory before anything is extracted, and again while writing.
+    unpack: str | None = None
+    unpack_max_members: int = 10_000
+    unpack_max_bytes: int = 10 * 1024**3
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-ready dict; handler options whose names look like secrets shown as '***'."""
@@ -248,6 +254,9 @@ class ConveyorSettings:
             "transfer_engine": self.transfer_engine,
             "warm": self.warm.enabled,
             "warm_idle_timeout": self.warm.idle_timeout,
+            "unpack": self.unpack,
+            "unpack_max_members": self.unpack_max_members,
+            "unpack_max_bytes": self.unpack_max_bytes,
         }
 
 

@@ -34,10 +34,14 @@ _KNOWN = {
     "transfer_engine",
     "warm",
     "warm_idle_timeout",
+    "unpack",
+    "unpack_max_members",
+    "unpack_max_bytes",
 }
 SCRIPT_SHELLS = ("sh", "shebang")
 MODEL_HOSTS = ("auto", "process", "inline")
 TRANSFER_ENGINES = ("obstore", "sdk")  # conveyor.storage.base.ENGINES
+UNPACK_FORMATS = ("zip", "off")
 
 
 def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSettings, str]:
@@ -85,6 +89,11 @@ def parse_settings(values: Values, sections: list[Section]) -> tuple[ConveyorSet
         transfer_engine=values.choice(merged.get("transfer_engine"), at("transfer_engine"),
                                       defaults.transfer_engine, TRANSFER_ENGINES, upper=False),
         warm=_warm(values, merged.get("warm"), merged.get("warm_idle_timeout"), at),
+        unpack=_unpack(values, merged.get("unpack"), at("unpack")),
+        unpack_max_members=_cap(values, merged.get("unpack_max_members"), at("unpack_max_members"),
+                                defaults.unpack_max_members),
+        unpack_max_bytes=_cap(values, merged.get("unpack_max_bytes"), at("unpack_max_bytes"),
+                              defaults.unpack_max_bytes),
     )
     return settings, join(at("status"), "storage_provider")
 
@@ -98,6 +107,22 @@ def _model_user(values: Values, value: Any, key: str) -> str:
     if user in ("0", "root") or group in ("0", "root"):
         raise values.fail(key, "must not be root: the model would keep every access Conveyor has")
     return text.strip()
+
+
+def _unpack(values: Values, value: Any, key: str) -> str | None:
+    """`unpack: zip` (archives are unpacked, each member through the model); off, false or absent: None."""
+    if value is False:
+        return None
+    choice = values.choice(value, key, "off", UNPACK_FORMATS, upper=False)
+    return None if choice == "off" else choice
+
+
+def _cap(values: Values, value: Any, key: str, default: int) -> int:
+    """A positive count or size (an `unpack_max_*` cap)."""
+    cap = values.size(value, key, default)
+    if not cap:
+        raise values.fail(key, "must be a positive number")
+    return cap
 
 
 def _handler(values: Values, value: Any, key: str) -> HandlerSpec:
