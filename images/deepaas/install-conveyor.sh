@@ -44,7 +44,7 @@ tmp=$(mktemp -d)
 "$py" -m pip check >"$tmp/check-before" 2>&1 || :
 # shellcheck disable=SC2086
 "$py" -m pip install --no-cache-dir ${PIP_INDEX_ARGS-"--no-index"} --find-links "$wheels" \
-    'conveyor-runtime[lambda]'
+    'conveyor-runtime[lambda,serve]'
 "$py" -m pip freeze --all >"$tmp/after" 2>/dev/null || :
 
 # The model's own packages must stay as they were: say which ones pip changed (a shared

@@ -12,7 +12,7 @@ Steps, each cached so that a second run only redoes what changed:
    by images/tools/dockerd.sh (state in .cache/docker).
 3. wheelhouses, built on the host so that no image build needs the network:
    .cache/images/wheels/conveyor  Conveyor (from a copy of the working tree, reproducible
-                                  with SOURCE_DATE_EPOCH) and its dependencies, lambda extra;
+                                  with SOURCE_DATE_EPOCH) and its dependencies, lambda and serve extras;
    .cache/images/wheels/yolo      the same plus the darknet extra (opencv-python-headless<5, numpy, pillow);
    .cache/images/wheels/model     deepaas and the demo model plugin, for the stand-in model image;
    .cache/images/wheels/<example> Conveyor, images/<example>/requirements.txt (deepaas and the
@@ -198,7 +198,7 @@ def fill_wheelhouse(into: Path, requirements: list[str], also: tuple[Path, ...] 
 def conveyor_wheelhouse() -> Path:
     house = CACHE / "wheels" / "conveyor"
     wheel = build_wheel(REPO, house, skip=("tests/", "bench/", "images/", ".ci/"))
-    fill_wheelhouse(house, [f"{wheel}[lambda]"])
+    fill_wheelhouse(house, [f"{wheel}[lambda,serve]"])
     return house
 
 
@@ -215,7 +215,7 @@ def seeded_wheelhouse(name: str, conveyor_house: Path) -> tuple[Path, Path]:
 def yolo_wheelhouse(conveyor_house: Path) -> Path:
     """Conveyor's wheelhouse plus the darknet extra (opencv-python-headless<5, numpy, pillow)."""
     house, wheel = seeded_wheelhouse("yolo", conveyor_house)
-    fill_wheelhouse(house, [f"{wheel}[lambda,darknet]"], also=(conveyor_house,))
+    fill_wheelhouse(house, [f"{wheel}[lambda,darknet,serve]"], also=(conveyor_house,))
     return house
 
 
@@ -225,7 +225,7 @@ def example_wheelhouse(name: str, conveyor_house: Path) -> Path:
     folder = IMAGES / name
     house, wheel = seeded_wheelhouse(name, conveyor_house)
     plugin = build_wheel(folder, house)
-    fill_wheelhouse(house, [f"{wheel}[lambda]", "-r", str(folder / "requirements.txt"), str(plugin)],
+    fill_wheelhouse(house, [f"{wheel}[lambda,serve]", "-r", str(folder / "requirements.txt"), str(plugin)],
                     also=(conveyor_house,))
     nodeps = folder / "requirements-nodeps.txt"
     if nodeps.exists():

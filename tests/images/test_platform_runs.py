@@ -265,26 +265,30 @@ def run_to_end(client, image: str, timeout: int = RUN_TIMEOUT, **kwargs: Any) ->
 # -- OSCAR ---------------------------------------------------------------------------------------
 
 
-def run_as_oscar(client, model: Model, tmp: Path, server: Any, bucket: str, key: str, *, bad: bool):
-    """One Kubernetes Job as OSCAR creates it for one upload."""
+def oscar_volumes(model: Model, tmp: Path, server: Any, definition: dict[str, Any]) -> dict[str, Any]:
+    """What OSCAR mounts into every pod of a service: the definition, the script, the MinIO keys."""
     run_dir = tmp / f"oscar-{uuid.uuid4().hex[:8]}"
-    config = readable(run_dir / "config" / "function_config.yaml",
-                      yaml.safe_dump(deployment(model, bucket, server, "minio", bad=bad)))
+    config = readable(run_dir / "config" / "function_config.yaml", yaml.safe_dump(definition))
     script = readable(run_dir / "config" / "script.sh", model.script or b"#!/bin/sh\necho unused\n", 0o755)
     secrets = run_dir / "minio.default"
     readable(secrets / "accessKey", server.access_key)
     readable(secrets / "secretKey", server.secret_key)
     secrets.chmod(0o755)
+    return {
+        str(config): {"bind": "/oscar/config/function_config.yaml", "mode": "ro"},
+        str(script): {"bind": "/oscar/config/script.sh", "mode": "ro"},
+        str(secrets): {"bind": "/var/run/secrets/providers/minio.default", "mode": "ro"},
+    }
+
+
+def run_as_oscar(client, model: Model, tmp: Path, server: Any, bucket: str, key: str, *, bad: bool):
+    """One Kubernetes Job as OSCAR creates it for one upload."""
     return run_to_end(
         client,
         model.image,
         entrypoint=OSCAR_COMMAND,  # Kubernetes `command` replaces the image's ENTRYPOINT
         environment={"EVENT": json.dumps(minio_event(bucket, key))},
-        volumes={
-            str(config): {"bind": "/oscar/config/function_config.yaml", "mode": "ro"},
-            str(script): {"bind": "/oscar/config/script.sh", "mode": "ro"},
-            str(secrets): {"bind": "/var/run/secrets/providers/minio.default", "mode": "ro"},
-        },
+        volumes=oscar_volumes(model, tmp, server, deployment(model, bucket, server, "minio", bad=bad)),
     )
 
 
@@ -322,6 +326,139 @@ def test_image_defaults_serve_an_unchanged_oscar_definition(
     [record] = records(log.encode())
     assert record["status"] == "SUCCEEDED", record
     assert record["handler"] == model.definition["conveyor"]["handler"]["name"], record
+
+
+
+# -- OSCAR sync: an exposed service running `conveyor serve`, and the per-request shim --------------
+
+SHIM = REPO / "images" / "oscar" / "supervisor-shim.sh"
+SYNC_MODELS = ["yolo", "deepaas"]
+
+
+def wait_healthy(container, url: str, timeout: float = RUN_TIMEOUT) -> None:
+    """Poll `url` until it answers 200 (the model is loaded), as the Deployment's probe does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status == "exited":
+            pytest.fail("conveyor serve exited before it was healthy:\n" + container.logs().decode(errors="replace"))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} never answered 200:\n" + container.logs().decode(errors="replace"))
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=RUN_TIMEOUT) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value from Prometheus text (`name{labels} value`, or `name value`)."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in:\n{text}")
+
+
+@pytest.mark.parametrize("name", SYNC_MODELS)
+def test_exposed_service_keeps_the_model_loaded(name, models, client, s3_server, s3_client, bucket, tmp_path) -> None:
+    """OSCAR's exposed service: the image's own command is `conveyor serve` (default_command: true),
+    the Deployment probes health_path, requests arrive under /system/services/<svc>/exposed/.
+    A storage event POSTed to it (a MinIO webhook) is processed before the answer; the model is
+    loaded once for every request; SIGTERM (scale-down) ends it with 0."""
+    model = models[name]
+    put_inputs(s3_client, bucket, model)
+    port = free_port()
+    container = client.containers.run(
+        model.image, ["serve", "--port", str(port)], detach=True, network_mode="host",
+        volumes=oscar_volumes(model, tmp_path, s3_server, deployment(model, bucket, s3_server, "minio", bad=False)),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(container, f"{base}/health")
+        exposed = f"{base}/system/services/{name}/exposed/predict"
+        for _ in range(2):
+            status, answer = post(exposed, json.dumps(minio_event(bucket, model.good[0])).encode())
+            assert status == 200, answer
+            [record] = json.loads(answer)
+            assert record["status"] == "SUCCEEDED" and record["platform"] == "oscar", record
+        model.check(s3_client, bucket)
+        if name == "yolo":  # a bad input: 500 with the failure line, and nothing more published
+            before = keys(s3_client, bucket)
+            status, answer = post(exposed, json.dumps(minio_event(bucket, model.bad[0])).encode())
+            assert status == 500 and model.bad_reason.encode() in answer, answer
+            assert keys(s3_client, bucket) == before
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert metric(metrics, "conveyor_serve_model_loads_total") == 1
+        assert metric(metrics, 'conveyor_serve_records_total{status="SUCCEEDED"}') == 2
+        container.stop(timeout=30)
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+
+
+# Run inside the container: GET /metrics from the warm daemon's unix socket.
+DAEMON_METRICS = """
+import glob, socket, sys
+[path] = glob.glob("/tmp/conveyor-warm-*.sock")
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(path)
+sock.sendall(b"GET /metrics HTTP/1.0\\r\\nHost: daemon\\r\\n\\r\\n")
+data = b""
+while chunk := sock.recv(65536):
+    data += chunk
+sys.stdout.write(data.split(b"\\r\\n\\r\\n", 1)[1].decode())
+"""
+
+
+@pytest.mark.parametrize("name", SYNC_MODELS)
+def test_sync_service_shim_runs_conveyor_per_request_with_a_warm_daemon(
+    name, models, client, s3_server, s3_client, bucket, tmp_path
+) -> None:
+    """An OSCAR sync service: the classic watchdog forks /oscar/bin/supervisor (here the shim of
+    images/oscar) per request, the body on stdin, Http_* in the environment, stdout and stderr
+    captured together. With `warm: true` the first request starts this pod's daemon and runs itself;
+    the next ones are forwarded to the daemon, whose model stays loaded. Each answer is the base64
+    of the outputs, as oscar-cli expects it."""
+    model = models[name]
+    definition = deployment(model, bucket, s3_server, "minio", bad=False)
+    definition["log_level"] = "CRITICAL"  # as OSCAR advises for sync services: the answer alone
+    definition.setdefault("conveyor", {})["warm"] = True
+    volumes = oscar_volumes(model, tmp_path, s3_server, definition)
+    volumes[str(readable(tmp_path / "shim" / "supervisor", SHIM.read_bytes(), 0o755))] = \
+        {"bind": "/oscar/bin/supervisor", "mode": "ro"}
+    container = client.containers.run(model.image, detach=True, network_mode="host", entrypoint=["sleep", "3600"],
+                                      volumes=volumes)
+    try:
+        body = base64.b64encode(model.good[1]).decode()  # what oscar-cli and the gateway send
+        environment = {"BODY": body, "Http_Method": "POST", "Http_Content_Type": "text/plain",
+                       "Http_Path": "/", "Http_Query": ""}
+        answers = []
+        for _ in range(3):
+            code, output = container.exec_run(["/bin/sh", "-c", 'printf %s "$BODY" | /oscar/bin/supervisor'],
+                                              environment=environment)
+            assert code == 0, output.decode(errors="replace")
+            answers.append(base64.b64decode(output, validate=True))
+        assert all(answers), answers
+        code, metrics = container.exec_run(  # the Python Conveyor runs on (the first line of its script)
+            ["/bin/sh", "-c", 'exec $(head -1 "$(command -v conveyor-entrypoint)" | cut -c3-) -c "$CODE"'],
+            environment={"CODE": DAEMON_METRICS})
+        assert code == 0, metrics.decode(errors="replace")
+        text = metrics.decode()
+        assert metric(text, "conveyor_serve_model_loads_total") == 1
+        assert metric(text, 'conveyor_serve_records_total{status="SUCCEEDED"}') == 2  # the 2nd and 3rd
+    finally:
+        container.remove(force=True)
 
 
 # -- AWS Batch, run by moto with this Docker engine ----------------------------------------------
