@@ -32,6 +32,7 @@ from conveyor.platform import Platform, detect_platform
 from conveyor.records import ResultRecord
 from conveyor.response import RESPONSE_END
 from conveyor.sealing import sealed_environ
+from conveyor.sweep.command import sweep
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -306,6 +307,7 @@ def weights(dest: Path | None) -> None:
 
 cli.add_command(local)
 cli.add_command(gateway)
+cli.add_command(sweep)
 
 
 def main(argv: list[str] | None = None) -> None:

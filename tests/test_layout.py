@@ -19,7 +19,7 @@ FOLDERS = {
     "gateway": "conveyor.gateway",
 }
 EDGES = {"conveyor.cli", "conveyor.__main__"}  # read the environment and exit; may register plugins
-PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway"}
+PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway", "conveyor.sweep"}
 
 
 def _packages_on_disk() -> set[str]:
