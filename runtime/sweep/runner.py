@@ -132,6 +132,7 @@ class _Run:
                     break
                 thread = threading.Thread(target=self._lane, args=(index, item, path), name=f"conveyor-sweep-{index}")
                 thread.start()
+                fetcher.started()
                 threads = [t for t in threads if t.is_alive()] + [thread]
         finally:
             fetcher.close()
@@ -243,8 +244,11 @@ class _Prefetcher:
                 continue
             if entry is None:
                 return
-            self.room.release()
             yield entry
+
+    def started(self) -> None:
+        """The input last handed out has started (its file is the record's now): room for another."""
+        self.room.release()
 
     def close(self) -> None:
         self.closed.set()
