@@ -142,6 +142,25 @@ def throughput(result: dict[str, Any]) -> str:
     return _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
 
 
+def sweep(result: dict[str, Any]) -> str:
+    names = {"deepaas": "DEEPaaS (demo plugin, warm)", "darknet": "Darknet YOLOv3-tiny (OpenCV)"}
+    rows, notes = [], []
+    for key, r in result["results"].items():
+        if "skipped" in r:
+            notes.append(f"{names[key]} not measured: {r['skipped']}")
+            continue
+        over = r["sweep_over_warm"]
+        rows.append([names[key], seconds(r["sweep"]["per_input"]), seconds(r["sweep"]["total"]),
+                     seconds(_median(r["run"]["per_input"])), seconds(r["run"]["total"]),
+                     seconds(_median(r["warm_per_file"])), times(over),
+                     verdict(None if over is None else over <= result["target"])])
+    text = _table(["model", "sweep, per input", "sweep, total", "`run`, per input", "`run`, total",
+                   "warm, per file", "sweep / warm", f"<= {result['target']}x"], rows)
+    if notes:
+        text += "\n\n" + "\n".join(notes)
+    return text
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     load = m.get("load_average_at_start")
@@ -169,6 +188,10 @@ def render(results: dict[str, Any]) -> str:
     if "throughput" in sections:
         r = sections["throughput"]
         parts.append(f"**5. Throughput** ({r.get('rounds', 0)} rounds)\n\n" + throughput(r))
+    if "sweep" in sections:
+        r = sections["sweep"]
+        parts.append(f"**6. A folder: one `conveyor sweep` shard vs a `conveyor run` per file** "
+                     f"({r['inputs']} inputs)\n\n" + sweep(r))
     return "\n\n".join(parts) + "\n"
 
 

@@ -5,7 +5,8 @@
     python -m bench --repeat 5             # scale every section's repeat count (1 = the defaults)
     python -m bench --cold-rounds 30       # or set one section's
 
-Sections: cold (1), warm (2), models (3), memory (4), throughput (5; needs `conveyor local`).
+Sections: cold (1), warm (2), models (3), memory (4), throughput (5; needs `conveyor local`),
+sweep (6; its rounds are the number of inputs).
 Progress goes to stderr, the markdown table to stdout, everything measured (every sample, the
 machine, the load average before and after) to bench/results/latest.json and a dated copy.
 One SeaweedFS server on 127.0.0.1 serves the whole run and is stopped at the end.
@@ -26,8 +27,8 @@ from bench.server import Bench
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("cold", "warm", "models", "memory", "throughput")
-DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2}
+SECTIONS = ("cold", "warm", "models", "memory", "throughput", "sweep")
+DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2, "sweep": 200}
 
 
 def log(message: str) -> None:
@@ -87,6 +88,10 @@ def run_section(name: str, bench: Bench, rounds: int) -> dict[str, Any]:
         from bench import throughput
 
         return throughput.measure(bench, rounds, log=log)
+    if name == "sweep":  # rounds: the number of inputs
+        from bench import sweep
+
+        return sweep.measure(bench, rounds, log=log)
     raise ValueError(name)
 
 
