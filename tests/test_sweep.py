@@ -39,12 +39,14 @@ class CountingHandler(Handler):
     """The model of these tests: copies its input to <name> and its STORAGE_OBJECT_KEY to
     <name>.key; notes its set-ups (`setups`) and inputs (`handled`) in MARKERS. Options: `delay`
     (seconds per input, cut short by a termination signal), `bad`: inputs whose name holds it fail
-    until MARKERS/heal exists."""
+    until MARKERS/heal exists, `broken_setup`: the set-up fails."""
 
     name = "counting"
 
     def setup(self) -> None:
         self._note("setups", str(os.getpid()))
+        if self.options.get("broken_setup"):
+            raise ConfigError("the weights are not there", key="conveyor.handler.weights")
 
     def _note(self, what: str, line: str) -> None:
         with open(Path(self.config.environment["MARKERS"]) / what, "a", encoding="utf-8") as fh:
@@ -323,6 +325,40 @@ def test_a_shard_out_of_range_exits_78(deploy, bucket, s3_client, args, env) -> 
     assert proc.returncode == 78, proc.stderr.decode()
     assert "conveyor: config error:" in proc.stderr.decode()
     assert keys(s3_client, bucket) == ["in/a.png"]
+
+
+def test_a_model_that_cannot_be_set_up_stops_the_sweep_before_any_input(deploy, bucket, s3_client) -> None:
+    d = sweeping(deploy(None), broken_setup=True)
+    put_inputs(s3_client, bucket, ["a.png", "b.png"])
+    proc = run_sweep(d)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 78, stderr
+    assert "the weights are not there" in stderr and "2 left for a re-run" in stderr
+    assert setups(d) == 1  # tried once, not once per input
+    assert keys(s3_client, bucket) == ["in/a.png", "in/b.png"]  # no record: a re-run does them
+
+
+def test_a_path_holding_the_outputs_and_records_does_not_sweep_them(deploy, bucket, s3_client) -> None:
+    """--input the whole bucket, where out/ and status/ are too: a second run finds only what it did."""
+    d = sweeping(deploy(None))
+    d.definition["input"] = [{"storage_provider": "minio.default", "path": bucket}]
+    contents = put_inputs(s3_client, bucket, ["a.png", "b.png"])
+    first = run_sweep(d, "--input", f"minio.default:{bucket}")
+    assert first.returncode == 0, first.stderr.decode()
+    assert sorted(handled(d)) == sorted(contents)
+    second = run_sweep(d)
+    assert second.returncode == 0, second.stderr.decode()
+    assert "2 of the 2 object(s)" in second.stderr.decode() and sorted(handled(d)) == sorted(contents)
+
+
+def test_without_a_status_location_every_input_runs_again(deploy, bucket, s3_client) -> None:
+    d = sweeping(deploy(None))
+    del d.definition["conveyor"]["status"]
+    put_inputs(s3_client, bucket, ["a.png"])
+    assert run_sweep(d).returncode == 0
+    again = run_sweep(d)
+    assert again.returncode == 0 and handled(d) == ["in/a.png", "in/a.png"]
+    assert "cannot tell which inputs already SUCCEEDED" in again.stderr.decode()
 
 
 def test_the_shards_together_process_every_input_once(deploy, bucket, s3_client) -> None:

@@ -12,11 +12,19 @@ import signal
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from conveyor.config import FunctionConfig, IOSpec
+    from conveyor.job import Stores
+    from conveyor.platform import Platform
+    from conveyor.sweep.listing import Plan
+    from conveyor.sweep.runner import Summary
+    from conveyor.sweep.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +110,7 @@ def _sweep(config_path: str | None, platform_opt: str | None, input_arg: str | N
     return _run(environ, config, platform, shard, override, dry_run)
 
 
-def _launch(config: Any, shards: int, submit: str | None, image: str | None, parallelism: int | None,
+def _launch(config: FunctionConfig, shards: int, submit: str | None, image: str | None, parallelism: int | None,
             retries: int, input_arg: str | None) -> int:
     if submit == "batch":
         from conveyor.delegate import batch_client
@@ -119,48 +127,62 @@ def _launch(config: Any, shards: int, submit: str | None, image: str | None, par
     return 0
 
 
-def _run(environ: Mapping[str, str], config: Any, platform: Any, shard: Any, override: Any, dry_run: bool) -> int:
-    from conveyor.handler import load_handler
-    from conveyor.job import Job, Stores
+def _run(environ: Mapping[str, str], config: FunctionConfig, platform: Platform, shard: Shard,
+         override: IOSpec | None, dry_run: bool) -> int:
+    from conveyor.job import Stores
     from conveyor.logs import bound_request_id
     from conveyor.platform import Platform
-    from conveyor.scratch import scratch_dir
     from conveyor.storage import TransferOptions
     from conveyor.sweep.listing import plan_shard, sweep_input
+
+    job_id = environ.get("AWS_BATCH_JOB_ID") if platform is Platform.BATCH else None
+    request_id = job_id or environ.get("JOB_UUID") or f"sweep-{uuid.uuid4().hex[:8]}-{shard.index}"
+    with bound_request_id(request_id):
+        spec = sweep_input(config, override)
+        stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
+        shutdown = threading.Event()
+        if not dry_run:
+            _on_signals(shutdown)
+        plan = plan_shard(config, spec, shard, stores)
+        where = f"{spec.bucket}/{spec.key_prefix + '/' if spec.key_prefix else ''} on {spec.provider}"
+        if not plan.listed:
+            _say(f"conveyor sweep: nothing to do: no object under {where}")
+            return 0
+        _say(f"conveyor sweep: {shard}: {len(plan.todo) + len(plan.skipped)} of the {plan.listed} object(s) under "
+             f"{where}, {len(plan.skipped)} already SUCCEEDED")
+        if dry_run:
+            for item in plan.todo:
+                click.echo(f"process {item.name}")
+            for key in plan.skipped:
+                click.echo(f"skip {spec.bucket}/{key} (already SUCCEEDED)")
+            _say(f"conveyor sweep: dry run: {len(plan.todo)} to process, {len(plan.skipped)} to skip")
+            return 0
+        summary = _process(environ, config, platform, shard, plan, stores, request_id, job_id, shutdown)
+    _report(summary)
+    return summary.exit_code
+
+
+def _process(environ: Mapping[str, str], config: FunctionConfig, platform: Platform, shard: Shard, plan: Plan,
+             stores: Stores, request_id: str, job_id: str | None, shutdown: threading.Event) -> Summary:
+    """The shard's inputs through the handler loaded here, once."""
+    from conveyor.handler import load_handler
+    from conveyor.job import Job
+    from conveyor.scratch import scratch_dir
     from conveyor.sweep.runner import run_shard
 
-    spec = sweep_input(config, override)
-    stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
-    plan = plan_shard(config, spec, shard, stores)
-    where = f"{spec.bucket}/{spec.key_prefix + '/' if spec.key_prefix else ''} on {spec.provider}"
-    if not plan.listed:
-        _say(f"conveyor sweep: nothing to do: no object under {where}")
-        return 0
-    _say(f"conveyor sweep: {shard}: {len(plan.todo) + len(plan.skipped)} of the {plan.listed} object(s) under "
-         f"{where}, {len(plan.skipped)} already SUCCEEDED")
-    if dry_run:
-        for item in plan.todo:
-            click.echo(f"process {item.name}")
-        for key in plan.skipped:
-            click.echo(f"skip {spec.bucket}/{key} (already SUCCEEDED)")
-        _say(f"conveyor sweep: dry run: {len(plan.todo)} to process, {len(plan.skipped)} to skip")
-        return 0
-    batch = platform is Platform.BATCH
-    job_id = environ.get("AWS_BATCH_JOB_ID") if batch else None
-    request_id = job_id or environ.get("JOB_UUID") or f"sweep-{uuid.uuid4().hex[:8]}-{shard.index}"
     extra: dict[str, Any] = {"sweep_shard": f"{shard.index}/{shard.count}"}
-    if batch and environ.get("AWS_BATCH_JOB_ATTEMPT"):
+    if job_id and environ.get("AWS_BATCH_JOB_ATTEMPT"):
         extra["batch_attempt"] = environ["AWS_BATCH_JOB_ATTEMPT"]
-    shutdown = threading.Event()
-    _on_signals(shutdown)
-    with bound_request_id(request_id):
-        job = Job(config=config, platform=platform, handler=load_handler(config), stores=stores, base_env=environ,
-                  scratch_dir=scratch_dir(environ), request_id=request_id, shutdown=shutdown, job_id=job_id,
-                  extra=extra)
-        try:
-            summary = run_shard(job, plan.todo, shard, skipped=len(plan.skipped), say=_say)
-        finally:
-            job.handler.close()
+    job = Job(config=config, platform=platform, handler=load_handler(config), stores=stores, base_env=environ,
+              scratch_dir=scratch_dir(environ), request_id=request_id, shutdown=shutdown, job_id=job_id, extra=extra)
+    try:
+        return run_shard(job, plan.todo, shard, skipped=len(plan.skipped), say=_say)
+    finally:
+        job.handler.close()
+
+
+def _report(summary: Summary) -> None:
+    """The failures (the first few), then the summary line: on stderr, whatever log_level says."""
     failed = summary.failed
     for record in failed[:FAILURES_SHOWN]:
         error = record.error or {}
@@ -171,7 +193,6 @@ def _run(environ: Mapping[str, str], config: Any, platform: Any, shard: Any, ove
     if summary.error is not None:
         _say(f"conveyor: {summary.error.kind} error: {summary.error.message}")
     _say(summary.line())
-    return summary.exit_code
 
 
 def _on_signals(shutdown: threading.Event) -> None:

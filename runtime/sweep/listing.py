@@ -22,6 +22,7 @@ from typing import Any
 from conveyor.config import FunctionConfig, IOSpec, ProviderRef
 from conveyor.errors import ConfigError, StorageError
 from conveyor.events import Event, ObjectRef, load_event
+from conveyor.job import Stores
 from conveyor.records import ResultRecord, Status, status_key
 from conveyor.storage import ObjectStore, is_not_found
 from conveyor.sweep.shards import Shard
@@ -75,10 +76,8 @@ def sweep_input(config: FunctionConfig, override: IOSpec | None) -> IOSpec:
     return config.inputs[0]
 
 
-def plan_shard(config: FunctionConfig, spec: IOSpec, shard: Shard, stores: Any) -> Plan:
-    """List the input path, keep this shard's keys, set aside those already SUCCEEDED.
-
-    `stores` is a conveyor.job.Stores (or anything with `get(ProviderRef)`)."""
+def plan_shard(config: FunctionConfig, spec: IOSpec, shard: Shard, stores: Stores) -> Plan:
+    """List the input path, keep this shard's keys, set aside those already SUCCEEDED."""
     plan = Plan(spec, shard)
     if not spec.bucket:
         raise ConfigError(f"the input path {spec.path!r} names no bucket", key="input")
@@ -140,7 +139,7 @@ def record_key(status: IOSpec, bucket: str, key: str) -> tuple[str, str]:
     return status_key(status, stub)
 
 
-def succeeded(config: FunctionConfig, spec: IOSpec, keys: Iterable[str], stores: Any) -> set[str]:
+def succeeded(config: FunctionConfig, spec: IOSpec, keys: Iterable[str], stores: Stores) -> set[str]:
     """The keys among `keys` whose stored result record says SUCCEEDED. A RUNNING or FAILED record
     (or none) is run again. Without a status location nothing can be known: none are."""
     status = config.conveyor.status
