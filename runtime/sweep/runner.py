@@ -43,7 +43,7 @@ from conveyor.sweep.shards import Shard
 log = logging.getLogger(__name__)
 
 PREFETCH = 2  # inputs downloaded ahead of the model
-LANES = 2  # records under way at once: one with the model, the other uploading its outputs
+LANES = 3  # records under way at once: one with the model, the others uploading (I/O-bound models gain)
 STORE_FAILURES = 3  # inputs failed by the store in a row: it is down, the rest is left for a re-run
 STORE_KINDS = ("storage", "credentials")
 POLL = 0.1  # seconds between looks at the shutdown flag while waiting
