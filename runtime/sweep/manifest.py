@@ -29,7 +29,7 @@ def job_name(config: FunctionConfig) -> str:
 
 
 def indexed_job(config: FunctionConfig, shards: int, image: str, *, parallelism: int | None = None,
-                retries: int = 1, input_arg: str | None = None, config_map: str | None = None) -> dict[str, Any]:
+                retries: int = 1, input_arg: str | None = None) -> dict[str, Any]:
     """The Indexed Job manifest (a dict: yaml.safe_dump it)."""
     if shards < 1:
         raise ConfigError(f"the number of shards must be at least 1, not {shards}", key="--shards")
@@ -58,7 +58,7 @@ def indexed_job(config: FunctionConfig, shards: int, image: str, *, parallelism:
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [container],
-                    "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": config_map or config.name}}],
+                    "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": config.name}}],
                 },
             },
         },
