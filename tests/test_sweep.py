@@ -460,10 +460,10 @@ def test_a_listed_key_that_climbs_out_of_the_input_path_is_refused_unfetched(dep
     plan = plan_shard(job.config, spec, Shard(), job.stores)
     summary = run_shard(job, plan.todo, Shard())
     job.handler.close()
-    by_key = {r.input["key"]: r for r in summary.records}
-    assert by_key["in/fine.png"].status == "SUCCEEDED"
-    assert by_key["in/../escape.png"].error["kind"] == "outside_inputs"
-    assert summary.exit_code == 65
+    assert summary.succeeded == 1 and summary.exit_code == 65
+    [refused] = summary.failed
+    assert refused.input["key"] == "in/../escape.png" and refused.error["kind"] == "outside_inputs"
+    assert stored_record(s3_client, bucket, "in/fine.png")["status"] == "SUCCEEDED"
     assert fetched == ["in/fine.png"]
 
 
@@ -511,11 +511,11 @@ def test_downloads_and_uploads_overlap_the_model(deploy, bucket, s3_client) -> N
     plan = plan_shard(job.config, job.config.inputs[0], Shard(), job.stores)
     summary = run_shard(job, plan.todo, Shard())
     job.handler.close()
-    assert summary.exit_code == 0 and len(summary.records) == len(contents)
+    assert summary.exit_code == 0 and summary.succeeded == len(contents)
     assert (d.markers / "prefetched").read_text().split() == ["True"]  # f1 came down while f0 was in the model
     assert overlapped == [True]  # f0's outputs went up while f1 was in the model
     assert max(OverlapHandler.waiting) <= PREFETCH  # bounded: so many downloaded inputs wait, at most
-    assert all(r.extra.get("prefetched") for r in summary.records)
+    assert all(stored_record(s3_client, bucket, key)["extra"]["prefetched"] for key in contents)
 
 
 def test_a_termination_signal_finishes_the_input_under_way_and_leaves_the_rest(deploy, bucket, s3_client) -> None:

@@ -57,31 +57,32 @@ class Summary:
     shard: Shard
     total: int  # the shard's inputs, skipped ones included
     skipped: int
-    records: list[ResultRecord] = field(default_factory=list)  # of the inputs run, in listing order
+    succeeded: int = 0
+    failed: list[ResultRecord] = field(default_factory=list)  # in listing order (those that succeeded are
+    # stored and logged, and only counted here: a shard of 100,000 inputs keeps no 100,000 records)
     left: int = 0  # not started: left for a re-run
     seconds: float = 0.0
     stopped: str | None = None  # why the sweep stopped early
     error: ConveyorError | None = None  # what stopped it before any input (the model's set-up)
 
     @property
-    def failed(self) -> list[ResultRecord]:
-        return [r for r in self.records if not r.ok]
+    def processed(self) -> int:
+        return self.succeeded + len(self.failed)
 
     @property
     def exit_code(self) -> int:
         """0 only when every input of the shard succeeded; else the first failure's code, as `run`."""
         if self.error is not None:
             return self.error.exit_code
-        if failed := self.failed:
-            return exit_code_for((failed[0].error or {}).get("kind"))
+        if self.failed:
+            return exit_code_for((self.failed[0].error or {}).get("kind"))
         if self.left:
             return Interrupted.exit_code if self.stopped == SIGNALLED else StorageError.exit_code
         return 0
 
     def line(self) -> str:
-        failed = len(self.failed)
-        text = (f"conveyor sweep: {self.shard}: {len(self.records)} processed ({len(self.records) - failed} "
-                f"succeeded, {failed} failed), {self.skipped} skipped (already SUCCEEDED)")
+        text = (f"conveyor sweep: {self.shard}: {self.processed} processed ({self.succeeded} succeeded, "
+                f"{len(self.failed)} failed), {self.skipped} skipped (already SUCCEEDED)")
         if self.left:
             text += f", {self.left} left for a re-run"
         return f"{text}; {self.seconds:.1f} s"
@@ -113,7 +114,8 @@ class _Run:
         self.progress = _Progress(len(items), say)
         self.prefetch, self.lanes = prefetch, threading.BoundedSemaphore(lanes)
         self.turn = threading.Semaphore(1)  # the model's: held from a record's start to the end of its handle()
-        self.results: dict[int, ResultRecord] = {}
+        self.succeeded = 0
+        self.failed: dict[int, ResultRecord] = {}  # by listing index
         self.lock = threading.Lock()
         self.store_failures = 0
         self.stopped: str | None = None
@@ -139,8 +141,8 @@ class _Run:
             for thread in threads:
                 thread.join()
             shutil.rmtree(folder, ignore_errors=True)
-        summary.records = [self.results[i] for i in sorted(self.results)]
-        summary.left = len(self.items) - len(self.results)
+        summary.succeeded, summary.failed = self.succeeded, [self.failed[i] for i in sorted(self.failed)]
+        summary.left = len(self.items) - summary.processed
         summary.stopped = SIGNALLED if self.job.shutdown.is_set() else self.stopped
         if summary.left:
             log.warning("stopped by %s: %d input(s) not started, left for a re-run",
@@ -172,7 +174,10 @@ class _Run:
 
     def _note(self, index: int, record: ResultRecord) -> None:
         with self.lock:
-            self.results[index] = record
+            if record.ok:
+                self.succeeded += 1
+            else:
+                self.failed[index] = record
             kind = (record.error or {}).get("kind")
             self.store_failures = self.store_failures + 1 if not record.ok and kind in STORE_KINDS else 0
             if self.store_failures >= STORE_FAILURES and self.stopped is None:
