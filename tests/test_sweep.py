@@ -458,7 +458,7 @@ def test_a_listed_key_that_climbs_out_of_the_input_path_is_refused_unfetched(dep
     job = in_process_job(d, lambda store: Wrapped(store, list_keys=listing, download=download))
     spec = job.config.inputs[0]
     plan = plan_shard(job.config, spec, Shard(), job.stores)
-    summary = run_shard(job, plan.todo, Shard())
+    summary = run_shard(job, plan)
     job.handler.close()
     assert summary.succeeded == 1 and summary.exit_code == 65
     [refused] = summary.failed
@@ -509,7 +509,7 @@ def test_downloads_and_uploads_overlap_the_model(deploy, bucket, s3_client) -> N
 
     job = in_process_job(d, lambda store: Wrapped(store, download=download, put_file=put_file))
     plan = plan_shard(job.config, job.config.inputs[0], Shard(), job.stores)
-    summary = run_shard(job, plan.todo, Shard())
+    summary = run_shard(job, plan)
     job.handler.close()
     assert summary.exit_code == 0 and summary.succeeded == len(contents)
     assert (d.markers / "prefetched").read_text().split() == ["True"]  # f1 came down while f0 was in the model

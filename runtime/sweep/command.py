@@ -151,8 +151,8 @@ def _run(environ: Mapping[str, str], config: FunctionConfig, platform: Platform,
         _say(f"conveyor sweep: {shard}: {len(plan.todo) + len(plan.skipped)} of the {plan.listed} object(s) under "
              f"{where}, {len(plan.skipped)} already SUCCEEDED")
         if dry_run:
-            for item in plan.todo:
-                click.echo(f"process {item.name}")
+            for key in plan.todo:
+                click.echo(f"process {spec.bucket}/{key}")
             for key in plan.skipped:
                 click.echo(f"skip {spec.bucket}/{key} (already SUCCEEDED)")
             _say(f"conveyor sweep: dry run: {len(plan.todo)} to process, {len(plan.skipped)} to skip")
@@ -176,7 +176,7 @@ def _process(environ: Mapping[str, str], config: FunctionConfig, platform: Platf
     job = Job(config=config, platform=platform, handler=load_handler(config), stores=stores, base_env=environ,
               scratch_dir=scratch_dir(environ), request_id=request_id, shutdown=shutdown, job_id=job_id, extra=extra)
     try:
-        return run_shard(job, plan.todo, shard, skipped=len(plan.skipped), say=_say)
+        return run_shard(job, plan, say=_say)
     finally:
         job.handler.close()
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from conveyor.config import IOSpec
 from conveyor.errors import ConveyorError, Interrupted, StorageError, exit_code_for
 from conveyor.events import check_within_inputs
 from conveyor.handler import Handler, HandlerResult, Invocation
@@ -37,7 +38,7 @@ from conveyor.logs import bound_request_id
 from conveyor.process import input_provider, run_input
 from conveyor.records import ResultRecord
 from conveyor.scratch import WORK_PREFIX, mark_owner
-from conveyor.sweep.listing import Item
+from conveyor.sweep.listing import Item, Plan, make_item
 from conveyor.sweep.shards import Shard
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,27 @@ class Summary:
 SIGNALLED = "a termination signal"
 
 
-def run_shard(job: Job, items: list[Item], shard: Shard, *, skipped: int = 0,
-              say: Callable[[str], None] = lambda _: None, prefetch: int = PREFETCH, lanes: int = LANES) -> Summary:
-    """Run `items` through `job.handler` (set up once, here); `say` gets the progress lines."""
+def run_shard(job: Job, plan: Plan, *, say: Callable[[str], None] = lambda _: None, prefetch: int = PREFETCH,
+              lanes: int = LANES) -> Summary:
+    """Run the plan's inputs through `job.handler` (set up once, here); `say` gets the progress lines."""
     started = time.monotonic()
-    summary = Summary(shard, total=len(items) + skipped, skipped=skipped)
-    if items:
+    summary = Summary(plan.shard, total=len(plan.todo) + len(plan.skipped), skipped=len(plan.skipped))
+    if plan.todo:
         try:
             job.handler.ensure_setup()
         except ConveyorError as exc:
-            summary.error, summary.left = exc, len(items)
+            summary.error, summary.left = exc, len(plan.todo)
             summary.stopped = f"the model could not be set up: {exc.message}"
         else:
-            _Run(job, items, say, prefetch, lanes).into(summary)
+            _Run(job, plan, say, prefetch, lanes).into(summary)
     summary.seconds = time.monotonic() - started
     return summary
 
 
 class _Run:
-    def __init__(self, job: Job, items: list[Item], say: Callable[[str], None], prefetch: int, lanes: int) -> None:
-        self.job, self.items = job, items
-        self.progress = _Progress(len(items), say)
+    def __init__(self, job: Job, plan: Plan, say: Callable[[str], None], prefetch: int, lanes: int) -> None:
+        self.job, self.plan = job, plan
+        self.progress = _Progress(len(plan.todo), say)
         self.prefetch, self.lanes = prefetch, threading.BoundedSemaphore(lanes)
         self.turn = threading.Semaphore(1)  # the model's: held from a record's start to the end of its handle()
         self.succeeded = 0
@@ -123,7 +124,7 @@ class _Run:
     def into(self, summary: Summary) -> None:
         folder = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.job.scratch_dir))  # swept if we die
         mark_owner(folder)
-        fetcher = _Prefetcher(self.job, self.items, folder, self.prefetch, self._stopping)
+        fetcher = _Prefetcher(self.job, self.plan.spec, self.plan.todo, folder, self.prefetch, self._stopping)
         threads: list[threading.Thread] = []
         try:
             for index, item, path in fetcher:
@@ -142,7 +143,7 @@ class _Run:
                 thread.join()
             shutil.rmtree(folder, ignore_errors=True)
         summary.succeeded, summary.failed = self.succeeded, [self.failed[i] for i in sorted(self.failed)]
-        summary.left = len(self.items) - summary.processed
+        summary.left = len(self.plan.todo) - summary.processed
         summary.stopped = SIGNALLED if self.job.shutdown.is_set() else self.stopped
         if summary.left:
             log.warning("stopped by %s: %d input(s) not started, left for a re-run",
@@ -227,12 +228,13 @@ def _once(call: Callable[[], None]) -> Callable[[], None]:
 
 
 class _Prefetcher:
-    """Downloads the inputs in order, ahead of the model: at most `ahead` files waiting in
-    `folder`. A download that fails (or an input that is refused before any download) is handed
+    """Makes each key an Item and downloads it, in order, ahead of the model: at most `ahead` files
+    waiting in `folder`. A download that fails (or an input that is refused before any download) is handed
     on without a file: run_input then fetches it itself, and records why it could not."""
 
-    def __init__(self, job: Job, items: list[Item], folder: Path, ahead: int, stopping: Callable[[], bool]) -> None:
-        self.job, self.items, self.folder, self.stopping = job, items, folder, stopping
+    def __init__(self, job: Job, spec: IOSpec, keys: list[str], folder: Path, ahead: int,
+                 stopping: Callable[[], bool]) -> None:
+        self.job, self.spec, self.keys, self.folder, self.stopping = job, spec, keys, folder, stopping
         self.queue: queue.Queue[tuple[int, Item, Path | None] | None] = queue.Queue()
         self.room = threading.Semaphore(ahead)
         self.closed = threading.Event()
@@ -265,12 +267,13 @@ class _Prefetcher:
     def _run(self) -> None:
         try:
             with bound_request_id(self.job.request_id):
-                for index, item in enumerate(self.items):
+                for index, key in enumerate(self.keys):
                     while not self.room.acquire(timeout=POLL):
                         if self._halt():
                             return
                     if self._halt():
                         return
+                    item = make_item(self.spec, key)
                     self.queue.put((index, item, self._fetch(index, item)))
         finally:
             self.queue.put(None)
