@@ -158,6 +158,23 @@ def host(result: dict[str, Any]) -> str:
 def _fine(value: float | None) -> str:
     """Seconds as milliseconds with three decimals (a hop is tens of microseconds)."""
     return "-" if value is None else f"{value * 1000:.3f} ms"
+def sweep(result: dict[str, Any]) -> str:
+    names = {"deepaas": "DEEPaaS (demo plugin, warm)", "darknet": "Darknet YOLOv3-tiny (OpenCV)"}
+    rows, notes = [], []
+    for key, r in result["results"].items():
+        if "skipped" in r:
+            notes.append(f"{names[key]} not measured: {r['skipped']}")
+            continue
+        over = r["sweep_over_warm"]
+        rows.append([names[key], seconds(r["sweep"]["per_input"]), seconds(r["sweep"]["total"]),
+                     seconds(_median(r["run"]["per_input"])), seconds(r["run"]["total"]),
+                     seconds(_median(r["warm_per_file"])), times(over),
+                     verdict(None if over is None else over <= result["target"])])
+    text = _table(["model", "sweep, per input", "sweep, total", "`run`, per input", "`run`, total",
+                   "warm, per file", "sweep / warm", f"<= {result['target']}x"], rows)
+    if notes:
+        text += "\n\n" + "\n".join(notes)
+    return text
 
 
 def render(results: dict[str, Any]) -> str:
@@ -202,6 +219,10 @@ def render(results: dict[str, Any]) -> str:
 
         r = sections["serve"]
         parts.append(f"**7. Warm OSCAR sync and conveyor serve** ({r.get('rounds', 0)} rounds)\n\n" + serve.render(r))
+    if "sweep" in sections:
+        r = sections["sweep"]
+        parts.append(f"**8. A folder: one `conveyor sweep` shard vs a `conveyor run` per file** "
+                     f"({r['inputs']} inputs)\n\n" + sweep(r))
     return "\n\n".join(parts) + "\n"
 
 

@@ -6,7 +6,8 @@
     python -m bench --cold-rounds 30       # or set one section's
 
 Sections: cold (1), warm (2), models (3), memory (4), throughput (5; needs `conveyor local`), host (6),
-large (4b: 1 GiB GET and PUT, Conveyor's store vs boto3's transfer manager; bench/large.py), serve (7).
+large (4b: 1 GiB GET and PUT, Conveyor's store vs boto3's transfer manager; bench/large.py), serve (7),
+sweep (8; its rounds are the number of inputs).
 Progress goes to stderr, the markdown table to stdout, everything measured (every sample, the
 machine, the load average before and after) to bench/results/latest.json and a dated copy.
 One SeaweedFS server on 127.0.0.1 serves the whole run and is stopped at the end.
@@ -27,9 +28,9 @@ from bench.server import Bench
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("cold", "warm", "models", "memory", "throughput", "host", "large", "serve")
+SECTIONS = ("cold", "warm", "models", "memory", "throughput", "host", "large", "serve", "sweep")
 DEFAULT_ROUNDS = {"cold": 12, "warm": 60, "models": 8, "memory": 2, "throughput": 2, "host": 5, "large": 2,
-                  "serve": 10}
+                  "serve": 10, "sweep": 200}
 
 
 def log(message: str) -> None:
@@ -101,6 +102,10 @@ def run_section(name: str, bench: Bench, rounds: int) -> dict[str, Any]:
         from bench import serve
 
         return serve.measure(bench, rounds, log=log)
+    if name == "sweep":  # rounds: the number of inputs
+        from bench import sweep
+
+        return sweep.measure(bench, rounds, log=log)
     raise ValueError(name)
 
 

@@ -33,6 +33,7 @@ from conveyor.records import failure_lines
 from conveyor.response import RESPONSE_END
 from conveyor.sealing import sealed_environ
 from conveyor.serve.command import serve
+from conveyor.sweep.command import sweep
 
 if TYPE_CHECKING:
     from conveyor.storage import TransferOptions
@@ -318,6 +319,7 @@ def weights(dest: Path | None) -> None:
 cli.add_command(local)
 cli.add_command(gateway)
 cli.add_command(serve)
+cli.add_command(sweep)
 
 
 def main(argv: list[str] | None = None) -> None:

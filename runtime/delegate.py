@@ -86,13 +86,27 @@ def submit_job(
     """Submit the whole event as one Batch job named after the function; return the job id."""
     name = context.function_name or config.name
     environment = job_environment(event, context)
-    request: dict[str, Any] = {"jobName": name, "jobDefinition": name, "jobQueue": name}
+    request: dict[str, Any] = job_names(name)
     if config.multi_node_parallel:
         request["nodeOverrides"] = {
             "nodePropertyOverrides": [{"targetNodes": "0:", "containerOverrides": {"environment": environment}}]
         }
     else:
         request["containerOverrides"] = {"environment": environment}
+    job_id = submit_request(request, client_factory)
+    log.info("handed off to AWS Batch: job %s (queue %s)", job_id, name)
+    return job_id
+
+
+def job_names(name: str) -> dict[str, Any]:
+    """A function's Batch job: the job, its job definition and its queue all named after the
+    function (SCAR creates the definition and the queue under that name)."""
+    return {"jobName": name, "jobDefinition": name, "jobQueue": name}
+
+
+def submit_request(request: dict[str, Any], client_factory: Callable[[], Any]) -> str:
+    """Send a submit_job request (job_names plus overrides); the job id, or DelegationError."""
+    name = request["jobName"]
     try:
         response = client_factory().submit_job(**request)
     except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoCredentialsError ...
@@ -100,7 +114,6 @@ def submit_job(
     job_id = response.get("jobId")
     if not job_id:
         raise DelegationError(f"AWS Batch answered without a job id for {name!r}", job_queue=name)
-    log.info("handed off to AWS Batch: job %s (queue %s)", job_id, name)
     return str(job_id)
 
 

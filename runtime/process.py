@@ -143,11 +143,14 @@ def run_input(
     inp: Input | None,
     response: BinaryIO | None = None,
     claims: Claims | None = None,
+    fetched: Path | None = None,
 ) -> ResultRecord:
     """Process one input end to end. Never raises for the record's own failures: they are recorded.
 
     `inp` None runs the model once with no input file (a SCAR invocation carrying only a script).
     `claims`: the output keys the event's earlier records planned (run_event passes one per event).
+    `fetched`: the object `inp` names, already downloaded to this local file (`conveyor sweep`
+    downloads ahead while the model works): moved into the work directory instead of fetched.
     """
     record = job.new_record(inp, started_at=_now(), extra=dict(job.extra))
     timer = Timer(record)
@@ -165,7 +168,7 @@ def run_input(
     try:
         check_shutdown(job)
         user = model_user(job.config)  # conveyor.isolate_model: ConfigError when it cannot hold
-        input_path = _fetch(job, inp, input_dir, record, timer)
+        input_path = _fetch(job, inp, input_dir, record, timer, fetched)
         if user is not None:  # after the download: nothing of the model's may lie in its way
             work.chmod(0o711)  # the model may reach its folders, not list or touch the log beside them
             user.hand_over(input_dir, output_dir, scratch)
@@ -260,7 +263,9 @@ def _describe(inp: Input | None) -> str:
     return f"inline payload {inp.file_name}" if isinstance(inp, InlineInput) else f"{inp.bucket}/{inp.key}"
 
 
-def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, timer: Timer) -> Path | None:
+def _fetch(
+    job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, timer: Timer, fetched: Path | None = None
+) -> Path | None:
     if inp is None:
         return None
     if isinstance(inp, ObjectRef):  # before anything is read, whether Conveyor or the model fetches it
@@ -276,6 +281,11 @@ def _fetch(job: Job, inp: Input | None, input_dir: Path, record: ResultRecord, t
     path = input_dir / safe_file_name(inp.key)
     if path.resolve().parent != input_dir.resolve():  # belt and braces: safe_file_name gives one component
         raise StorageError("refusing an input path outside the work directory", key=inp.key)
+    if fetched is not None:  # downloaded ahead (conveyor sweep): the same checks, then moved in
+        record.bytes_in = fetched.stat().st_size
+        shutil.move(fetched, path)
+        record.extra["prefetched"] = True
+        return path
     store = job.stores.get(input_provider(inp))
     with timer("download"):
         record.bytes_in = store.download(inp.bucket, inp.key, path)

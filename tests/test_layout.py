@@ -19,7 +19,8 @@ FOLDERS = {
     "gateway": "conveyor.gateway",
 }
 EDGES = {"conveyor.cli", "conveyor.__main__"}  # read the environment and exit; may register plugins
-PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway", "conveyor.serve"}
+PLUGINS = {"conveyor.local", "conveyor.handlers", "conveyor.entrypoints", "conveyor.gateway", "conveyor.serve",
+           "conveyor.sweep"}
 
 
 def _packages_on_disk() -> set[str]:
