@@ -30,6 +30,8 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -728,3 +730,98 @@ def test_lambda_container_under_the_emulator(name, models, client, rie, s3_serve
     assert status == 200 and "errorType" in failure, (failure, log)  # a function error, as Lambda reports it
     assert model.bad_reason in failure["errorMessage"], failure
     assert keys(s3_client, bucket) == before, "a failed invocation uploaded something"
+
+
+# -- sweeps: a folder sharded over an AWS Batch array job and a Kubernetes Indexed Job ------------------
+
+SWEEP_INPUTS = [f"in/photo {i:02d}.png" for i in range(8)]
+
+
+def sweep_definition(models, bucket: str, server: Any, provider: str) -> dict[str, Any]:
+    definition = deployment(models["base"], bucket, server, provider, bad=False)
+    definition["name"] = f"sweep-{uuid.uuid4().hex[:8]}"
+    return definition
+
+
+def each_processed_once(logs: list[str], s3, bucket: str) -> None:
+    """Every input SUCCEEDED in exactly one of the shards' logs, and its outputs are in the bucket."""
+    seen = [r["input"]["key"] for log in logs for r in records(log.encode())]
+    assert sorted(seen) == SWEEP_INPUTS, seen
+    assert all(r["status"] == "SUCCEEDED" for log in logs for r in records(log.encode()))
+    assert all(any(r for r in records(log.encode())) for log in logs), "a shard processed nothing"
+    out = keys(s3, bucket, "out/")
+    for key in SWEEP_INPUTS:
+        name = key.rsplit("/", 1)[1]
+        assert f"out/{name}" in out, out
+
+
+def test_sweep_over_a_kubernetes_indexed_job(models, client, s3_server, s3_client, bucket, tmp_path) -> None:
+    """`conveyor sweep --manifest kubernetes`: each pod of the Indexed Job is run as Kubernetes would
+    run it: the manifest's command and environment, JOB_COMPLETION_INDEX, the service's ConfigMap at
+    /oscar/config and the MinIO keys OSCAR mounts. Both shards at once; each input once."""
+    for key in SWEEP_INPUTS:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=PNG)
+    definition = sweep_definition(models, bucket, s3_server, "minio")
+    config = readable(tmp_path / "definition.yaml", yaml.safe_dump(definition))
+    proc = subprocess.run([str(Path(sys.executable).parent / "conveyor"), "sweep", "--config", str(config),
+                           "--manifest", "kubernetes", "--shards", "2", "--image", BASE],
+                          capture_output=True, timeout=60, check=True)
+    manifest = yaml.safe_load(proc.stdout)
+    assert manifest["spec"]["completionMode"] == "Indexed" and manifest["spec"]["completions"] == 2
+    [spec] = manifest["spec"]["template"]["spec"]["containers"]
+    [mount] = spec["volumeMounts"]
+    volumes = oscar_volumes(models["base"], tmp_path, s3_server, definition)
+    config_dir = next(Path(host).parent for host, bind in volumes.items()
+                      if bind["bind"].endswith("function_config.yaml"))
+    volumes = {host: bind for host, bind in volumes.items() if not bind["bind"].startswith(mount["mountPath"])}
+    volumes[str(config_dir)] = {"bind": mount["mountPath"], "mode": "ro"}
+    env = {e["name"]: e["value"] for e in spec["env"]}
+    pods = [client.containers.run(spec["image"], entrypoint=spec["command"], detach=True, network_mode="host",
+                                  environment={**env, "JOB_COMPLETION_INDEX": str(index)}, volumes=volumes)
+            for index in range(2)]
+    try:
+        logs = []
+        for pod in pods:
+            assert pod.wait(timeout=RUN_TIMEOUT)["StatusCode"] == 0, pod.logs().decode(errors="replace")
+            logs.append(pod.logs(stdout=True, stderr=True).decode(errors="replace"))
+    finally:
+        for pod in pods:
+            pod.remove(force=True)
+    each_processed_once(logs, s3_client, bucket)
+
+
+def test_sweep_submitted_as_an_aws_batch_array_job(models, client, batch_server, s3_server, s3_client, bucket,
+                                                   tmp_path) -> None:
+    """`conveyor sweep --submit batch --shards 2`: one array job on the function's queue and job
+    definition (named as the Lambda hand-off names them); moto's Batch runs each child's container
+    with this Docker engine, each child takes its shard from its `<parent>:<i>` job id."""
+    for key in SWEEP_INPUTS:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=PNG)
+    definition = sweep_definition(models, bucket, s3_server, "s3")
+    name = definition["name"]
+    batch = batch_server["batch"]
+    env_arn = batch.describe_job_queues(jobQueues=[batch_server["queue"]])["jobQueues"][0][
+        "computeEnvironmentOrder"][0]["computeEnvironment"]
+    batch.create_job_queue(jobQueueName=name, state="ENABLED", priority=1,
+                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}])
+    env = {"FUNCTION_CONFIG": base64.b64encode(yaml.safe_dump(definition).encode()).decode(),
+           "SCRIPT": base64.b64encode(SCRIPT).decode(), **aws_credentials(s3_server)}
+    batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties={
+        "image": BASE, "vcpus": 1, "memory": 1024, "command": SCAR_BATCH_COMMAND,
+        "environment": [{"name": k, "value": v} for k, v in env.items()]})
+    config = readable(tmp_path / "definition.yaml", yaml.safe_dump(definition))
+    endpoint = batch.meta.endpoint_url
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "conveyor"), "sweep", "--config", str(config), "--submit", "batch",
+         "--shards", "2"],
+        capture_output=True, timeout=60,
+        env={"PATH": os.environ["PATH"], "AWS_ENDPOINT_URL_BATCH": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    parent = proc.stdout.decode().strip().splitlines()[-1]
+    children = [f"{parent}:{i}" for i in range(2)]
+    runs = wait_for_jobs(batch_server, children)
+    for child in children:
+        assert runs[child]["status"] == "SUCCEEDED", runs[child]["log"]
+    each_processed_once([runs[child]["log"] for child in children], s3_client, bucket)
