@@ -67,8 +67,52 @@ def cold(result: dict[str, Any]) -> str:
         rows = [[name, seconds(_median(b["wall"])), mib(_median(b["rss"]))] for name, b in result["breakdown"].items()]
         text += "\n\nWhere a fresh process's time goes (one import set per process):\n\n"
         text += _table(["fresh `python -c ...`", "wall", "peak RSS"], rows)
+    if result.get("event"):
+        text += "\n\n" + cold_event(result["event"])
     for name, why in result.get("skipped", {}).items():
         text += f"\n\n{name} not measured: {why}"
+    return text
+
+
+PHASE_LABELS = {
+    "start": "interpreter start and exit (first process)",
+    "seal": "sealing re-exec (a second interpreter start)",
+    "cli": "CLI imports (conveyor.cli, logging)",
+    "config": "logging set up, config modules imported, definition parsed",
+    "setup": "event parsed, pipeline imported, handler and job built",
+    "store": "store opened (its SDK imported, client built)",
+    "fetch": "fetch (GET)",
+    "model": "model (the `cp` script)",
+    "upload": "upload (PUT)",
+    "record": "record (work dir, environment, record, log line)",
+    "other": "the rest (exit code, atexit)",
+}
+
+
+def cold_event(event: dict[str, Any]) -> str:
+    """One cold `conveyor run` phase by phase, its imports (-X importtime) and the import budget."""
+    wall = _median(event["wall"]) or 0.0
+    rows = []
+    for name, summary in event["phases"].items():
+        value = _median(summary)
+        share = f"{value / wall * 100:.0f} %" if value is not None and wall else "-"
+        rows.append([PHASE_LABELS.get(name, name), ms(None if value is None else value * 1000), share])
+    rows.append(["**wall** (this instrumented run)", ms(wall * 1000), "100 %"])
+    text = (f"One cold event, phase by phase (medians of {event['rounds']} runs; from wall-clock stamps, "
+            "the record's timings and the launcher's wall):\n\n" + _table(["phase", "time", "share"], rows))
+    procs = event.get("imports", {}).get("processes", [])
+    if procs:
+        rows = []
+        for i, p in enumerate(procs):
+            top = ", ".join(f"{n} {v * 1000:.1f}" for n, v in list(p["top"].items())[:5])
+            rows.append([f"{i + 1} ({'before the re-exec' if i == 0 and len(procs) > 1 else 'the work'})",
+                         ms(p["interpreter"] * 1000), ms(p["conveyor"] * 1000), ms(p["other"] * 1000), top])
+        text += "\n\nImports of one cold run under `python -X importtime` (it slows imports down; cumulative ms):\n\n"
+        text += _table(["process", "interpreter (site)", "conveyor.*", "other", "largest top-level imports"], rows)
+    broken = event.get("budget_broken") or []
+    text += (f"\n\nImport budget (never imported by this event: {', '.join(event.get('budget', []))}): "
+             f"{'**broken** by ' + ', '.join(broken) if broken else 'kept'}. "
+             f"Heavy modules it did import: {', '.join(event.get('watched_imported', [])) or 'none'}.")
     return text
 
 

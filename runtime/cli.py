@@ -13,6 +13,7 @@ imported only when the click CLI is built.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -403,7 +404,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`conveyor ARGS`: `run` with plain options straight to run_command, everything else through click."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = run_args(args)
-    if options is not None:
-        guarded(run_command)(**options)
+    if options is None:
+        build_cli().main(args=args, prog_name="conveyor")
         return
-    build_cli().main(args=args, prog_name="conveyor")
+    try:
+        guarded(run_command)(**options)
+    except SystemExit as exc:
+        leave(exc.code)
+        raise
+    leave(0)
+
+
+def leave(code: object) -> None:
+    """End a finished `conveyor run` at once with `code` (an int or None; anything else returns).
+
+    What an exit must do still happens: the atexit hooks run (logging's flush and close among them)
+    and stdout and stderr are flushed. What is skipped is the interpreter's teardown of every
+    module, which a finished run does not need (its threads are daemons, its children reaped, its
+    work directories removed) and which costs 10-80 ms with some storage SDKs (minio's: 80 ms).
+    """
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere: the usual exit
+    if run_exitfuncs is None or not (code is None or isinstance(code, int)):
+        return
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code or 0)
