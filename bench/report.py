@@ -183,7 +183,22 @@ def throughput(result: dict[str, Any]) -> str:
                      f"{_median(row['files_per_s']):.1f}" if _median(row["files_per_s"]) else "-",
                      f"{row['ideal_files_per_s']:.1f}" if row.get("ideal_files_per_s") else "-",
                      f"{row['efficiency'] * 100:.0f} %" if row.get("efficiency") else "-"])
-    return _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
+    text = _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
+    parts = ("run", "record", "fetch", "model", "upload", "outside")
+    rows = []
+    for name, row in result["runs"].items():
+        per_file = row.get("per_file") or {}
+        if not per_file:
+            continue
+        cpu = _median(row.get("cpu_seconds_per_file"))
+        rows.append([name, ms(None if cpu is None else cpu * 1000),
+                     *(ms(None if _median(per_file.get(p)) is None else _median(per_file[p]) * 1000) for p in parts)])
+    if rows:
+        text += ("\n\nWhere a file's time goes (medians per file; *job* = started to done as the loop sees it, "
+                 "*outside the record* = the job's start-up, imports, config and exit, and the loop's completion "
+                 "work; CPU = the whole tree, loop and S3 server included, per file):\n\n")
+        text += _table(["", "CPU / file", "job", "record", "fetch", "model", "upload", "outside the record"], rows)
+    return text
 
 
 def render(results: dict[str, Any]) -> str:
