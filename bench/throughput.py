@@ -131,7 +131,7 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
     end_to_end = {p: Samples("files/s") for p in PLATFORMS}
     model = {p: Samples("s") for p in PLATFORMS}
     cpu = {p: Samples("s") for p in PLATFORMS}
-    per_file: dict[str, dict[str, Samples]] = {p: {} for p in PLATFORMS}
+    breakdown: dict[str, dict[str, Samples]] = {p: {} for p in PLATFORMS}
     for r, platform in interleave(list(PLATFORMS), rounds):
         root = bench.dir("throughput") / f"{platform}-{r}"
         got = run_local(root, platform, files, env, timeout=60 + files * 5)
@@ -141,7 +141,7 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
             model[platform].add(got["model_median"])
         cpu[platform].add(got["cpu"] / files)
         for part, value in got["per_file"].items():
-            per_file[platform].setdefault(part, Samples("s")).add(value)
+            breakdown[platform].setdefault(part, Samples("s")).add(value)
         log(f"  throughput round {r + 1}/{rounds}  {platform:<6} {files / got['span']:6.1f} files/s "
             f"(span {got['span']:.1f} s, command {got['wall']:.1f} s, model {got['model_median'] or 0:.3f} s/file, "
             f"CPU {got['cpu'] / files * 1000:.0f} ms/file; per file: "
@@ -157,7 +157,7 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
             "model_seconds_per_file": model[platform].summary(4),
             "ideal_files_per_s": ideal,
             "cpu_seconds_per_file": cpu[platform].summary(4),  # the whole tree: loop, S3 server, jobs
-            "per_file": {part: samples.summary(4) for part, samples in per_file[platform].items()},
+            "per_file": {part: samples.summary(4) for part, samples in breakdown[platform].items()},
             "efficiency": (achieved / ideal) if ideal and achieved else None,
         }
     return {"rounds": rounds, "files": files, "file_bytes": FILE_SIZE, "workers": WORKERS, "model": "script",
