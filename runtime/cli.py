@@ -401,7 +401,8 @@ def build_cli() -> click.Group:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`conveyor ARGS`: `run` with plain options straight to run_command, everything else through click."""
+    """`conveyor ARGS`: `run` with plain options straight to run_command, everything else through click.
+    A `run` ends the process when it is done (leave): call main() only as a program's last act."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = run_args(args)
     if options is None:

@@ -90,6 +90,8 @@ def cold_run(tmp_path: Path, definition_text: str) -> tuple[subprocess.Completed
     assert proc.returncode == 0, proc.stderr.decode()
     assert pipe.keys("out") == ["photo.bin"], proc.stderr.decode()
     before = out.with_name(out.name + ".before-exec")
+    # `out` is written by an atexit hook: it exists only because the run's quick exit (conveyor.cli.leave)
+    # still runs the atexit hooks
     return proc, set(out.read_text().split()), set(before.read_text().split()) if before.exists() else set()
 
 
