@@ -61,14 +61,59 @@ def cold(result: dict[str, Any]) -> str:
     r = result.get("ratios", {}).get("conveyor/faas-supervisor")
     if r:
         target = result["target_ratio"]
+        met = r["wall"] is not None and r["cpu"] is not None and r["wall"] <= target and r["cpu"] <= target
         text += (f"\n\nConveyor / faas-supervisor: wall {times(r['wall'])}, CPU {times(r['cpu'])}, "
-                 f"peak RSS {times(r['rss'])}; target wall <= {target}x: {verdict(r['wall'] <= target)}.")
+                 f"peak RSS {times(r['rss'])}; target wall and CPU <= {target}x: {verdict(met)}.")
     if result.get("breakdown"):
         rows = [[name, seconds(_median(b["wall"])), mib(_median(b["rss"]))] for name, b in result["breakdown"].items()]
         text += "\n\nWhere a fresh process's time goes (one import set per process):\n\n"
         text += _table(["fresh `python -c ...`", "wall", "peak RSS"], rows)
+    if result.get("event"):
+        text += "\n\n" + cold_event(result["event"])
     for name, why in result.get("skipped", {}).items():
         text += f"\n\n{name} not measured: {why}"
+    return text
+
+
+PHASE_LABELS = {
+    "start": "interpreter start and exit (first process)",
+    "seal": "sealing re-exec (a second interpreter start)",
+    "cli": "CLI imports (conveyor.cli, logging)",
+    "config": "logging set up, config modules imported, definition parsed",
+    "setup": "event parsed, pipeline imported, handler and job built",
+    "store": "store opened (its SDK imported, client built)",
+    "fetch": "fetch (GET)",
+    "model": "model (the `cp` script)",
+    "upload": "upload (PUT)",
+    "record": "record (work dir, environment, record, log line)",
+    "other": "the rest (exit code, atexit)",
+}
+
+
+def cold_event(event: dict[str, Any]) -> str:
+    """One cold `conveyor run` phase by phase, its imports (-X importtime) and the import budget."""
+    wall = _median(event["wall"]) or 0.0
+    rows = []
+    for name, summary in event["phases"].items():
+        value = _median(summary)
+        share = f"{value / wall * 100:.0f} %" if value is not None and wall else "-"
+        rows.append([PHASE_LABELS.get(name, name), ms(None if value is None else value * 1000), share])
+    rows.append(["**wall** (this instrumented run)", ms(wall * 1000), "100 %"])
+    text = (f"One cold event, phase by phase (medians of {event['rounds']} runs; from wall-clock stamps, "
+            "the record's timings and the launcher's wall):\n\n" + _table(["phase", "time", "share"], rows))
+    procs = event.get("imports", {}).get("processes", [])
+    if procs:
+        rows = []
+        for i, p in enumerate(procs):
+            top = ", ".join(f"{n} {v * 1000:.1f}" for n, v in list(p["top"].items())[:5])
+            rows.append([f"{i + 1} ({'before the re-exec' if i == 0 and len(procs) > 1 else 'the work'})",
+                         ms(p["interpreter"] * 1000), ms(p["conveyor"] * 1000), ms(p["other"] * 1000), top])
+        text += "\n\nImports of one cold run under `python -X importtime` (it slows imports down; cumulative ms):\n\n"
+        text += _table(["process", "interpreter (site)", "conveyor.*", "other", "largest top-level imports"], rows)
+    broken = event.get("budget_broken") or []
+    text += (f"\n\nImport budget (never imported by this event: {', '.join(event.get('budget', []))}): "
+             f"{'**broken** by ' + ', '.join(broken) if broken else 'kept'}. "
+             f"Heavy modules it did import: {', '.join(event.get('watched_imported', [])) or 'none'}.")
     return text
 
 
@@ -80,11 +125,13 @@ def warm(result: dict[str, Any]) -> str:
             {"lambda emulator": "Lambda (RIE, awslambdaric)", "warm worker": "warm worker (run_event)"}.get(name, name),
             ms(overhead),
             f"{ms(_median(p['download']))} / {ms(_median(p['upload']))}",
+            ms(_median(p.get("own"))),
             ms(_median(p["latency"])),
             ms(_median(p["handler"])),
             verdict(None if overhead is None else overhead <= result["target_ms"]),
         ])
-    text = _table(["warm path", "overhead", "of which GET / PUT 100 KiB", "event total", "handler (excluded)",
+    text = _table(["warm path", "overhead", "of which GET / PUT 100 KiB", "without GET/PUT", "event total",
+                   "handler (excluded)",
                    f"<= {result['target_ms']:.0f} ms"], rows)
     for name, why in result.get("skipped", {}).items():
         text += f"\n\n{name} not measured: {why}"
@@ -140,7 +187,22 @@ def throughput(result: dict[str, Any]) -> str:
                      f"{_median(row['files_per_s']):.1f}" if _median(row["files_per_s"]) else "-",
                      f"{row['ideal_files_per_s']:.1f}" if row.get("ideal_files_per_s") else "-",
                      f"{row['efficiency'] * 100:.0f} %" if row.get("efficiency") else "-"])
-    return _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
+    text = _table(["`conveyor local --once`", "files", "workers", "files/s", "model-bound ideal", "of ideal"], rows)
+    parts = ("run", "record", "fetch", "model", "upload", "outside")
+    rows = []
+    for name, row in result["runs"].items():
+        per_file = row.get("per_file") or {}
+        if not per_file:
+            continue
+        cpu = _median(row.get("cpu_seconds_per_file"))
+        rows.append([name, ms(None if cpu is None else cpu * 1000),
+                     *(ms(None if _median(per_file.get(p)) is None else _median(per_file[p]) * 1000) for p in parts)])
+    if rows:
+        text += ("\n\nWhere a file's time goes (medians per file; *job* = started to done as the loop sees it, "
+                 "*outside the record* = the job's start-up, imports, config and exit, and the loop's completion "
+                 "work; CPU = the whole tree, loop and S3 server included, per file):\n\n")
+        text += _table(["", "CPU / file", "job", "record", "fetch", "model", "upload", "outside the record"], rows)
+    return text
 
 
 def host(result: dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ def run_local(root: Path, platform: str, files: int, env: dict[str, str], timeou
                            + stderr[-2000:])
     model = [f["model_seconds"] for f in summary.get("files", []) if f.get("model_seconds") is not None]
     span = processing_span(stderr)
+    per_file = where_a_file_goes(root, summary.get("files", []))
     shutil.rmtree(root, ignore_errors=True)
     return {
         "wall": run.wall,
@@ -94,7 +95,31 @@ def run_local(root: Path, platform: str, files: int, env: dict[str, str], timeou
         "span_from": "progress lines" if span else "summary wall_seconds",
         "model_median": statistics.median(model) if model else None,
         "cpu": run.cpu,
+        "per_file": per_file,
     }
+
+
+def where_a_file_goes(root: Path, files: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians (s) over the files: the job as the loop saw it (`run`: started to done, the loop's
+    own completion work included), the record's part of it (`record`: the pipeline in the job, its
+    fetch, model and upload) and what lies outside the record (`outside`: the job's interpreter
+    start-up, imports, config and exit, and the loop's completion)."""
+    parts: dict[str, list[float]] = {k: [] for k in ("run", "record", "fetch", "model", "upload", "outside")}
+    for entry in files:
+        run_seconds = entry.get("run_seconds")
+        try:
+            timings = json.loads((root / entry["record"]).read_text()).get("timings") or {}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if run_seconds is None or "total" not in timings:
+            continue
+        parts["run"].append(run_seconds)
+        parts["record"].append(timings["total"])
+        parts["fetch"].append(timings.get("download", 0.0))
+        parts["model"].append(timings.get("handler", 0.0))
+        parts["upload"].append(timings.get("upload", 0.0))
+        parts["outside"].append(run_seconds - timings["total"])
+    return {k: round(statistics.median(v), 4) for k, v in parts.items() if v}
 
 
 def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[str, Any]:
@@ -105,6 +130,8 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
     rate = {p: Samples("files/s") for p in PLATFORMS}
     end_to_end = {p: Samples("files/s") for p in PLATFORMS}
     model = {p: Samples("s") for p in PLATFORMS}
+    cpu = {p: Samples("s") for p in PLATFORMS}
+    breakdown: dict[str, dict[str, Samples]] = {p: {} for p in PLATFORMS}
     for r, platform in interleave(list(PLATFORMS), rounds):
         root = bench.dir("throughput") / f"{platform}-{r}"
         got = run_local(root, platform, files, env, timeout=60 + files * 5)
@@ -112,8 +139,13 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
         end_to_end[platform].add(files / got["wall"])
         if got["model_median"]:
             model[platform].add(got["model_median"])
+        cpu[platform].add(got["cpu"] / files)
+        for part, value in got["per_file"].items():
+            breakdown[platform].setdefault(part, Samples("s")).add(value)
         log(f"  throughput round {r + 1}/{rounds}  {platform:<6} {files / got['span']:6.1f} files/s "
-            f"(span {got['span']:.1f} s, command {got['wall']:.1f} s, model {got['model_median'] or 0:.3f} s/file)")
+            f"(span {got['span']:.1f} s, command {got['wall']:.1f} s, model {got['model_median'] or 0:.3f} s/file, "
+            f"CPU {got['cpu'] / files * 1000:.0f} ms/file; per file: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in got["per_file"].items()) + ")")
     runs = {}
     for platform in PLATFORMS:
         per_file = model[platform].median
@@ -124,6 +156,8 @@ def measure(bench: Bench, rounds: int, log=print, files: int = FILES) -> dict[st
             "end_to_end_files_per_s": end_to_end[platform].summary(2),
             "model_seconds_per_file": model[platform].summary(4),
             "ideal_files_per_s": ideal,
+            "cpu_seconds_per_file": cpu[platform].summary(4),  # the whole tree: loop, S3 server, jobs
+            "per_file": {part: samples.summary(4) for part, samples in breakdown[platform].items()},
             "efficiency": (achieved / ideal) if ideal and achieved else None,
         }
     return {"rounds": rounds, "files": files, "file_bytes": FILE_SIZE, "workers": WORKERS, "model": "script",

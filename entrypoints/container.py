@@ -18,7 +18,6 @@ may need them (`echo $EVENT | ...`).
 """
 
 import os
-import shutil
 import sys
 
 from conveyor.sealing import sealed_environ
@@ -30,6 +29,8 @@ def init_argv() -> list[str]:
     """`tini --` when this process is PID 1 and tini is installed; else [] (an init is there, or none can be)."""
     if os.getpid() != 1:
         return []
+    import shutil  # only as PID 1: with bz2 and lzma, 2 ms of every start
+
     found = shutil.which(INIT)
     return [found, "--"] if found else []
 
@@ -39,16 +40,17 @@ def run() -> None:
     init = init_argv()
     if not args or args[0].startswith("-") or args[0] == "run":
         sealed_environ(init)  # may re-execute this process; `conveyor run` then finds the values restored
-    from conveyor.cli import cli, main
+    from conveyor.cli import command_names, main
 
-    if args and not args[0].startswith("-") and args[0] not in cli.commands:
+    commands = command_names()
+    if args and not args[0].startswith("-") and args[0] not in commands:
         os.execvp((init + args)[0], init + args)
-    main(args if args and args[0] in cli.commands else ["run", *args])
+    main(args if args and args[0] in commands else ["run", *args])
 
 
 def conveyor() -> None:
-    """The `conveyor` command as conveyor.cli.main, with `conveyor run` sealed before the CLI is
-    imported: a re-exec then costs about 20 ms rather than 80 (for setup.cfg's console script)."""
+    """The `conveyor` command (setup.cfg's console script): conveyor.cli.main, with `conveyor run`
+    sealed before the CLI is imported, so a re-exec costs one bare interpreter start."""
     if sys.argv[1:2] == ["run"]:
         sealed_environ()
     from conveyor.cli import main

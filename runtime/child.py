@@ -32,7 +32,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +95,7 @@ def run_child(
         capped.close()
         raise
     become_subreaper()
-    mark = uuid.uuid4().hex
+    mark = os.urandom(16).hex()  # as random as uuid4().hex, without importing uuid (and platform)
     try:
         proc = _spawn(argv, env={**env, PROCESS_MARK: mark}, cwd=cwd, separate_stdout=copy_fh is not None, user=user)
     except BaseException:

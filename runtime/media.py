@@ -3,8 +3,12 @@ extension for a media type. The one place Conveyor knows formats."""
 
 from __future__ import annotations
 
-import mimetypes
 import re
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import mimetypes
 
 HEAD_BYTES = 32  # the most sniff() looks at
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
@@ -76,9 +80,16 @@ _TYPE_EXTENSIONS = {
     "text/yaml": ".yaml",
     "application/x-yaml": ".yaml",
 }
-# Built-in table only (no /etc/mime.types), so names do not depend on the machine.
-_MIME = mimetypes.MimeTypes()
 _EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+@cache
+def _mime() -> mimetypes.MimeTypes:
+    """The built-in table only (no /etc/mime.types), so names do not depend on the machine. Built on
+    first use: 2 ms that an event without a Content-Type to name never pays."""
+    import mimetypes
+
+    return mimetypes.MimeTypes()
 
 
 def media_type(content_type: str | None) -> str:
@@ -91,5 +102,5 @@ def extension_for(content_type: str | None) -> str | None:
     kind = media_type(content_type)
     if not kind:
         return None
-    ext = _TYPE_EXTENSIONS.get(kind) or _MIME.guess_extension(kind, strict=False)
+    ext = _TYPE_EXTENSIONS.get(kind) or _mime().guess_extension(kind, strict=False)
     return ext if ext and _EXTENSION.fullmatch(ext) else None

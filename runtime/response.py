@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +30,8 @@ def write_sync_response(
         stream_base64(output_dir / files[0], sink)
         return "file"
     if files:
+        import zipfile  # only for several outputs: 1 ms of every cold start otherwise
+
         bundle = scratch / "response.zip"
         with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for rel in files:

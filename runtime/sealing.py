@@ -24,13 +24,9 @@ is the boundary that holds against a hostile model.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
-
-log = logging.getLogger(__name__)
 
 # The private variables (conveyor.config.model.PRIVATE_VARS) that may hold a secret. Kept here, not
 # in conveyor.config, so that sealing imports nothing heavy before the re-exec.
@@ -63,9 +59,11 @@ def sealed_environ(init: Sequence[str] = ()) -> dict[str, str]:
         return dict(environ)
     argv = list(getattr(sys, "orig_argv", None) or [])
     if not sys.executable or not argv:
-        log.warning("cannot re-execute this interpreter: %s stay in the process environment", ", ".join(present))
+        _warn("cannot re-execute this interpreter: %s stay in the process environment", ", ".join(present))
         _restored = environ
         return dict(environ)
+    import json  # here and not above: a process that re-executes imports no more than it needs
+
     fd = _memfd(json.dumps(present).encode("utf-8", "surrogatepass")) if present else None
     kept = {k: v for k, v in environ.items() if k not in present}
     if fd is not None:
@@ -78,7 +76,7 @@ def sealed_environ(init: Sequence[str] = ()) -> dict[str, str]:
     except OSError as exc:
         if fd is not None:
             os.close(fd)
-        log.warning("cannot re-execute %s (%s): %s stay in the process environment",
+        _warn("cannot re-execute %s (%s): %s stay in the process environment",
                     program, exc.strerror, ", ".join(present) or "nothing")
     _restored = environ
     return dict(environ)
@@ -103,7 +101,7 @@ def _read_sealed(fd_text: str) -> dict[str, str]:
     try:
         fd = int(fd_text)
     except ValueError:
-        log.warning("%s=%r is not a file descriptor: ignored", SEALED_FD_VAR, fd_text)
+        _warn("%s=%r is not a file descriptor: ignored", SEALED_FD_VAR, fd_text)
         return {}
     chunks = []
     try:
@@ -112,16 +110,25 @@ def _read_sealed(fd_text: str) -> dict[str, str]:
             chunks.append(chunk)
         os.ftruncate(fd, 0)
     except OSError as exc:
-        log.warning("cannot read the sealed variables from fd %d: %s", fd, exc.strerror)
+        _warn("cannot read the sealed variables from fd %d: %s", fd, exc.strerror)
         return {}
     finally:
         try:
             os.close(fd)
         except OSError:
             pass
+    import json
+
     try:
         values = json.loads(b"".join(chunks).decode("utf-8", "surrogatepass"))
     except ValueError:
-        log.warning("the sealed variables in fd %d are not JSON: ignored", fd)
+        _warn("the sealed variables in fd %d are not JSON: ignored", fd)
         return {}
     return {str(k): str(v) for k, v in values.items() if k in SEALED_VARS} if isinstance(values, dict) else {}
+
+
+def _warn(msg: str, *args: object) -> None:
+    """log.warning, with logging imported only when there is something to say (5 ms before the re-exec)."""
+    import logging
+
+    logging.getLogger(__name__).warning(msg, *args)

@@ -29,6 +29,7 @@ import base64
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -191,20 +192,21 @@ class ProcessExecutor(Executor):
         limit = time.monotonic() + self.dep.timeout + self.dep.grace + MARGIN
         error = None
         termed = False
-        while not _exited(proc.pid):
-            now = time.monotonic()
-            if not termed and now > limit:
-                error = f"the job outlived its deadline ({self.dep.timeout:.0f} s + {MARGIN:.0f} s) and was killed"
-                signal_group(proc.pid, signal.SIGTERM)
-                termed, limit = True, now + self.dep.grace
-            elif termed and now > limit:
-                kill_tree(proc.pid)
-            if self._stop_at is not None and not termed:
-                signal_group(proc.pid, signal.SIGTERM)  # interrupt() sent it already; again is harmless
-                termed, limit = True, self._stop_at + self.dep.grace + 5
-            if self._force:
-                kill_tree(proc.pid)
-            time.sleep(0.05)
+        with ExitWatch(proc.pid) as exit_watch:
+            while not _exited(proc.pid):
+                now = time.monotonic()
+                if not termed and now > limit:
+                    error = f"the job outlived its deadline ({self.dep.timeout:.0f} s + {MARGIN:.0f} s) and was killed"
+                    signal_group(proc.pid, signal.SIGTERM)
+                    termed, limit = True, now + self.dep.grace
+                elif termed and now > limit:
+                    kill_tree(proc.pid)
+                if self._stop_at is not None and not termed:
+                    signal_group(proc.pid, signal.SIGTERM)  # interrupt() sent it already; again is harmless
+                    termed, limit = True, self._stop_at + self.dep.grace + 5
+                if self._force:
+                    kill_tree(proc.pid)
+                exit_watch.wait(0.05)
         signal_group(proc.pid, signal.SIGKILL)  # the leader is gone but unreaped: sweep what it left
         return proc.wait(), error
 
@@ -219,6 +221,36 @@ class ProcessExecutor(Executor):
                 kill_tree(proc.pid)
             else:
                 signal_group(proc.pid, signal.SIGTERM)
+
+
+class ExitWatch:
+    """Wait for a child's exit, woken the moment it exits (a pidfd) rather than at the next poll:
+    a job's worker takes its next event 25 ms sooner on average. Where there is no pidfd (Linux
+    before 5.3), wait() sleeps its timeout."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._fd = None
+
+    def wait(self, timeout: float) -> None:
+        """Return when the process has exited, or after `timeout` seconds."""
+        if self._fd is None:
+            time.sleep(timeout)
+            return
+        try:
+            select.select([self._fd], [], [], timeout)
+        except (OSError, ValueError):
+            time.sleep(timeout)
+
+    def __enter__(self) -> ExitWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _exited(pid: int) -> bool:
