@@ -91,6 +91,15 @@ def test_keys_obstore_cannot_address_keep_their_exact_name(
     assert store.version(bucket, key) is None
 
 
+def test_a_key_obstore_cannot_parse_does_not_break_a_listing(kind: str, make_provider, bucket: str, s3_client) -> None:
+    """obstore fails a whole listing on one key it cannot parse (a newline): a sweep
+    of a folder holding one such upload would stop. The SDK lists them instead, every key kept."""
+    store = open_store(make_provider(kind))
+    for key in ("in/a.txt", "in/new\nline.txt", "in/z.txt"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert store.list_keys(bucket, "in/") == ["in/a.txt", "in/new\nline.txt", "in/z.txt"]
+
+
 def test_a_list_prefix_need_not_end_at_a_folder(kind: str, make_provider, bucket: str) -> None:
     """obstore lists whole path segments; list_keys keeps S3's character prefixes."""
     store = open_store(make_provider(kind))
