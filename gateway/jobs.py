@@ -185,7 +185,10 @@ class Jobs:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models = {m.name: m for m in models}
-        self.options = options or TransferOptions(max_attempts=2, connect_timeout=2.0, read_timeout=30.0)
+        # The SDK engine: conveyor.gateway.objects reads records, sizes and new keys with its clients'
+        # own calls (one GET, one HEAD, a LIST from a key); a long-lived server imports them once.
+        self.options = options or TransferOptions(max_attempts=2, connect_timeout=2.0, read_timeout=30.0,
+                                                  engine="sdk")
         self.batch = batch or BatchStates()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-read")
         self._stores: dict[tuple[str, str], ObjectStore] = {}

@@ -567,35 +567,14 @@ def test_a_record_written_by_conveyor_run_shows_as_succeeded(tmp_path, deploy, s
         gateway.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def moto_batch():
-    """moto's server on loopback with a queue and job definition (as tests/test_lambda.py sets up)."""
-    from moto.server import ThreadedMotoServer
+    """moto's Batch (tests/support/batch.py) with a queue and a job definition named conveyor-test."""
+    from tests.support.batch import moto_batch_server
 
-    from tests.support.emulator import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    requests.post(f"{endpoint}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10)
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    batch = boto3.client("batch", endpoint_url=endpoint, **creds)
-    iam = boto3.client("iam", endpoint_url=endpoint, **creds)
-    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    env_arn = batch.create_compute_environment(
-        computeEnvironmentName="conveyor-test", type="UNMANAGED", state="ENABLED", serviceRole=role
-    )["computeEnvironmentArn"]
-    batch.create_job_queue(jobQueueName="conveyor-test", state="ENABLED", priority=1,
-                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}])
-    batch.register_job_definition(jobDefinitionName="conveyor-test", type="container",
-                                  containerProperties={"image": "conveyor/base", "vcpus": 1, "memory": 512,
-                                                       "command": ["true"]})
-    yield endpoint, batch
-    # moto keeps its state per process, shared by every moto server of this pytest worker (the
-    # Lambda tests create the same role): leave none of ours behind
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
-    server.stop()
+    moto = moto_batch_server()
+    moto.queue("conveyor-test", ["true"])
+    return moto.endpoint, moto.batch
 
 
 def test_uploads_made_outside_the_gateway_show_up_without_a_full_listing(app, alice, bucket, s3_client) -> None:

@@ -16,11 +16,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
-from tests.support.emulator import LambdaEmulator, ensure_rie, free_port
+from tests.support.emulator import LambdaEmulator, ensure_rie
 from tests.support.pipeline import PNG, body, keys, minio_event, records
 from tests.support.requirements import missing
 
@@ -35,43 +34,14 @@ def rie_binary() -> Path:
         missing(f"the Lambda emulator could not be fetched from the aws-sam-cli wheel: {exc}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def moto_batch():
-    """moto's server on loopback, with a queue, a job definition and a compute env named FUNCTION."""
-    from moto.server import ThreadedMotoServer
+    """moto's Batch (tests/support/batch.py) with a queue, a job definition and a compute env named FUNCTION."""
+    from tests.support.batch import moto_batch_server
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    urllib.request.urlopen(
-        urllib.request.Request(
-            f"{endpoint}/moto-api/config",
-            data=json.dumps({"batch": {"use_docker": False}}).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        ),
-        timeout=10,
-    ).read()
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    batch = boto3.client("batch", endpoint_url=endpoint, **creds)
-    iam = boto3.client("iam", endpoint_url=endpoint, **creds)
-    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    env_arn = batch.create_compute_environment(
-        computeEnvironmentName=FUNCTION, type="UNMANAGED", state="ENABLED", serviceRole=role
-    )["computeEnvironmentArn"]
-    batch.create_job_queue(
-        jobQueueName=FUNCTION, state="ENABLED", priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}],
-    )
-    batch.register_job_definition(
-        jobDefinitionName=FUNCTION, type="container",
-        containerProperties={"image": "conveyor/base", "vcpus": 1, "memory": 512, "command": ["conveyor", "run"]},
-    )
-    yield endpoint, batch
-    server.stop()
+    moto = moto_batch_server()
+    moto.queue(FUNCTION, ["conveyor", "run"])
+    return moto.endpoint, moto.batch
 
 
 class LambdaFunction:

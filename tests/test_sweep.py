@@ -595,35 +595,12 @@ def test_a_store_that_goes_down_stops_the_sweep_and_a_rerun_finishes_it(tmp_path
 
 @pytest.fixture
 def moto_batch():
-    """moto's server on loopback with a queue and a job definition named after the function."""
-    import boto3
-    import requests
-    from moto.server import ThreadedMotoServer
+    """moto's Batch (tests/support/batch.py) with a queue and a job definition named after the function."""
+    from tests.support.batch import moto_batch_server
 
-    from tests.support.emulator import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # moto keeps its state per process, whichever of its servers set it: start from none
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
-    requests.post(f"{endpoint}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10)
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    batch = boto3.client("batch", endpoint_url=endpoint, **creds)
-    iam = boto3.client("iam", endpoint_url=endpoint, **creds)
-    role = iam.create_role(RoleName="batch-sweep", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    env_arn = batch.create_compute_environment(
-        computeEnvironmentName="pipeline-test", type="UNMANAGED", state="ENABLED", serviceRole=role
-    )["computeEnvironmentArn"]
-    batch.create_job_queue(jobQueueName="pipeline-test", state="ENABLED", priority=1,
-                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}])
-    batch.register_job_definition(jobDefinitionName="pipeline-test", type="container",
-                                  containerProperties={"image": "conveyor/base", "vcpus": 1, "memory": 512,
-                                                       "command": ["conveyor", "run"]})
-    yield endpoint, batch
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10)
-    server.stop()
+    moto = moto_batch_server()
+    moto.queue("pipeline-test", ["conveyor", "run"])
+    return moto.endpoint, moto.batch
 
 
 def test_a_batch_array_job_sweeps_every_input_once(deploy, bucket, s3_client, moto_batch) -> None:

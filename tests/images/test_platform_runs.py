@@ -439,18 +439,18 @@ def test_sync_service_shim_runs_conveyor_per_request_with_a_warm_daemon(
     volumes = oscar_volumes(model, tmp_path, s3_server, definition)
     volumes[str(readable(tmp_path / "shim" / "supervisor", SHIM.read_bytes(), 0o755))] = \
         {"bind": "/oscar/bin/supervisor", "mode": "ro"}
+    body = base64.b64encode(model.good[1])  # what oscar-cli and the gateway send
+    volumes[str(readable(tmp_path / "request" / "body", body))] = {"bind": "/request-body", "mode": "ro"}
     container = client.containers.run(model.image, detach=True, network_mode="host", entrypoint=["sleep", "3600"],
                                       volumes=volumes)
     try:
-        body = base64.b64encode(model.good[1]).decode()  # what oscar-cli and the gateway send
-        environment = {"BODY": body, "Http_Method": "POST", "Http_Content_Type": "text/plain",
-                       "Http_Path": "/", "Http_Query": ""}
+        environment = {"Http_Method": "POST", "Http_Content_Type": "text/plain", "Http_Path": "/", "Http_Query": ""}
         answers = []
         for _ in range(3):
-            code, output = container.exec_run(["/bin/sh", "-c", 'printf %s "$BODY" | /oscar/bin/supervisor'],
+            code, output = container.exec_run(["/bin/sh", "-c", "cat /request-body | /oscar/bin/supervisor"],
                                               environment=environment)
             assert code == 0, output.decode(errors="replace")
-            answers.append(base64.b64decode(output, validate=True))
+            answers.append(base64.b64decode(output.strip(), validate=True))  # the answer ends with a newline
         assert all(answers), answers
         code, metrics = container.exec_run(  # the Python Conveyor runs on (the first line of its script)
             ["/bin/sh", "-c", 'exec $(head -1 "$(command -v conveyor-entrypoint)" | cut -c3-) -c "$CODE"'],
