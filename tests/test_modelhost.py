@@ -553,14 +553,18 @@ def test_conveyor_run_kills_a_hung_warm_model_and_fails_the_record(deploy, s3_cl
     assert "model host was stopped" in record["error"]["message"]
     assert keys(s3_client, bucket, "out/") == []
     leftovers = [int(p) for p in {p for p in os.listdir("/proc") if p.isdigit()} - before]
-    assert not [p for p in leftovers if not gone(p) and "conveyor.modelhost" in _cmdline(p)]
+    # this run's hosts only (TMPDIR is the deployment's scratch): other tests run beside this one
+    ours = f"TMPDIR={d.scratch}".encode()
+    assert not [p for p in leftovers if not gone(p) and b"conveyor.modelhost" in _proc(p, "cmdline")
+                and ours in _proc(p, "environ").split(b"\0")]
 
 
-def _cmdline(pid: int) -> str:
+def _proc(pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name> (cmdline, environ); b"" when the process is gone."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/{name}").read_bytes()
     except OSError:
-        return ""
+        return b""
 
 
 def test_model_host_process_hosts_even_the_script_handler(tmp_path):
