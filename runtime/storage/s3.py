@@ -11,7 +11,9 @@ clears those).
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,7 +170,8 @@ class S3Store(BaseStore):
         self, file: BinaryIO, size: int, bucket: str, key: str, extra: dict[str, Any], condition: dict[str, str]
     ) -> Any:
         """A multipart upload, `max_concurrency` parts in flight (daemon threads: a stalled store
-        cannot keep the process alive; memory: one part each); aborted when it does not complete."""
+        cannot keep the process alive); aborted when it does not complete. Each part is streamed from
+        the file (a _Part view of its range, read with pread): memory does not grow with the part size."""
         part_size = max(self.options.part_size, -(-size // MAX_PARTS))
         count = -(-size // part_size)
         upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
@@ -177,22 +180,27 @@ class S3Store(BaseStore):
             failures: list[BaseException] = []
             numbers = iter(range(1, count + 1))
             lock = threading.Lock()
+            fd = _descriptor(file)
+
+            def body(start: int, length: int) -> Any:
+                if fd is not None:
+                    return _Part(fd, start, length)
+                with lock:  # an in-memory file: one reader of its position at a time
+                    file.seek(start)
+                    return file.read(length)
 
             def send() -> None:
                 while not failures:
-                    with lock:  # one reader of the shared file at a time
+                    with lock:
                         number = next(numbers, None)
-                        if number is None:
-                            return
-                        try:
-                            file.seek((number - 1) * part_size)
-                            chunk = file.read(part_size)
-                        except BaseException as exc:
-                            failures.append(exc)
-                            return
+                    if number is None:
+                        return
+                    start = (number - 1) * part_size
+                    length = min(part_size, size - start)
                     try:
                         answer = self.client.upload_part(
-                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                            Body=body(start, length), ContentLength=length,
                         )
                     except BaseException as exc:
                         failures.append(exc)
@@ -314,3 +322,50 @@ def _find_cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> B
         last = getattr(current, "last_exception", None)  # boto3 RetriesExceededError
         current = current.__cause__ or current.__context__ or (last if isinstance(last, BaseException) else None)
     return None
+
+
+def _descriptor(file: BinaryIO) -> int | None:
+    """The descriptor of a plain file object (open(), os.fdopen()), read directly by the parts; None
+    for anything else (an in-memory file, a wrapper with its own read()), read through read()."""
+    if not isinstance(file, (io.BufferedReader, io.FileIO)):
+        return None
+    try:
+        return file.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+
+
+class _Part(io.RawIOBase):
+    """A read-only view of `length` bytes of a file descriptor from `start`, read with os.pread
+    (so several parts of one file are sent at once without sharing a file position); seekable,
+    as botocore rewinds a body it signs, checksums or sends again."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._start, self._length, self._pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._length - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._start + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def __len__(self) -> int:
+        return self._length
