@@ -163,7 +163,8 @@ def models(results: dict[str, dict[str, Any]], target: float) -> str:
 
 
 def memory(result: dict[str, Any]) -> str:
-    labels = {"minio": "`minio` provider (minio SDK)", "s3": "`s3` provider (boto3)"}
+    labels = {"minio": "`minio` provider (obstore; a large create-only upload: minio SDK)",
+              "s3": "`s3` provider (obstore; a large create-only upload: boto3)"}
     sizes = ["1 MiB", "100 MiB", "1 GiB"]
     rows = []
     for provider, row in result.get("rows", {}).items():
