@@ -124,17 +124,17 @@ def run_child(
                     "%s exited but left %d process(es) running (pids %s): stopping them",
                     argv[0], len(leftovers), ", ".join(map(str, leftovers[:10])),
                 )
-                _stop_all(proc, pgid, procs, grace, log)
+                stop_all(proc, pgid, procs, grace, log)
             else:
                 procs.reap()
             stopped = True
             return 128 - rc if rc < 0 else rc
         elapsed = time.monotonic() - started  # until the deadline or shutdown, not counting the grace
-        sig = _stop_all(proc, pgid, procs, grace, log)
+        sig = stop_all(proc, pgid, procs, grace, log)
         stopped = True
     finally:
         if not stopped:  # an unexpected error (KeyboardInterrupt ...): leave nothing behind
-            _stop_all(proc, pgid, procs, min(grace, 1.0), log)
+            stop_all(proc, pgid, procs, min(grace, 1.0), log)
         for pump in pumps:
             pump.finish(DRAIN_TIMEOUT)
         capped.close()
@@ -237,7 +237,7 @@ def _wait(proc: subprocess.Popen, deadline: Deadline, shutdown: threading.Event,
             return "deadline"
 
 
-def _stop_all(proc: subprocess.Popen, pgid: int, procs: ProcessSet, grace: float, log: LogLike) -> str:
+def stop_all(proc: subprocess.Popen, pgid: int, procs: ProcessSet, grace: float, log: LogLike) -> str:
     """SIGTERM the group and every process of the run, wait up to `grace` for them to end (SIGTERM
     to any that appears meanwhile), SIGKILL what is left, reap.
 

@@ -22,9 +22,10 @@ Anything that does not hold is a ConfigError (78) for every record: the model ne
 unisolated when isolation was asked for. Under AWS Lambda the function runs unprivileged, so
 isolate_model always fails there; the images run as uid 1000 and need `--user 0` for it.
 
-Only processes started through Invocation.run_child are isolated (the script and darknet
-handlers, deepaas in its cli and predict modes); a model a handler loads into Conveyor's own
-process (deepaas warm) is not, and isolate_model does not make it so.
+Isolated are the processes started through Invocation.run_child (the script and darknet
+handlers, deepaas in its cli and predict modes) and the model host (conveyor.modelhost: DEEPaaS
+warm, Darknet's OpenCV backend), which starts as `model_user` too. A model loaded into Conveyor's
+own process (`model_host: inline`) is not, and isolate_model does not make it so.
 """
 
 from __future__ import annotations

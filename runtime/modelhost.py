@@ -63,7 +63,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.child import POLL_INTERVAL, SCAN_SHARE, _stop_all
+from conveyor.child import POLL_INTERVAL, SCAN_SHARE, stop_all
 from conveyor.config.model import PRIVATE_VARS, frozen_mapping
 from conveyor.deadline import Deadline
 from conveyor.errors import ConfigError, ConveyorError, HandlerError, HandlerTimeout, Interrupted, error_for
@@ -278,7 +278,7 @@ class HostedHandler(Handler):
                 pass
         if conn is not None:
             conn.close()
-        sig = _stop_all(proc, proc.pid, procs, grace, logger)
+        sig = stop_all(proc, proc.pid, procs, grace, logger)
         if reason is not None:
             self.restarts += 1
             logger.warning("model host %d of %s stopped (%s, %s): the next input starts a fresh one",
