@@ -139,14 +139,10 @@ def _load(
 
 
 def transfer_options(environ: Mapping[str, str]) -> TransferOptions:
-    """The stores' settings that come from the environment: the CA bundle of SSL_CERT_FILE, the
-    platform's region (AWS_REGION, AWS_DEFAULT_REGION) for s3 providers that name none."""
-    from conveyor.storage import TransferOptions
+    """The stores' settings that come from the environment (conveyor.storage.transfer_options)."""
+    from conveyor.storage import transfer_options as from_environment
 
-    return TransferOptions(
-        ca_bundle=environ.get("SSL_CERT_FILE") or None,
-        default_region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
-    )
+    return from_environment(environ)
 
 
 def reserve_stdout() -> BinaryIO:

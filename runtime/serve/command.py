@@ -66,7 +66,7 @@ def serve(environ: Mapping[str, str], config_path: str | None, platform_opt: str
     from conveyor.logs import keep_job_output, setup_logging
     from conveyor.platform import detect_platform
     from conveyor.sealing import sealed_environ
-    from conveyor.storage import TransferOptions
+    from conveyor.storage import transfer_options
 
     environ = sealed_environ()  # FUNCTION_CONFIG, FDL ... out of this process's block (conveyor.sealing)
     environ.pop("EVENT", None)  # each request brings its own event
@@ -84,7 +84,7 @@ def serve(environ: Mapping[str, str], config_path: str | None, platform_opt: str
                        f"(pip install 'conveyor-runtime[serve]'): {exc}", err=True)
             return 78
         worker = Worker(config, environ, platform, slots=slots,
-                        transfer=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
+                        transfer=transfer_options(environ))
         return run_server(worker, host=host, port=listen_port(port, environ), socket_path=socket_path,
                           idle_timeout=idle_timeout, grace_period=config.conveyor.grace_period)
     except ConveyorError as exc:

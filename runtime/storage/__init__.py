@@ -59,6 +59,7 @@ from conveyor.storage.base import (
     is_not_found,
     is_permanent,
     is_taken,
+    transfer_options,
 )
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ __all__ = [
     "is_permanent",
     "is_taken",
     "open_store",
+    "transfer_options",
 ]
 
 _LAZY = {  # re-exported name -> the module defining it

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -78,6 +78,16 @@ class TransferOptions:
     # The platform's region (AWS_REGION, read by the edges) for an s3 provider that names none: the
     # obstore engine, unlike boto3, does not follow S3's redirects to a bucket's region.
     default_region: str | None = None
+
+
+def transfer_options(environ: Mapping[str, str]) -> TransferOptions:
+    """The stores' settings that come from the environment, for the edges that read it (`conveyor
+    run`, `serve`, `sweep`): the CA bundle of SSL_CERT_FILE, and the platform's region (AWS_REGION,
+    AWS_DEFAULT_REGION) for s3 providers that name none."""
+    return TransferOptions(
+        ca_bundle=environ.get("SSL_CERT_FILE") or None,
+        default_region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+    )
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,14 @@ def _run(environ: Mapping[str, str], config: FunctionConfig, platform: Platform,
     from conveyor.job import Stores
     from conveyor.logs import bound_request_id
     from conveyor.platform import Platform
-    from conveyor.storage import TransferOptions
+    from conveyor.storage import transfer_options
     from conveyor.sweep.listing import plan_shard, sweep_input
 
     job_id = environ.get("AWS_BATCH_JOB_ID") if platform is Platform.BATCH else None
     request_id = job_id or environ.get("JOB_UUID") or f"sweep-{uuid.uuid4().hex[:8]}-{shard.index}"
     with bound_request_id(request_id):
         spec = sweep_input(config, override)
-        stores = Stores(config, options=TransferOptions(ca_bundle=environ.get("SSL_CERT_FILE") or None))
+        stores = Stores(config, options=transfer_options(environ))
         shutdown = threading.Event()
         if not dry_run:
             _on_signals(shutdown)
