@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from conveyor.config import FunctionConfig
     from conveyor.records import ResultRecord
-    from conveyor.storage import TransferOptions
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +137,6 @@ def _load(
     return platform, config
 
 
-def transfer_options(environ: Mapping[str, str]) -> TransferOptions:
-    """The stores' settings that come from the environment (conveyor.storage.transfer_options)."""
-    from conveyor.storage import transfer_options as from_environment
-
-    return from_environment(environ)
-
-
 def reserve_stdout() -> BinaryIO:
     """Keep the real stdout for the response alone and point fd 1 at stderr.
 
@@ -224,6 +216,7 @@ def run_command(event_path: str | None, config_path: str | None, platform_opt: s
     setup_logging(config.log_level, secrets=config.secret_values(environ))
     if platform is Platform.LAMBDA and event_path is None:
         from conveyor.lambda_runtime import serve
+        from conveyor.storage import transfer_options
 
         serve(config, environ, transfer_options(environ))
         return
@@ -250,6 +243,7 @@ def _process(
     from conveyor.process import run_event
     from conveyor.response import RESPONSE_END
     from conveyor.scratch import scratch_dir
+    from conveyor.storage import transfer_options
 
     request_id, job_id, extra = _run_identity(platform, environ)
     with bound_request_id(request_id):

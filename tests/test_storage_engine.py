@@ -260,8 +260,8 @@ def test_aws_s3_gets_the_platforms_region_and_its_own_endpoint() -> None:
     """An s3 provider with no endpoint is AWS S3: its region, else the platform's (AWS_REGION at
     the edge), since obstore does not follow S3's redirects to a bucket's region; the endpoint is
     pinned (virtual-hosted where the bucket name allows), so AWS_ENDPOINT_URL_S3 cannot move it."""
-    from conveyor.cli import transfer_options
     from conveyor.config import ProviderRef, StorageProvider
+    from conveyor.storage import transfer_options
 
     options = transfer_options({"AWS_REGION": "eu-west-3", "SSL_CERT_FILE": ""})
     assert options.default_region == "eu-west-3" and options.ca_bundle is None

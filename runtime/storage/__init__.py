@@ -32,9 +32,10 @@ Conditional writes, for publishing without destroying what others published (con
 if_match=etag)` removes only that version. The S3 store sends them as `If-None-Match: *` and
 `If-Match` (S3, MinIO and SeaweedFS 4.48, the test server, honour both: the server checks and writes atomically).
 The obstore store sends `If-None-Match: *` (a create-only file larger than one part goes through
-the S3 or MinIO store) but no `If-Match`. What a store cannot send, it checks: it compares
-`version` just before, which leaves a window of a request's length in which another writer's
-object can be taken for theirs.
+the S3 or MinIO store) but no `If-Match`: an `s3` provider's conditional delete goes through the S3
+store. What a store cannot send, it checks (the MinIO store, the obstore store for `minio`, the
+HTTP stores): it compares `version` just before, which leaves a window of a request's length in
+which another writer's object can be taken for theirs.
 
 The factory imports a store's module only when a provider of its type is opened, and so do the
 names re-exported here (S3Store, MinioStore, ...): the seam does not load every implementation.
