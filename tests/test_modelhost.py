@@ -27,6 +27,7 @@ from conveyor.events import ObjectRef
 from conveyor.handler import Handler, HandlerResult, Invocation, load_handler
 from conveyor.modelhost import HostedHandler, _host_config
 from conveyor.procgroup import PROCESS_MARK
+from tests.support.pipeline import exited as gone
 
 pytestmark = pytest.mark.e2e  # real processes
 
@@ -146,15 +147,6 @@ def invocation(tmp_path):
         )
 
     return make
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 def group_gone(pgid: int) -> bool:

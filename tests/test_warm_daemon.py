@@ -30,7 +30,7 @@ import pytest
 from conveyor.config import load_config
 from conveyor.platform import Platform
 from conveyor.serve.daemon import socket_path
-from tests.support.pipeline import CONVEYOR, Deployment
+from tests.support.pipeline import CONVEYOR, Deployment, wait_exited
 from tests.support.served import REPO, serve_deployment
 
 
@@ -110,17 +110,9 @@ def _stop_daemon(path: Path) -> None:
 
 
 def _wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return
-        if state == "Z":
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    raise AssertionError(f"process {pid} did not exit")
+    if not wait_exited(pid, 30):
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"process {pid} did not exit")
 
 
 @pytest.fixture

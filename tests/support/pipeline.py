@@ -158,17 +158,28 @@ def body(client: Any, bucket: str, key: str) -> bytes:
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def exited(pid: int) -> bool:
+    """No such process, or only a dead one (a zombie awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    """Whether `pid` exited within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def assert_no_process(pid_file: Path) -> None:
     """The process whose pid the script wrote must be gone (or a zombie awaiting its reaper)."""
     pid = int(pid_file.read_text().strip())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return
-        if state == "Z":
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    pytest.fail(f"process {pid} was left running")
+    if not wait_exited(pid, 5):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"process {pid} was left running")
