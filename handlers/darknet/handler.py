@@ -136,12 +136,11 @@ class DarknetHandler(Handler):
         """The OpenCV backend keeps the network in memory: a model host (conveyor.modelhost) supervises
         it; so does auto when it would choose OpenCV (cv2 installed, threshold high enough). The CLI
         backend runs darknet per record, supervised already."""
-        backend = options.get("backend", "auto")
-        if backend == "opencv":
-            return True
-        threshold = options.get("threshold", DarknetOptions.threshold)
-        return (backend == "auto" and isinstance(threshold, (int, float)) and threshold >= OPENCV_MIN_THRESHOLD
-                and importlib.util.find_spec("cv2") is not None)
+        opts = DarknetOptions.parse(options)  # as the handler reads them (load_handler built it first)
+        if opts.backend != "auto":
+            return opts.backend == "opencv"
+        # _choose_backend's auto rule, with cv2 found rather than imported (load_handler stays light)
+        return opts.threshold >= OPENCV_MIN_THRESHOLD and importlib.util.find_spec("cv2") is not None
 
     # -- setup ----------------------------------------------------------------------------------
 
