@@ -334,3 +334,15 @@ def test_a_create_only_write_the_server_refused_with_503_is_asked_again(
     assert proxy.refused[0].startswith(b"PUT ") and written.size == 4, proxy.errors
     assert proxy.seen[-1].startswith(b"PUT ")  # sent again, and stored
     assert s3_client.get_object(Bucket=bucket, Key="out/x.bin")["Body"].read() == b"mine"
+
+
+@pytest.mark.parametrize("engine", ["obstore", "sdk"])
+@pytest.mark.parametrize("endpoint", ["ftp://store.example:9000", "http://store.example:9000/bucket", "http://"])
+def test_an_endpoint_that_is_not_host_and_port_is_a_config_error(engine: str, endpoint: str) -> None:
+    """Both engines check a MinIO endpoint alike (conveyor.storage.base.endpoint_parts), before any request."""
+    from conveyor.config import ProviderRef, StorageProvider
+
+    provider = StorageProvider(ProviderRef("minio", "default"), endpoint=endpoint, access_key="a", secret_key="b")
+    with pytest.raises(ConfigError, match="is not a MinIO endpoint URL") as caught:
+        open_store(provider, engine=engine)
+    assert caught.value.context["key"] == "storage_providers.minio.default.endpoint"

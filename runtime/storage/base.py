@@ -11,9 +11,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NoReturn
+from urllib.parse import SplitResult, urlsplit
 
 from conveyor.config import StorageProvider
-from conveyor.errors import CredentialsError, StorageError
+from conveyor.errors import ConfigError, CredentialsError, StorageError
 
 MiB = 1024 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -97,6 +98,20 @@ class Written:
 
     size: int
     etag: str | None = None
+
+
+def endpoint_parts(endpoint: str, provider: StorageProvider) -> SplitResult:
+    """An S3-compatible endpoint, `http(s)://host[:port]` (https when no scheme is given), split; a
+    ConfigError naming the provider's endpoint setting for anything else."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+        kind = provider.ref.type
+        raise ConfigError(
+            f"'{endpoint}' is not {'a MinIO' if kind == 'minio' else 'an S3'} endpoint URL (expected "
+            "http(s)://host[:port])",
+            key=f"storage_providers.{kind}.{provider.ref.id}.endpoint",
+        )
+    return parts
 
 
 def file_size(file: BinaryIO) -> int:

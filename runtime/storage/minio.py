@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 from conveyor.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
-from conveyor.errors import ConfigError, CredentialsError, StorageError
+from conveyor.errors import CredentialsError, StorageError
 from conveyor.storage.base import (
     CREDENTIAL_CODES,
     NOT_FOUND_CODES,
@@ -19,6 +18,7 @@ from conveyor.storage.base import (
     MiB,
     TransferOptions,
     Written,
+    endpoint_parts,
     file_size,
     guess_content_type,
     is_not_found,
@@ -46,12 +46,7 @@ class MinioStore(BaseStore):
                 provider=str(provider.ref),
             )
         endpoint = provider.endpoint or MINIO_DEFAULT_ENDPOINT
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-            raise ConfigError(
-                f"'{endpoint}' is not a MinIO endpoint URL (expected http(s)://host[:port])",
-                key=f"storage_providers.minio.{provider.ref.id}.endpoint",
-            )
+        parts = endpoint_parts(endpoint, provider)
         self.endpoint = endpoint
         secure = parts.scheme == "https"
         retry = urllib3.Retry(

@@ -48,7 +48,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlsplit
 
 from conveyor.config import MINIO_DEFAULT_ENDPOINT, StorageProvider
 from conveyor.errors import ConfigError, CredentialsError, StorageError
@@ -59,6 +58,7 @@ from conveyor.storage.base import (
     MiB,
     TransferOptions,
     Written,
+    endpoint_parts,
     file_size,
     guess_content_type,
     is_not_found,
@@ -128,12 +128,7 @@ class ObstoreStore(BaseStore):
         self.region = provider.region or (None if endpoint else options.default_region) or "us-east-1"
         self.endpoint: str | None = None
         if endpoint:
-            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-                raise ConfigError(
-                    f"'{endpoint}' is not an S3 endpoint URL (expected http(s)://host[:port])",
-                    key=f"storage_providers.{kind}.{provider.ref.id}.endpoint",
-                )
+            parts = endpoint_parts(endpoint, provider)
             self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self._client = self._client_options()
         self._retry = {
