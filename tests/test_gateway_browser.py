@@ -169,8 +169,12 @@ class Page:
     def choose(self, model: str) -> None:
         from selenium.webdriver.support.select import Select
 
-        until(lambda: self.all(f"select#model option[value='{model}']"), f"the model {model} in select#model")
-        Select(self.find("select#model")).select_by_value(model)
+        def chosen() -> bool:  # the page may draw the list again meanwhile (a stale option): choose again
+            select = Select(self.find("select#model"))
+            select.select_by_value(model)
+            return select.first_selected_option.get_attribute("value") == model
+
+        until(chosen, f"the model {model} chosen in select#model")
 
     def upload(self, path: Path) -> None:
         self.find("input#file").send_keys(str(path))
