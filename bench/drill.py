@@ -181,7 +181,7 @@ def uploading(pid: int) -> bool:
 
 
 def _is_weed(argv: list[str]) -> bool:
-    return bool(argv) and Path(argv[0]).name == "weed" and "mini" in argv
+    return bool(argv) and Path(argv[0]).name == "weed" and "server" in argv
 
 
 def _job_key(env: dict[bytes, bytes], keys_by_job: dict[str, str] | None = None) -> str | None:

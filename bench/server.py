@@ -1,6 +1,6 @@
 """The one S3 server every peer talks to, and the objects, events and definitions they share.
 
-One SeaweedFS `weed mini` on 127.0.0.1 (conveyor.local.s3server.SeaweedServer) serves the whole run, so
+One SeaweedFS `weed server` on 127.0.0.1 (conveyor.local.s3server.SeaweedServer) serves the whole run, so
 Conveyor, faas-supervisor and the bare boto3 script fetch and store the same bytes through the
 same server. Peers are told apart by their output prefix, never by their input.
 

@@ -1,6 +1,6 @@
 """Shared fixtures. Keep them generic: every test module may use them.
 
-Real S3-compatible server (SeaweedFS `weed mini`, bound to 127.0.0.1):
+Real S3-compatible server (SeaweedFS `weed server`, bound to 127.0.0.1):
     s3_server           one server for the whole session (fast: tests share it, each in its own bucket)
     bucket              a fresh, uniquely named, empty bucket on s3_server
     s3_client           a boto3 client for s3_server (path-style), to arrange and inspect objects

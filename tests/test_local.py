@@ -714,7 +714,7 @@ def test_a_job_killed_after_an_upload_is_withdrawn_and_delivered_again(tmp_path:
 
 
 def weed_pids(root: Path) -> list[int]:
-    return [int(p.split(":")[0]) for p in lingering(root) if " mini " in p and "weed" in p]
+    return [int(p.split(":")[0]) for p in lingering(root) if " server " in p and "weed" in p]
 
 
 def test_the_loop_restarts_its_s3_server_even_when_it_dies_again_while_starting(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from conveyor.config import ProviderRef, StorageProvider
 from conveyor.errors import StorageError
 from conveyor.local.s3server import GRPC_OFFSET, SeaweedError, SeaweedServer, find_weed
 from conveyor.storage import open_store
+from tests.support.requirements import requirement
 
 WEED_DEFAULT_PORTS = {8333, 9333, 8888, 9340, 7333, 8181, 9101, 23646, 18333, 19333, 18888, 19340, 33646, 6060}
 
@@ -55,7 +58,8 @@ def test_private_server_is_isolated_and_quiet(s3_server_factory, capfd) -> None:
     assert server.log_path.exists() and "S3" in server.log_path.read_text()
 
     command = " ".join(server.command())
-    for flag in ("-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false"):
+    for flag in ("-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
+                 "-volume.minFreeSpace=128MiB"):
         assert flag in command
 
     sockets = listening_sockets(server.pid)
@@ -208,3 +212,49 @@ def test_buckets_share_one_collection(s3_server_factory) -> None:
     volumes = sorted(p.name for p in server.data_dir.glob("*.dat"))
     assert len(volumes) <= 3, volumes
     assert client.get_object(Bucket="many-39", Key="k.txt")["Body"].read() == b"x"
+
+
+def test_a_disk_below_the_free_space_floor_is_named_in_the_start_up_error(tmp_path: Path) -> None:
+    """weed turns every volume read-only below -volume.minFreeSpace: the filer then waits for a
+    volume that never comes. Here the floor is 99% of the disk, which no test machine has free."""
+    usage = shutil.disk_usage(tmp_path)
+    assert usage.free / usage.total < 0.99
+    server = SeaweedServer(tmp_path / "full", environ=os.environ, min_free_space="99", startup_timeout=4)
+    with pytest.raises(SeaweedError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert "nearly full" in message and "MiB free" in message and "min_free_space=99" in message
+    assert str(server.data_dir) in message
+    assert not server.running
+
+
+def _tmpfs_missing() -> str | None:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return "mounts a small tmpfs: needs root and mount(8)"
+    return None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 300 MiB tmpfs with 2.5 MiB free: less than 1% of it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], check=True)
+    try:
+        subprocess.run(["fallocate", "-l", f"{300 * 1024 - 2560}K", str(mnt / "fill")], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@requirement(_tmpfs_missing())
+def test_a_disk_with_less_than_one_percent_free_still_takes_writes_above_the_floor(small_disk: Path) -> None:
+    """What failed CI when the launcher ran `weed mini`: it refuses writes below 1% free (2.5 GB of
+    a 252 GB disk), whatever is left. With a floor of 1 MiB, 2.5 MiB free is enough here."""
+    usage = shutil.disk_usage(small_disk)
+    assert usage.free < usage.total / 100 and usage.free > 2 * 2**20
+    with SeaweedServer(small_disk / "srv", environ=os.environ, min_free_space="1MiB") as server:
+        client = server.client()
+        client.create_bucket(Bucket="near-full")
+        client.put_object(Bucket="near-full", Key="k.txt", Body=b"still written")
+        assert client.get_object(Bucket="near-full", Key="k.txt")["Body"].read() == b"still written"

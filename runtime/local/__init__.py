@@ -1,6 +1,6 @@
 """`conveyor local`: the event-driven loop of the platforms, on one machine.
 
-An embedded S3 server (SeaweedFS `weed mini`) whose filer notifies Conveyor of every upload; each
+An embedded S3 server (SeaweedFS `weed server`) whose filer notifies Conveyor of every upload; each
 notification becomes the MinIO event OSCAR would deliver and is processed the way the chosen
 platform runs a job (a fresh process per event, or a warm Lambda environment), with a drop folder
 for files, a progress line per file and a summary at the end.

@@ -1,6 +1,6 @@
 """`conveyor local`: the whole event-driven loop on one machine.
 
-    drop folder (DIR/inbox) --upload--> embedded S3 (weed mini) --filer webhook--> WebhookReceiver
+    drop folder (DIR/inbox) --upload--> embedded S3 (weed server) --filer webhook--> WebhookReceiver
         --MinIO event, wrapped as OSCAR delegates it--> queue --> N workers --> executor (the
         platform's way) --> result record --> DIR/results/<key>/..., DIR/status/<key>.json
 

