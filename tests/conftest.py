@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -99,6 +101,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ):
             item.add_marker(pytest.mark.e2e)
     apply_marks(items)  # requirement(reason) marks: skip locally ...
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free disk where the servers keep their data: SeaweedFS turns read-only below
+    min_free_space and Docker needs room for the images; a CI log should show it first."""
+    folder = tempfile.gettempdir()
+    usage = shutil.disk_usage(folder)
+    return f"disk: {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.0f} GiB under {folder}"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
