@@ -38,10 +38,10 @@ Steps, each cached so that a second run only redoes what changed:
                                 the Debian packages an `ARG APT_PACKAGES="..."` names (pose:
                                 OpenCV's libGL and GLib) served the same way as darknet's.
 
-6. with --prune: every dangling image of the engine is removed: the builder stages of the
-   multi-stage builds (1.3-1.8 GB each for yolo, pose and classify) and the images an earlier
-   build replaced. For one-shot machines (CI: 5.6 GB of a 9.4 GB total); on a developer's
-   machine it costs the next build of a changed image its builder stage again.
+6. with --prune: after each image, every dangling image of the engine is removed: the builder
+   stages of the multi-stage builds (1.3-1.8 GB each for yolo, pose and classify) and the images
+   an earlier build replaced. For one-shot machines (CI: 5.6 GB of a 9.4 GB total); on a
+   developer's machine it costs the next build of a changed image its builder stage again.
 
 Prints a summary (base, sizes, seconds per step) and writes it to .cache/images/build.json.
 """
@@ -557,12 +557,28 @@ class Timings(dict):
 IMAGE_NAMES = ("base", "yolo", "deepaas", *EXAMPLES)
 
 
+class Pruner:
+    """--prune: removes the engine's dangling images after each image is built, so that the disk
+    holds at most one builder stage at a time; the total freed goes into the summary."""
+
+    def __init__(self, client: docker.DockerClient, timings: Timings, facts: dict[str, str]) -> None:
+        self.client, self.timings, self.facts = client, timings, facts
+        self.freed = 0
+
+    def __call__(self) -> None:
+        start = time.monotonic()
+        self.freed += self.client.images.prune(filters={"dangling": True}).get("SpaceReclaimed") or 0
+        self.timings["prune"] = round(self.timings.get("prune", 0) + time.monotonic() - start, 1)
+        self.facts["pruned"] = f"{self.freed / 1e6:.0f} MB of dangling images removed"
+
+
 def build_all(
     client: docker.DockerClient, args: argparse.Namespace, timings: Timings, facts: dict[str, str]
 ) -> tuple[str, list[str]]:
     """Build the images (all, or those --only names); return the base image used and the tags built."""
     wanted = args.only or list(IMAGE_NAMES)
     built: list[str] = []
+    pruned = Pruner(client, timings, facts) if args.prune else None
     with timings.step("wheels-conveyor"):
         conveyor_wheels = conveyor_wheelhouse()
     with timings.step("base-image"):
@@ -573,9 +589,13 @@ def build_all(
             packages = dockerfile_arg(IMAGES / "base" / "Dockerfile", "APT_PACKAGES")  # tini
             build_with_apt(client, "base", ctx, base, (packages or "").split(), {"BASE_IMAGE": base}, args, facts)
         built.append(TAGS["base"])
+        if pruned:
+            pruned()
     if "yolo" in wanted:
         build_yolo(client, base, conveyor_wheels, args, timings, facts)
         built.append(TAGS["yolo"])
+        if pruned:
+            pruned()
     if "deepaas" in wanted:
         with timings.step("wheels-model"):
             model_wheels, packages = model_wheelhouse()
@@ -587,10 +607,14 @@ def build_all(
             ctx = context(IMAGES / "deepaas", conveyor_wheels, exclude=("demo-model/",))
             docker_build(client, ctx, TAGS["deepaas"], {"MODEL_IMAGE": TAGS["demo-model"]}, args.verbose)
         built += [TAGS["demo-model"], TAGS["deepaas"]]
+        if pruned:
+            pruned()
     for name in EXAMPLES:
         if name in wanted:
             build_example(client, name, base, conveyor_wheels, args, timings, facts)
             built.append(TAGS[name])
+            if pruned:
+                pruned()
     return base, built
 
 
@@ -683,11 +707,6 @@ def main(argv: list[str] | None = None) -> int:
         with timings.step("engine"):
             client = engine()
         base, built = build_all(client, args, timings, facts)
-        if args.prune:
-            with timings.step("prune"):
-                freed = client.images.prune(filters={"dangling": True}).get("SpaceReclaimed") or 0
-            facts["pruned"] = f"{freed / 1e6:.0f} MB of dangling images removed"
-            say(facts["pruned"])
     except (BuildError, docker.errors.DockerException) as exc:
         say(f"FAILED: {exc}")
         return 1
