@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-image", help=f"base for every image (default {PUBLIC_BASE}, else debootstrap)")
     parser.add_argument("--no-lint", action="store_true", help="skip hadolint and shellcheck")
     parser.add_argument("--prune", action="store_true",
-                        help="afterwards, remove the engine's dangling images (builder stages, replaced images) "
+                        help="after each image, remove the engine's dangling images (builder stages, replaced images) "
                              "to free disk; the next build of a changed image redoes its builder stage")
     parser.add_argument("-v", "--verbose", action="store_true", help="show docker build output")
     args = parser.parse_args(argv)
