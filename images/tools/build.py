@@ -578,7 +578,13 @@ def build_all(
     """Build the images (all, or those --only names); return the base image used and the tags built."""
     wanted = args.only or list(IMAGE_NAMES)
     built: list[str] = []
-    pruned = Pruner(client, timings, facts) if args.prune else None
+    prune = Pruner(client, timings, facts) if args.prune else None
+
+    def finished(*tags: str) -> None:
+        built.extend(tags)
+        if prune:
+            prune()
+
     with timings.step("wheels-conveyor"):
         conveyor_wheels = conveyor_wheelhouse()
     with timings.step("base-image"):
@@ -588,14 +594,10 @@ def build_all(
             ctx = context(IMAGES / "base", conveyor_wheels)
             packages = dockerfile_arg(IMAGES / "base" / "Dockerfile", "APT_PACKAGES")  # tini
             build_with_apt(client, "base", ctx, base, (packages or "").split(), {"BASE_IMAGE": base}, args, facts)
-        built.append(TAGS["base"])
-        if pruned:
-            pruned()
+        finished(TAGS["base"])
     if "yolo" in wanted:
         build_yolo(client, base, conveyor_wheels, args, timings, facts)
-        built.append(TAGS["yolo"])
-        if pruned:
-            pruned()
+        finished(TAGS["yolo"])
     if "deepaas" in wanted:
         with timings.step("wheels-model"):
             model_wheels, packages = model_wheelhouse()
@@ -606,15 +608,11 @@ def build_all(
         with timings.step(TAGS["deepaas"]):
             ctx = context(IMAGES / "deepaas", conveyor_wheels, exclude=("demo-model/",))
             docker_build(client, ctx, TAGS["deepaas"], {"MODEL_IMAGE": TAGS["demo-model"]}, args.verbose)
-        built += [TAGS["demo-model"], TAGS["deepaas"]]
-        if pruned:
-            pruned()
+        finished(TAGS["demo-model"], TAGS["deepaas"])
     for name in EXAMPLES:
         if name in wanted:
             build_example(client, name, base, conveyor_wheels, args, timings, facts)
-            built.append(TAGS[name])
-            if pruned:
-                pruned()
+            finished(TAGS[name])
     return base, built
 
 

@@ -438,13 +438,10 @@ class SeaweedServer:
                 self._wait_webdav(started)
             self._configure_filer(started)
             self._create_buckets()
-        except SeaweedError as exc:
+        except BaseException as exc:
             self.stop(grace=2.0)
-            if note := self.disk_note():
+            if isinstance(exc, SeaweedError) and (note := self.disk_note()):
                 raise SeaweedError(f"{exc}\n{note}") from exc
-            raise
-        except BaseException:
-            self.stop(grace=2.0)
             raise
         self.started_in = time.monotonic() - started
 
